@@ -1,0 +1,166 @@
+//! Command-line definitions (clap derive). Every flag also reads `REBOUND_<FLAG>`.
+//!
+//! Values stay raw strings here; [`crate::config`] merges them with the `--config` file and the
+//! defaults and validates the result, so that flags, env vars and the file share one set of
+//! error messages.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rebound",
+    version,
+    about = "A retry topology for any Kafka topic: delay tiers that pause until due, and a DLQ.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format: `pretty` for people, `json` for log pipelines. Level via RUST_LOG.
+    #[arg(long, global = true, env = "REBOUND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: main consumer, delay tiers, router, metrics server.
+    Run(RunArgs),
+    /// Show or create the topics of a topology.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+/// Flags shared by every command that works on a topology.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TopologyArgs {
+    /// TOML file with any of these settings (flags and env vars win over it).
+    #[arg(long, env = "REBOUND_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Bootstrap brokers [default: 127.0.0.1:9092].
+    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+
+    /// Consumer group [default: rebound.<topic>].
+    #[arg(long, env = "REBOUND_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// The main topic.
+    #[arg(long, env = "REBOUND_TOPIC", value_name = "MAIN")]
+    pub topic: Option<String>,
+
+    /// Delay tiers, strictly increasing [default: 2m,4m,8m,16m,32m].
+    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...")]
+    pub tiers: Option<String>,
+
+    /// Retries after the first try; past the last tier the last tier repeats [default: one per tier].
+    #[arg(long, env = "REBOUND_MAX_RETRIES", value_name = "N")]
+    pub max_retries: Option<String>,
+
+    /// Dead-letter topic [default: <topic>.dlq].
+    #[arg(long, env = "REBOUND_DLQ", value_name = "TOPIC")]
+    pub dlq: Option<String>,
+
+    /// Send a message to the DLQ as `expired` once its first failure is older than this [default: off].
+    #[arg(long, env = "REBOUND_MAX_AGE", value_name = "DURATION")]
+    pub max_age: Option<String>,
+
+    /// Spread each retry's due time by up to this fraction of the tier delay, 0 to 0.5 [default: 0].
+    #[arg(long, env = "REBOUND_JITTER", value_name = "FRACTION")]
+    pub jitter: Option<String>,
+
+    /// Any librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; `[kafka]` in the file).
+    #[arg(
+        short = 'X',
+        value_name = "KEY=VALUE",
+        env = "REBOUND_X",
+        value_delimiter = '\n'
+    )]
+    pub kafka: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    /// Which built-in handler processes messages: `http` or `command`.
+    #[arg(long, env = "REBOUND_HANDLER", value_name = "KIND")]
+    pub handler: Option<String>,
+
+    /// URL that the `http` handler POSTs each payload to.
+    #[arg(long, env = "REBOUND_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Program (and arguments) that the `command` handler runs per message, payload on stdin.
+    #[arg(long, env = "REBOUND_COMMAND", value_name = "PROGRAM ARGS...")]
+    pub command: Option<String>,
+
+    /// Longest a handler call may take before it counts as a transient `timeout` [default: 10s].
+    #[arg(long, env = "REBOUND_HANDLER_TIMEOUT", value_name = "DURATION")]
+    pub handler_timeout: Option<String>,
+
+    /// Address of the /metrics, /healthz and /readyz server, or `off` [default: 0.0.0.0:9464].
+    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Messages handled at once; messages with the same key are still handled in order [default: 32].
+    #[arg(long, env = "REBOUND_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<String>,
+
+    /// How often finished offsets are committed [default: 1s].
+    #[arg(long, env = "REBOUND_COMMIT_INTERVAL", value_name = "DURATION")]
+    pub commit_interval: Option<String>,
+
+    /// How long a graceful stop may take before in-flight work is handed back [default: 30s].
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+
+    /// Validate the configuration, print it (secrets redacted) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Show what exists and what `apply` would create.
+    Plan(TopicsArgs),
+    /// Create the missing topics (idempotent).
+    Apply(TopicsArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct TopicsArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    /// Partitions for new topics [default: the main topic's count, else 3].
+    #[arg(long, env = "REBOUND_PARTITIONS", value_name = "N")]
+    pub partitions: Option<String>,
+
+    /// Replication factor for new topics [default: the broker's default].
+    #[arg(long, env = "REBOUND_REPLICATION_FACTOR", value_name = "N")]
+    pub replication_factor: Option<String>,
+
+    /// Also create the main topic when it does not exist.
+    #[arg(long, env = "REBOUND_CREATE_MAIN")]
+    pub create_main: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

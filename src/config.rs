@@ -1,0 +1,673 @@
+//! Flags + env vars + `--config` file + defaults → one validated [`Config`] (pure).
+//!
+//! Precedence: flag > env var (both handled by clap) > file > default. Every error names the
+//! setting and says what a valid value looks like; `main` turns them into exit code 2.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{RunArgs, TopicsArgs, TopologyArgs};
+use crate::duration;
+use crate::handler::command::CommandHandler;
+use crate::topology::{Tier, Topology};
+
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_TIERS: &str = "2m,4m,8m,16m,32m";
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
+
+/// A configuration problem: which setting, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// librdkafka properties rebound sets itself; overriding them would break its guarantees.
+const RESERVED_KAFKA: [(&str, &str); 5] = [
+    ("bootstrap.servers", "use --brokers"),
+    ("group.id", "use --group"),
+    (
+        "enable.auto.commit",
+        "rebound commits only finished work itself",
+    ),
+    (
+        "enable.auto.offset.store",
+        "rebound stores only finished offsets itself",
+    ),
+    ("isolation.level", "rebound reads committed messages only"),
+];
+
+/// The `--config` file. Keys are the long flag names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub brokers: Option<String>,
+    pub group: Option<String>,
+    pub topic: Option<String>,
+    pub tiers: Option<StringOrList>,
+    pub max_retries: Option<u32>,
+    pub dlq: Option<String>,
+    pub max_age: Option<String>,
+    pub jitter: Option<f64>,
+    pub handler: Option<String>,
+    pub url: Option<String>,
+    pub command: Option<String>,
+    pub handler_timeout: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub max_in_flight: Option<usize>,
+    pub commit_interval: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+/// `tiers = "2m,4m"` or `tiers = ["2m", "4m"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("--config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {e}", path.display())))
+    }
+}
+
+/// Which built-in handler the binary runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerSpec {
+    Http { url: String },
+    Command { command_line: String },
+}
+
+/// librdkafka properties, with secrets hidden from `Debug` and `Display`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProps(pub Vec<(String, String)>);
+
+impl KafkaProps {
+    /// Property names whose values never appear in logs or output.
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "sasl.oauthbearer.config",
+            "ssl.key.pem",
+            "ssl_key",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+    }
+
+    pub fn redacted(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "[redacted]".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), shown)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for KafkaProps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+/// Everything needed to connect to a topology.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub brokers: String,
+    pub group: String,
+    pub kafka: KafkaProps,
+    pub topology: Topology,
+}
+
+/// A validated configuration for `rebound run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    /// `None` when a library user supplies the handler.
+    pub handler: Option<HandlerSpec>,
+    pub handler_timeout: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    pub max_in_flight: usize,
+    pub commit_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with every default, for library users and tests.
+    pub fn new(brokers: &str, group: &str, topology: Topology) -> Config {
+        Config {
+            cluster: ClusterConfig {
+                brokers: brokers.to_string(),
+                group: group.to_string(),
+                kafka: KafkaProps::default(),
+                topology,
+            },
+            handler: None,
+            handler_timeout: Duration::from_secs(10),
+            metrics_addr: None,
+            max_in_flight: 32,
+            commit_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Resolves `rebound run`'s settings. A handler is required.
+    pub fn for_run(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = load_file(&args.topology)?;
+        let cluster = resolve_cluster(&args.topology, &file)?;
+        let handler_kind = args.handler.clone().or(file.handler.clone());
+        let url = args.url.clone().or(file.url.clone());
+        let command = args.command.clone().or(file.command.clone());
+        let handler = match handler_kind.as_deref() {
+            None => {
+                return Err(bad(
+                    "--handler",
+                    "missing: choose `--handler http --url URL` or `--handler command --command 'PROGRAM ARGS'`",
+                ))
+            }
+            Some("http") => {
+                let url = url.ok_or_else(|| bad("--url", "missing: `--handler http` needs the URL to POST to"))?;
+                crate::handler::http::HttpHandler::new(&url, Duration::from_secs(1)).map_err(|e| bad("--url", e))?;
+                HandlerSpec::Http { url }
+            }
+            Some("command") => {
+                let line = command.ok_or_else(|| {
+                    bad("--command", "missing: `--handler command` needs the program to run, e.g. --command './process.sh'")
+                })?;
+                CommandHandler::parse(&line).map_err(|e| bad("--command", e))?;
+                HandlerSpec::Command { command_line: line }
+            }
+            Some(other) => return Err(bad("--handler", format!("unknown handler {other:?}; use `http` or `command`"))),
+        };
+        let handler_timeout = positive_duration(
+            "--handler-timeout",
+            args.handler_timeout
+                .as_deref()
+                .or(file.handler_timeout.as_deref()),
+            "10s",
+        )?;
+        let metrics_addr = match args
+            .metrics_addr
+            .as_deref()
+            .or(file.metrics_addr.as_deref())
+            .unwrap_or(DEFAULT_METRICS_ADDR)
+        {
+            "off" | "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "--metrics-addr",
+                    format!("{addr:?} is not IP:PORT (e.g. 0.0.0.0:9464), or `off`"),
+                )
+            })?),
+        };
+        let max_in_flight = match args.max_in_flight.as_deref() {
+            Some(s) => parse_num::<usize>("--max-in-flight", s)?,
+            None => file.max_in_flight.unwrap_or(32),
+        };
+        if !(1..=10_000).contains(&max_in_flight) {
+            return Err(bad("--max-in-flight", "must be from 1 to 10000"));
+        }
+        Ok(Config {
+            cluster,
+            handler: Some(handler),
+            handler_timeout,
+            metrics_addr,
+            max_in_flight,
+            commit_interval: positive_duration(
+                "--commit-interval",
+                args.commit_interval
+                    .as_deref()
+                    .or(file.commit_interval.as_deref()),
+                "1s",
+            )?,
+            shutdown_timeout: positive_duration(
+                "--shutdown-timeout",
+                args.shutdown_timeout
+                    .as_deref()
+                    .or(file.shutdown_timeout.as_deref()),
+                "30s",
+            )?,
+        })
+    }
+}
+
+/// Settings of `rebound topics plan|apply`.
+#[derive(Debug, Clone)]
+pub struct TopicsConfig {
+    pub cluster: ClusterConfig,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    pub create_main: bool,
+}
+
+impl TopicsConfig {
+    pub fn resolve(args: &TopicsArgs) -> Result<TopicsConfig, ConfigError> {
+        let file = load_file(&args.topology)?;
+        let cluster = resolve_cluster(&args.topology, &file)?;
+        let partitions = match args.partitions.as_deref() {
+            Some(s) => Some(parse_num::<i32>("--partitions", s)?),
+            None => file.partitions,
+        };
+        if partitions.is_some_and(|p| p < 1) {
+            return Err(bad("--partitions", "must be at least 1"));
+        }
+        let replication_factor = match args.replication_factor.as_deref() {
+            Some(s) => Some(parse_num::<i32>("--replication-factor", s)?),
+            None => file.replication_factor,
+        };
+        if replication_factor.is_some_and(|r| r < 1) {
+            return Err(bad("--replication-factor", "must be at least 1"));
+        }
+        Ok(TopicsConfig {
+            cluster,
+            partitions,
+            replication_factor,
+            create_main: args.create_main,
+        })
+    }
+}
+
+fn load_file(args: &TopologyArgs) -> Result<FileConfig, ConfigError> {
+    match &args.config {
+        Some(path) => FileConfig::load(path),
+        None => Ok(FileConfig::default()),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(field: &str, s: &str) -> Result<T, ConfigError> {
+    s.trim()
+        .parse()
+        .map_err(|_| bad(field, format!("{s:?} is not a whole number")))
+}
+
+fn positive_duration(
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let d = duration::parse(value.unwrap_or(default)).map_err(|e| bad(field, e.to_string()))?;
+    if d.is_zero() {
+        return Err(bad(field, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// Kafka's topic name rules: 1–249 of `[a-zA-Z0-9._-]`.
+pub fn check_topic_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(bad(
+            field,
+            format!("{name:?} must be 1 to 249 characters long"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(bad(
+            field,
+            format!(
+                "{name:?} contains {c:?}; topic names use only letters, digits, '.', '_' and '-'"
+            ),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(bad(field, "a topic cannot be named '.' or '..'"));
+    }
+    Ok(())
+}
+
+/// Parses the tier list: strictly increasing, positive durations.
+pub fn parse_tiers(field: &str, items: &[String]) -> Result<Vec<Duration>, ConfigError> {
+    let mut delays: Vec<Duration> = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let d = duration::parse(item).map_err(|e| bad(field, e.to_string()))?;
+        if d.is_zero() {
+            return Err(bad(
+                field,
+                format!("tier {item:?} must be longer than zero"),
+            ));
+        }
+        if let Some(prev) = delays.last() {
+            if d <= *prev {
+                return Err(bad(
+                    field,
+                    format!(
+                        "tiers must be strictly increasing, but {item} follows {}",
+                        duration::format(*prev)
+                    ),
+                ));
+            }
+        }
+        delays.push(d);
+    }
+    if delays.is_empty() {
+        return Err(bad(
+            field,
+            format!("at least one tier is needed, e.g. {DEFAULT_TIERS}"),
+        ));
+    }
+    Ok(delays)
+}
+
+fn resolve_cluster(args: &TopologyArgs, file: &FileConfig) -> Result<ClusterConfig, ConfigError> {
+    let topic = args.topic.clone().or(file.topic.clone()).ok_or_else(|| {
+        bad(
+            "--topic",
+            "missing: name the main topic, e.g. --topic orders",
+        )
+    })?;
+    check_topic_name("--topic", &topic)?;
+    let brokers = args
+        .brokers
+        .clone()
+        .or(file.brokers.clone())
+        .unwrap_or_else(|| DEFAULT_BROKERS.to_string());
+    if brokers.split(',').all(|b| b.trim().is_empty()) {
+        return Err(bad("--brokers", "is empty; give HOST:PORT[,HOST:PORT...]"));
+    }
+    let group = args
+        .group
+        .clone()
+        .or(file.group.clone())
+        .unwrap_or_else(|| format!("rebound.{topic}"));
+    if group.trim().is_empty() {
+        return Err(bad("--group", "is empty"));
+    }
+    let tier_items: Vec<String> = match (&args.tiers, &file.tiers) {
+        (Some(s), _) | (None, Some(StringOrList::One(s))) => {
+            s.split(',').map(str::to_string).collect()
+        }
+        (None, Some(StringOrList::Many(v))) => v.clone(),
+        (None, None) => DEFAULT_TIERS.split(',').map(str::to_string).collect(),
+    };
+    let delays = parse_tiers("--tiers", &tier_items)?;
+    let mut topology = Topology::new(&topic, &delays);
+    for tier in &topology.tiers {
+        check_topic_name("--tiers", &tier.topic)?;
+    }
+    if let Some(dlq) = args.dlq.clone().or(file.dlq.clone()) {
+        topology.dlq = dlq;
+    }
+    check_topic_name("--dlq", &topology.dlq)?;
+    if topology.dlq == topology.main
+        || topology
+            .tiers
+            .iter()
+            .any(|t: &Tier| t.topic == topology.dlq)
+    {
+        return Err(bad(
+            "--dlq",
+            format!(
+                "{:?} is already the main or a tier topic; the DLQ needs its own topic",
+                topology.dlq
+            ),
+        ));
+    }
+    topology.max_retries = match args.max_retries.as_deref() {
+        Some(s) => parse_num::<u32>("--max-retries", s)?,
+        None => file.max_retries.unwrap_or(delays.len() as u32),
+    };
+    if topology.max_retries > 1000 {
+        return Err(bad("--max-retries", "must be at most 1000"));
+    }
+    topology.max_age = match args.max_age.as_deref().or(file.max_age.as_deref()) {
+        None | Some("off") => None,
+        Some(s) => Some(positive_duration("--max-age", Some(s), "")?),
+    };
+    topology.jitter = match args.jitter.as_deref() {
+        Some(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| bad("--jitter", format!("{s:?} is not a number such as 0.1")))?,
+        None => file.jitter.unwrap_or(0.0),
+    };
+    if !(0.0..=0.5).contains(&topology.jitter) {
+        return Err(bad(
+            "--jitter",
+            "must be from 0 to 0.5 (a fraction of the tier delay)",
+        ));
+    }
+    let mut kafka = Vec::new();
+    for (k, v) in &file.kafka {
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        kafka.push((k.clone(), value));
+    }
+    for item in &args.kafka {
+        let (k, v) = item.split_once('=').ok_or_else(|| {
+            bad(
+                "-X",
+                format!(
+                    "{:?} is not KEY=VALUE",
+                    item.split('=').next().unwrap_or("")
+                ),
+            )
+        })?;
+        kafka.retain(|(key, _)| key != k.trim());
+        kafka.push((k.trim().to_string(), v.to_string()));
+    }
+    for (k, _) in &kafka {
+        if let Some((_, hint)) = RESERVED_KAFKA.iter().find(|(name, _)| name == k) {
+            return Err(bad("-X", format!("{k} is set by rebound: {hint}")));
+        }
+    }
+    Ok(ClusterConfig {
+        brokers,
+        group,
+        kafka: KafkaProps(kafka),
+        topology,
+    })
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration, secrets redacted: what `--check-config` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.cluster;
+        let t = &c.topology;
+        writeln!(f, "brokers          = {}", c.brokers)?;
+        writeln!(f, "group            = {}", c.group)?;
+        writeln!(f, "topic            = {}", t.main)?;
+        for tier in &t.tiers {
+            writeln!(
+                f,
+                "tier             = {} ({})",
+                tier.topic,
+                duration::Short(tier.delay)
+            )?;
+        }
+        writeln!(f, "dlq              = {}", t.dlq)?;
+        writeln!(
+            f,
+            "max-retries      = {} ({} tries at most)",
+            t.max_retries,
+            t.max_retries + 1
+        )?;
+        match t.max_age {
+            Some(a) => writeln!(f, "max-age          = {}", duration::Short(a))?,
+            None => writeln!(f, "max-age          = off")?,
+        }
+        writeln!(f, "jitter           = {}", t.jitter)?;
+        match &self.handler {
+            Some(HandlerSpec::Http { url }) => writeln!(f, "handler          = http {url}")?,
+            Some(HandlerSpec::Command { command_line }) => {
+                writeln!(f, "handler          = command {command_line}")?
+            }
+            None => writeln!(f, "handler          = (library)")?,
+        }
+        writeln!(
+            f,
+            "handler-timeout  = {}",
+            duration::Short(self.handler_timeout)
+        )?;
+        match self.metrics_addr {
+            Some(a) => writeln!(f, "metrics-addr     = {a}")?,
+            None => writeln!(f, "metrics-addr     = off")?,
+        }
+        writeln!(f, "max-in-flight    = {}", self.max_in_flight)?;
+        writeln!(
+            f,
+            "commit-interval  = {}",
+            duration::Short(self.commit_interval)
+        )?;
+        writeln!(
+            f,
+            "shutdown-timeout = {}",
+            duration::Short(self.shutdown_timeout)
+        )?;
+        for (k, v) in c.kafka.redacted() {
+            writeln!(f, "kafka.{k} = {v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn run_args(topic: &str) -> RunArgs {
+        RunArgs {
+            topology: TopologyArgs {
+                topic: Some(topic.into()),
+                ..Default::default()
+            },
+            handler: Some("command".into()),
+            command: Some("cat".into()),
+            ..Default::default()
+        }
+    }
+
+    fn err(args: &RunArgs) -> ConfigError {
+        Config::for_run(args).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        let t = &c.cluster.topology;
+        assert_eq!(t.tiers.len(), 5);
+        assert_eq!(t.tiers[0].topic, "orders.retry-2m");
+        assert_eq!(t.tiers[4].topic, "orders.retry-32m");
+        assert_eq!(t.dlq, "orders.dlq");
+        assert_eq!(t.max_retries, 5);
+        assert_eq!(c.cluster.brokers, DEFAULT_BROKERS);
+        assert_eq!(c.cluster.group, "rebound.orders");
+        assert_eq!(c.handler_timeout, Duration::from_secs(10));
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let mut a = run_args("orders");
+        a.topology.tiers = Some("4m,2m".into());
+        let e = err(&a);
+        assert_eq!(e.field, "--tiers");
+        assert!(e.problem.contains("strictly increasing"), "{e}");
+
+        a.topology.tiers = Some("".into());
+        assert_eq!(err(&a).field, "--tiers");
+        a.topology.tiers = Some("2x".into());
+        assert_eq!(err(&a).field, "--tiers");
+        a.topology.tiers = None;
+
+        a.topology.dlq = Some("orders".into());
+        assert_eq!(err(&a).field, "--dlq");
+        a.topology.dlq = None;
+
+        let mut no_topic = run_args("x");
+        no_topic.topology.topic = None;
+        assert_eq!(err(&no_topic).field, "--topic");
+
+        let mut no_handler = run_args("orders");
+        no_handler.handler = None;
+        assert_eq!(err(&no_handler).field, "--handler");
+
+        let mut http = run_args("orders");
+        http.handler = Some("http".into());
+        assert_eq!(err(&http).field, "--url");
+
+        a.handler_timeout = Some("0s".into());
+        assert_eq!(err(&a).field, "--handler-timeout");
+        a.handler_timeout = None;
+
+        a.topology.kafka = vec!["enable.auto.commit=true".into()];
+        assert_eq!(err(&a).field, "-X");
+        a.topology.kafka = vec!["novalue".into()];
+        assert_eq!(err(&a).field, "-X");
+        a.topology.kafka = vec![];
+
+        a.topology.topic = Some("bad topic".into());
+        assert_eq!(err(&a).field, "--topic");
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "topic = \"from-file\"\ngroup = \"g-file\"\ntiers = [\"1s\", \"3s\"]\nmax-retries = 7\n\
+             handler = \"command\"\ncommand = \"cat\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\"fetch.wait.max.ms\" = 50\n"
+        )
+        .unwrap();
+        let mut a = RunArgs::default();
+        a.topology.config = Some(f.path().to_path_buf());
+        a.topology.group = Some("g-flag".into());
+        let c = Config::for_run(&a).unwrap();
+        assert_eq!(c.cluster.topology.main, "from-file");
+        assert_eq!(c.cluster.group, "g-flag");
+        assert_eq!(c.cluster.topology.tiers[1].topic, "from-file.retry-3s");
+        assert_eq!(c.cluster.topology.max_retries, 7);
+        assert!(c
+            .cluster
+            .kafka
+            .0
+            .contains(&("fetch.wait.max.ms".into(), "50".into())));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("hunter2"), "secret leaked: {shown}");
+        assert!(shown.contains("sasl.password"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "topic = \"t\"\nteirs = \"1s\"").unwrap();
+        let mut a = run_args("t");
+        a.topology.config = Some(f.path().to_path_buf());
+        let e = err(&a);
+        assert_eq!(e.field, "--config");
+        assert!(e.problem.contains("teirs"), "{e}");
+    }
+}

@@ -1,0 +1,162 @@
+//! The `http` handler: POSTs each payload to a URL and classifies the response.
+//!
+//! 2xx is success; 408, 425, 429, 5xx, connection errors and timeouts are transient; any other
+//! status is permanent. `Retry-After` (seconds or an HTTP date) becomes the failure's
+//! `retry_after`, which routing honours as a minimum delay.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::{Failure, Handler, Message, Outcome};
+use crate::headers::{truncate, MAX_ERROR_MESSAGE};
+
+/// POSTs messages to one URL over a pooled, keep-alive client.
+#[derive(Debug, Clone)]
+pub struct HttpHandler {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+impl HttpHandler {
+    /// `timeout` bounds each request (the handler timeout bounds it too).
+    pub fn new(url: &str, timeout: Duration) -> Result<HttpHandler, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{url} must start with http:// or https://"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(HttpHandler { client, url })
+    }
+
+    fn request_headers(message: &Message) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        let content_type = crate::headers::last(&message.headers, "content-type")
+            .and_then(|h| h.value.as_deref())
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+        map.insert(CONTENT_TYPE, content_type);
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                map.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("x-rebound-topic", message.topic.clone());
+        put("x-rebound-partition", message.partition.to_string());
+        put("x-rebound-offset", message.offset.to_string());
+        put("x-rebound-attempt", message.attempt.to_string());
+        if let Some(key) = &message.key {
+            let text = match std::str::from_utf8(key) {
+                Ok(s) if HeaderValue::from_str(s).is_ok() => s.to_string(),
+                _ => format!(
+                    "base64:{}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                ),
+            };
+            put("x-rebound-key", text);
+        }
+        map
+    }
+}
+
+/// Reads `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Classifies a status per the contract.
+pub fn classify(status: StatusCode) -> Option<bool> {
+    // Some(true) = transient, Some(false) = permanent, None = success.
+    if status.is_success() {
+        return None;
+    }
+    let code = status.as_u16();
+    Some(matches!(code, 408 | 425 | 429) || status.is_server_error())
+}
+
+#[async_trait::async_trait]
+impl Handler for HttpHandler {
+    async fn handle(&self, message: &Message) -> Outcome {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .headers(Self::request_headers(message))
+            .body(message.payload().to_vec())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Outcome::transient("timeout", e.to_string()),
+            Err(e) if e.is_connect() => return Outcome::transient("connect", e.to_string()),
+            Err(e) => return Outcome::transient("http_error", e.to_string()),
+        };
+        let status = response.status();
+        let Some(transient) = classify(status) else {
+            return Outcome::Success;
+        };
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = response.bytes().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_MESSAGE)]);
+        let mut failure = Failure::new(
+            format!("http_{}", status.as_u16()),
+            truncate(&format!("HTTP {status}: {text}"), MAX_ERROR_MESSAGE).to_string(),
+        );
+        failure.retry_after = retry_after;
+        if transient {
+            Outcome::Transient(failure)
+        } else {
+            Outcome::Permanent(failure)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_classify_per_the_contract() {
+        let c = |n: u16| classify(StatusCode::from_u16(n).unwrap());
+        assert_eq!(c(200), None);
+        assert_eq!(c(204), None);
+        for t in [408, 425, 429, 500, 502, 503, 599] {
+            assert_eq!(c(t), Some(true), "{t}");
+        }
+        for p in [400, 401, 403, 404, 409, 422] {
+            assert_eq!(c(p), Some(false), "{p}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_784_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! librdkafka glue: client configuration, the consumer context, and byte-exact header access.
+//!
+//! rdkafka's safe header accessors `unwrap()` a header name as UTF-8 and so panic on a message
+//! whose header name is not UTF-8. Kafka allows such names, and a retry service must survive
+//! them, so headers are read and written here through librdkafka's C API with raw bytes.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rdkafka::bindings as rd;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use rdkafka::{ClientConfig, Statistics, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::ClusterConfig;
+use crate::headers::Header;
+use crate::metrics::Metrics;
+
+/// Settings common to every client: brokers and the user's `-X` properties.
+pub fn base_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cluster.brokers);
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+fn apply_user(c: &mut ClientConfig, cluster: &ClusterConfig, role: Role) {
+    let foreign: &[&str] = match role {
+        Role::Consumer => &PRODUCER_ONLY,
+        Role::Producer => &CONSUMER_ONLY,
+    };
+    for (k, v) in &cluster.kafka.0 {
+        if !foreign.contains(&k.as_str()) {
+            c.set(k, v);
+        }
+    }
+}
+
+/// The consumer of the whole topology. Offsets are stored by rebound only when work is done and
+/// committed by rebound on an interval, on revoke and on shutdown.
+pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = base_config(cluster);
+    c.set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("partition.assignment.strategy", "range,roundrobin");
+    apply_user(&mut c, cluster, Role::Consumer);
+    c.set("group.id", &cluster.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
+/// The producer of retry and DLQ copies: acknowledged by all in-sync replicas.
+pub fn producer_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = base_config(cluster);
+    c.set("acks", "all").set("linger.ms", "5");
+    apply_user(&mut c, cluster, Role::Producer);
+    c
+}
+
+/// Which client a property list is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+}
+
+/// Well-known properties that only one kind of client understands. The other client is not
+/// given them, so that librdkafka does not warn about `-X fetch.wait.max.ms` on the producer.
+const CONSUMER_ONLY: [&str; 6] = [
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "queued.min.messages",
+    "session.timeout.ms",
+];
+const PRODUCER_ONLY: [&str; 7] = [
+    "acks",
+    "linger.ms",
+    "batch.num.messages",
+    "batch.size",
+    "compression.type",
+    "message.timeout.ms",
+    "enable.idempotence",
+];
+
+/// Reads every header byte for byte, in order, duplicates included.
+pub fn read_headers(headers: Option<&BorrowedHeaders>) -> Vec<Header> {
+    let Some(h) = headers else {
+        return Vec::new();
+    };
+    let native = h as *const BorrowedHeaders as *const rd::rd_kafka_headers_t;
+    let mut out = Vec::new();
+    let mut idx = 0;
+    loop {
+        let mut name: *const c_char = ptr::null();
+        let mut value: *const c_void = ptr::null();
+        let mut size: usize = 0;
+        // SAFETY: `native` is the live header list behind `h`; librdkafka returns pointers into
+        // it that stay valid while `h` is borrowed, and we copy them before returning.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        let name = unsafe { CStr::from_ptr(name) }.to_bytes().to_vec();
+        let value = if value.is_null() {
+            None
+        } else {
+            Some(unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec())
+        };
+        out.push(Header { name, value });
+        idx += 1;
+    }
+    out
+}
+
+/// Builds librdkafka headers from raw `(name, value)` pairs, names not required to be UTF-8.
+pub fn to_owned_headers(headers: &[Header]) -> OwnedHeaders {
+    let owned = OwnedHeaders::new_with_capacity(headers.len().max(1));
+    let native = owned.as_borrowed() as *const BorrowedHeaders as *mut rd::rd_kafka_headers_t;
+    for h in headers {
+        let (value, size) = match &h.value {
+            Some(v) => (v.as_ptr() as *const c_void, v.len() as isize),
+            None => (ptr::null(), 0),
+        };
+        // SAFETY: `owned` is a writable header list we own; librdkafka copies name and value.
+        unsafe {
+            rd::rd_kafka_header_add(
+                native,
+                h.name.as_ptr() as *const c_char,
+                h.name.len() as isize,
+                value,
+                size,
+            );
+        }
+    }
+    owned
+}
+
+/// A change of assignment, seen by the poll loop right after the consumer saw it.
+#[derive(Debug)]
+pub enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// The consumer's context: logs through `tracing`, commits on revoke, resumes on assign, and
+/// turns librdkafka statistics into the lag gauge.
+pub struct TopologyContext {
+    pub events: UnboundedSender<RebalanceEvent>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ClientContext for TopologyContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_rdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.metrics
+                .health
+                .brokers_down
+                .store(true, Ordering::Relaxed);
+            tracing::error!(error = %error, reason, "every broker is unreachable; retrying");
+        } else {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        }
+    }
+
+    fn stats(&self, stats: Statistics) {
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            if self
+                .metrics
+                .health
+                .brokers_down
+                .swap(false, Ordering::Relaxed)
+            {
+                tracing::info!("brokers reachable again");
+            }
+        }
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p < 0 || part.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics.set_lag(topic, *p, part.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for TopologyContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // Offsets are stored only for finished work, so committing the store now hands
+                // the partitions over exactly where finished work ends.
+                match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                    Ok(()) => tracing::info!(partitions = tpl.count(), "committed before revoke"),
+                    Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "commit before revoke failed; the next owner may repeat some work")
+                    }
+                }
+                let _ = self.events.send(RebalanceEvent::Revoked(partitions(tpl)));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka remembers a paused flag across a rebalance that gives a partition back;
+            // rebound's own pause state starts empty for a new assignment, so make them agree.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "resume after assignment failed");
+            }
+            let _ = self.events.send(RebalanceEvent::Assigned(partitions(tpl)));
+        }
+    }
+}
+
+/// Routes librdkafka's own log lines into `tracing`.
+pub fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// A producer context that logs through `tracing`.
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_rdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for LoggingContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn headers_round_trip_byte_for_byte() {
+        let input = vec![
+            Header::new("a", "1"),
+            Header {
+                name: vec![0xff, 0xfe, b'k'],
+                value: Some(vec![0, 159, 146, 150]),
+            },
+            Header {
+                name: b"null".to_vec(),
+                value: None,
+            },
+            Header::new("a", ""),
+        ];
+        let owned = to_owned_headers(&input);
+        assert_eq!(owned.count(), 4);
+        assert_eq!(read_headers(Some(owned.as_borrowed())), input);
+        assert!(read_headers(None).is_empty());
+    }
+}

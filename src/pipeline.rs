@@ -1,0 +1,442 @@
+//! The poll loop: one consumer reads the main topic and every delay tier; this loop owns all
+//! per-partition state and is the only place that pauses, resumes, stores and commits.
+//!
+//! ```text
+//! recv ──► main message ─────────────────────────────► KeyGate ─► Router job (task)
+//!      └─► tier message ─ due? ─ yes ────────────────►    ▲            │
+//!                          └─ no: pause, hold head ──► DelayQueue ─────┘ (timer)
+//! Router job ─► Completion ─► PartitionOffsets.finish ─► store offset ─► commit (interval)
+//! ```
+//!
+//! Invariants:
+//! * an offset is stored (and so committed) only when every earlier message of that partition
+//!   read in this assignment is finished — handled, or its copy acknowledged;
+//! * a held (paused) head is never dispatched before `Utc::now() >= process_after`;
+//! * on revoke, every trace of the partition (offsets, held heads, waiting jobs) is dropped and
+//!   results of its in-flight jobs are ignored (their epoch is gone), so nothing from an old
+//!   assignment is committed or resumed in a new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::delay::DelayQueue;
+use crate::handler::Message;
+use crate::headers;
+use crate::kafka::{self, RebalanceEvent, TopologyContext};
+use crate::metrics::Metrics;
+use crate::offsets::PartitionOffsets;
+use crate::ordering::KeyGate;
+use crate::router::{Completion, Finish, Intake, Job, Router, Tp};
+use crate::topology::Stage;
+
+/// Loop settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub commit_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// Everything the loop owns besides the consumer.
+struct State {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    /// Assignment generation per assigned partition; absent = not ours.
+    epochs: HashMap<Tp, u64>,
+    next_epoch: u64,
+    offsets: HashMap<Tp, PartitionOffsets>,
+    delays: DelayQueue<Tp, Job>,
+    gate: KeyGate<Tp, Job>,
+    jobs: JoinSet<Completion>,
+    draining: bool,
+}
+
+/// The consumer and its loop.
+pub struct Pipeline {
+    consumer: StreamConsumer<TopologyContext>,
+    events: UnboundedReceiver<RebalanceEvent>,
+    state: State,
+}
+
+impl Pipeline {
+    pub fn new(
+        consumer: StreamConsumer<TopologyContext>,
+        events: UnboundedReceiver<RebalanceEvent>,
+        router: Arc<Router>,
+        limits: Limits,
+    ) -> Pipeline {
+        let metrics = router.metrics.clone();
+        Pipeline {
+            consumer,
+            events,
+            state: State {
+                router,
+                metrics,
+                limits,
+                epochs: HashMap::new(),
+                next_epoch: 0,
+                offsets: HashMap::new(),
+                delays: DelayQueue::default(),
+                gate: KeyGate::default(),
+                jobs: JoinSet::new(),
+                draining: false,
+            },
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then finishes or hands back in-flight work, commits, and
+    /// closes the consumer within the shutdown timeout.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut commit = tokio::time::interval(self.state.limits.commit_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recv_errors = 0u32;
+        loop {
+            while let Ok(event) = self.events.try_recv() {
+                self.state.on_rebalance(event);
+            }
+            let wake = self.state.delays.next_due().map(instant_for);
+            let room =
+                self.state.jobs.len() + self.state.gate.waiting() < self.state.limits.max_in_flight;
+            let state = &mut self.state;
+            let consumer = &self.consumer;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(joined) = state.jobs.join_next(), if !state.jobs.is_empty() => {
+                    if let Ok(done) = joined {
+                        state.on_completion(consumer, done);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    state.release_due(consumer);
+                }
+                _ = commit.tick() => commit_offsets(consumer, CommitMode::Async),
+                received = consumer.recv(), if room => match received {
+                    Ok(m) => {
+                        recv_errors = 0;
+                        // The message may have come with a rebalance; see it first.
+                        while let Ok(event) = self.events.try_recv() {
+                            state.on_rebalance(event);
+                        }
+                        state.on_message(consumer, &m);
+                    }
+                    Err(e) => {
+                        recv_errors += 1;
+                        tracing::warn!(error = %e, "consumer error");
+                        if recv_errors > 3 {
+                            tokio::time::sleep(Duration::from_millis(100 * recv_errors.min(20) as u64)).await;
+                        }
+                    }
+                },
+            }
+            state.update_gauges();
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(mut self) {
+        let state = &mut self.state;
+        state
+            .metrics
+            .health
+            .shutting_down
+            .store(true, Ordering::Relaxed);
+        state.draining = true;
+        let held: usize = state.delays.len();
+        tracing::info!(
+            in_flight = state.jobs.len(),
+            waiting = state.gate.waiting(),
+            paused = held,
+            "stopping: no more fetching; finishing in-flight work"
+        );
+        let deadline = Instant::now() + state.limits.shutdown_timeout;
+        while !state.jobs.is_empty() {
+            match tokio::time::timeout_at(deadline, state.jobs.join_next()).await {
+                Ok(Some(Ok(done))) => state.on_completion(&self.consumer, done),
+                Ok(Some(Err(_))) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = state.jobs.len(),
+                        "shutdown timeout reached; handing back unfinished messages"
+                    );
+                    state.router.abandon.cancel();
+                    while let Some(joined) = state.jobs.join_next().await {
+                        if let Ok(done) = joined {
+                            state.on_completion(&self.consumer, done);
+                        }
+                    }
+                }
+            }
+        }
+        state.update_gauges();
+        commit_offsets(&self.consumer, CommitMode::Sync);
+        tracing::info!("offsets committed; leaving the group");
+        close_consumer(self.consumer, Duration::from_secs(10));
+    }
+}
+
+impl State {
+    fn on_rebalance(&mut self, event: RebalanceEvent) {
+        let topology = &self.router.topology;
+        match event {
+            RebalanceEvent::Assigned(parts) => {
+                for (topic, partition) in parts {
+                    let Some(stage) = topology.stage_of(&topic) else {
+                        continue;
+                    };
+                    let tp = Tp { stage, partition };
+                    self.next_epoch += 1;
+                    self.epochs.insert(tp, self.next_epoch);
+                    self.offsets.insert(tp, PartitionOffsets::default());
+                }
+                self.metrics.health.assigned.store(true, Ordering::Relaxed);
+                tracing::info!(assigned = self.epochs.len(), "partitions assigned");
+            }
+            RebalanceEvent::Revoked(parts) => {
+                let mut handed_back = 0;
+                for (topic, partition) in parts {
+                    let Some(stage) = topology.stage_of(&topic) else {
+                        continue;
+                    };
+                    let tp = Tp { stage, partition };
+                    self.epochs.remove(&tp);
+                    self.offsets.remove(&tp);
+                    handed_back += self.delays.remove(&tp).len();
+                    handed_back += self.gate.remove_partition(tp).len();
+                }
+                tracing::info!(
+                    remaining = self.epochs.len(),
+                    handed_back,
+                    "partitions revoked"
+                );
+            }
+        }
+    }
+
+    fn on_message(&mut self, consumer: &StreamConsumer<TopologyContext>, m: &BorrowedMessage<'_>) {
+        let topology = &self.router.topology;
+        let Some(stage) = topology.stage_of(m.topic()) else {
+            tracing::warn!(
+                topic = m.topic(),
+                "message from a topic outside the topology; ignored"
+            );
+            return;
+        };
+        let tp = Tp {
+            stage,
+            partition: m.partition(),
+        };
+        let epoch = match self.epochs.get(&tp) {
+            Some(e) => *e,
+            None => {
+                // Assignment events arrive before the partition's messages; this is defensive.
+                self.next_epoch += 1;
+                self.epochs.insert(tp, self.next_epoch);
+                self.next_epoch
+            }
+        };
+        self.metrics
+            .consumed
+            .with_label_values(&[topology.label(stage)])
+            .inc();
+        let message = Message {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: kafka::read_headers(m.headers()),
+            timestamp: m.timestamp().to_millis(),
+            attempt: 0,
+        };
+        self.offsets.entry(tp).or_default().begin(m.offset());
+        let intake = match stage {
+            Stage::Main => Intake::Fresh,
+            Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
+                Ok(state) => Intake::Retry(state),
+                Err(problem) => Intake::Invalid(problem),
+            },
+        };
+        let job = Job {
+            tp,
+            epoch,
+            message,
+            intake,
+        };
+        if let Intake::Retry(state) = &job.intake {
+            let due = state.process_after;
+            if due > Utc::now() {
+                let offset = job.message.offset;
+                if self.delays.hold(tp, due, job) {
+                    pause(consumer, topology.topic(stage), tp.partition, true);
+                    tracing::debug!(
+                        tier = topology.label(stage),
+                        partition = tp.partition,
+                        offset,
+                        due_in_ms = (due - Utc::now()).num_milliseconds(),
+                        "paused until due"
+                    );
+                } else {
+                    tracing::debug!(
+                        tier = topology.label(stage),
+                        partition = tp.partition,
+                        offset,
+                        "message read from a paused partition; held behind its head"
+                    );
+                }
+                return;
+            }
+        }
+        self.dispatch(job);
+    }
+
+    /// Starts `job` now, or queues it behind an in-flight message with the same key.
+    fn dispatch(&mut self, job: Job) {
+        if self.draining {
+            return;
+        }
+        let key = job.message.key.clone();
+        if let Some(job) = self.gate.admit(job.tp, key.as_deref(), job) {
+            self.jobs.spawn(self.router.clone().process(job));
+        }
+    }
+
+    fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        for released in self.delays.pop_due(Utc::now()) {
+            let tp = released.partition;
+            let current = self.epochs.get(&tp).copied();
+            for job in released.items {
+                if Some(job.epoch) == current {
+                    self.dispatch(job);
+                }
+            }
+            if released.resume && current.is_some() {
+                pause(
+                    consumer,
+                    self.router.topology.topic(tp.stage),
+                    tp.partition,
+                    false,
+                );
+            }
+        }
+    }
+
+    fn on_completion(&mut self, consumer: &StreamConsumer<TopologyContext>, done: Completion) {
+        if let Some(next) = self.gate.release(done.tp, done.key.as_deref()) {
+            if self.draining {
+                // Not started: handed back, its offset stays uncommitted.
+            } else {
+                self.jobs.spawn(self.router.clone().process(next));
+            }
+        }
+        if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
+            return;
+        }
+        let Some(offsets) = self.offsets.get_mut(&done.tp) else {
+            return;
+        };
+        offsets.finish(done.offset);
+        if let Some(next) = offsets.advance() {
+            let mut tpl = TopicPartitionList::with_capacity(1);
+            let topic = self.router.topology.topic(done.tp.stage);
+            if tpl
+                .add_partition_offset(topic, done.tp.partition, Offset::Offset(next))
+                .is_ok()
+            {
+                if let Err(e) = consumer.store_offsets(&tpl) {
+                    tracing::debug!(topic, partition = done.tp.partition, error = %e, "offset not stored");
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.in_flight
+            .set((self.jobs.len() + self.gate.waiting() + self.delays.len()) as i64);
+        let topology = &self.router.topology;
+        let mut per_tier = vec![0i64; topology.tiers.len()];
+        for tp in self.delays.partitions() {
+            if let Stage::Tier(i) = tp.stage {
+                per_tier[i] += 1;
+            }
+        }
+        for (i, n) in per_tier.into_iter().enumerate() {
+            m.paused
+                .with_label_values(&[&topology.tiers[i].label])
+                .set(n);
+        }
+    }
+}
+
+/// The tokio instant at which wall-clock time `due` is reached (rounded up to the millisecond).
+fn instant_for(due: chrono::DateTime<Utc>) -> Instant {
+    let wait = (due - Utc::now()).to_std().unwrap_or_default();
+    Instant::now() + wait + Duration::from_millis(1)
+}
+
+fn pause(consumer: &StreamConsumer<TopologyContext>, topic: &str, partition: i32, paused: bool) {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    tpl.add_partition(topic, partition);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(topic, partition, paused, error = %e, "pause/resume failed");
+    }
+}
+
+fn commit_offsets(consumer: &StreamConsumer<TopologyContext>, mode: CommitMode) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) => {}
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed; will retry on the next interval")
+        }
+    }
+}
+
+/// Closes the consumer (leaving the group) on a helper thread, waiting at most `limit`.
+///
+/// librdkafka's close can wait on the broker for a long time (a hang was seen with Tansu when
+/// some assigned partitions had never been fetched); offsets are already committed, so the
+/// process does not wait past the limit.
+fn close_consumer(consumer: StreamConsumer<TopologyContext>, limit: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rebound-close".into())
+        .spawn(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = tx.send(());
+        });
+    if spawned.is_err() {
+        tracing::warn!(
+            "could not start the close thread; leaving the group is left to the session timeout"
+        );
+        return;
+    }
+    if rx.recv_timeout(limit).is_err() {
+        tracing::warn!(
+            limit_s = limit.as_secs(),
+            "consumer close did not finish in time; exiting anyway (offsets are committed)"
+        );
+    }
+}

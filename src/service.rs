@@ -1,0 +1,177 @@
+//! `rebound run` as a library: wire the consumer, the producer, the router and the metrics
+//! server together and run until told to stop.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use rebound::{handler::{handler_fn, Outcome}, Config, Service, Topology};
+//! # async fn example() -> Result<(), rebound::ServiceError> {
+//! let topology = Topology::new("orders", &[std::time::Duration::from_secs(120)]);
+//! let config = Config::new("127.0.0.1:9092", "orders-worker", topology);
+//! let handler = Arc::new(handler_fn(|m| async move {
+//!     if m.payload().is_empty() { Outcome::permanent("empty", "no payload") } else { Outcome::Success }
+//! }));
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! Service::new(config, handler).run(stop).await
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::kafka::{self, TopologyContext};
+use crate::metrics::{self, Metrics};
+use crate::pipeline::{Limits, Pipeline};
+use crate::produce::Producer;
+use crate::router::Router;
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topics missing: {}; create them with `rebound topics apply` (same flags)", .0.join(", "))]
+    MissingTopics(Vec<String>),
+    #[error("cannot reach the brokers at {brokers}: {error}")]
+    Unreachable { brokers: String, error: KafkaError },
+    #[error("metrics server cannot listen on {addr}: {error}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    /// Whether fixing the configuration (or the topics) is what is needed: exit code 2.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::MissingTopics(_) | ServiceError::MetricsBind { .. }
+        )
+    }
+}
+
+/// A configured retry topology, ready to run.
+pub struct Service {
+    config: Config,
+    handler: Arc<dyn Handler>,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    pub fn new(config: Config, handler: Arc<dyn Handler>) -> Service {
+        Service {
+            config,
+            handler,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// The service's metrics (also served on `metrics_addr` when set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `stop` is cancelled; then finishes or hands back in-flight work, commits and
+    /// leaves the group within the configured shutdown timeout.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), ServiceError> {
+        let Service {
+            config,
+            handler,
+            metrics,
+        } = self;
+        let cluster = &config.cluster;
+        let topology = cluster.topology.clone();
+        let server_stop = CancellationToken::new();
+        let server = match config.metrics_addr {
+            Some(addr) => {
+                let (local, task) = metrics::serve(addr, metrics.clone(), server_stop.clone())
+                    .await
+                    .map_err(|error| ServiceError::MetricsBind { addr, error })?;
+                tracing::info!(url = %format!("http://{local}/metrics"), "metrics server listening");
+                Some(task)
+            }
+            None => None,
+        };
+
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumer: StreamConsumer<TopologyContext> = kafka::consumer_config(cluster)
+            .create_with_context(TopologyContext {
+                events: events_tx,
+                metrics: metrics.clone(),
+            })?;
+        check_topics(&consumer, cluster.brokers.as_str(), &topology.topics()).await?;
+        let producer = Producer::new(cluster)?;
+        let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
+        subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
+        consumer.subscribe(&subscribed)?;
+        tracing::info!(group = %cluster.group, topics = ?subscribed, dlq = %topology.dlq, max_retries = topology.max_retries,
+            "rebound running");
+
+        let router = Arc::new(Router {
+            topology,
+            handler,
+            producer: producer.clone(),
+            metrics: metrics.clone(),
+            handler_timeout: config.handler_timeout,
+            abandon: CancellationToken::new(),
+        });
+        let limits = Limits {
+            max_in_flight: config.max_in_flight,
+            commit_interval: config.commit_interval,
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        Pipeline::new(consumer, events_rx, router, limits)
+            .run(stop)
+            .await;
+        producer.flush(Duration::from_secs(5));
+        server_stop.cancel();
+        if let Some(task) = server {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Fails with the list of missing topics, so that a typo is not a silent idle consumer.
+async fn check_topics(
+    consumer: &StreamConsumer<TopologyContext>,
+    brokers: &str,
+    topics: &[&str],
+) -> Result<(), ServiceError> {
+    let mut last_error = None;
+    for _ in 0..3 {
+        match consumer.fetch_metadata(None, Duration::from_secs(10)) {
+            Ok(md) => {
+                let missing: Vec<String> = topics
+                    .iter()
+                    .filter(|t| {
+                        !md.topics().iter().any(|m| {
+                            m.name() == **t && m.error().is_none() && !m.partitions().is_empty()
+                        })
+                    })
+                    .map(|t| t.to_string())
+                    .collect();
+                return if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ServiceError::MissingTopics(missing))
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, brokers, "cannot fetch metadata yet");
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(ServiceError::Unreachable {
+        brokers: brokers.to_string(),
+        error: last_error.unwrap_or(KafkaError::NoMessageReceived),
+    })
+}

@@ -1,0 +1,433 @@
+//! Topic names, delay tiers and the routing decision (pure).
+//!
+//! `Topology::route` is the one place that decides where a handled message goes next. It takes
+//! the clock and the jitter sample as arguments so that it is deterministic under test.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::duration;
+use crate::handler::Outcome;
+
+/// One delay tier: a topic whose messages are not processed before their `process_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub delay: Duration,
+    /// `retry-2m`: the tier's label in metrics and the suffix of its topic.
+    pub label: String,
+    /// `<main>.retry-2m`
+    pub topic: String,
+}
+
+impl Tier {
+    pub fn new(main: &str, delay: Duration) -> Tier {
+        let label = format!("retry-{}", duration::format(delay));
+        Tier {
+            topic: format!("{main}.{label}"),
+            label,
+            delay,
+        }
+    }
+}
+
+/// Where a message was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Main,
+    /// Index into [`Topology::tiers`].
+    Tier(usize),
+}
+
+/// Why a message went to the dead-letter topic; the value of `rebound-dlq-reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DlqReason {
+    /// The handler said the failure is permanent.
+    Permanent,
+    /// Transient failures used up `1 + max-retries` tries.
+    Exhausted,
+    /// The first failure is older than `max-age`.
+    Expired,
+    /// A routing header could not be read.
+    Invalid,
+}
+
+impl DlqReason {
+    pub const ALL: [DlqReason; 4] = [
+        DlqReason::Permanent,
+        DlqReason::Exhausted,
+        DlqReason::Expired,
+        DlqReason::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqReason::Permanent => "permanent",
+            DlqReason::Exhausted => "exhausted",
+            DlqReason::Expired => "expired",
+            DlqReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// The routing decision for one handled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Handled; nothing to produce.
+    Done,
+    /// Produce to `tiers[tier]`, not to be processed before `due`. `attempt` = failed attempts so far.
+    Retry {
+        tier: usize,
+        due: DateTime<Utc>,
+        attempt: u32,
+    },
+    /// Produce to the DLQ. `attempt` = failed attempts so far, this one included.
+    Dead { reason: DlqReason, attempt: u32 },
+}
+
+/// A whole topology: the main topic, its tiers and its DLQ, with the retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub main: String,
+    pub tiers: Vec<Tier>,
+    pub dlq: String,
+    /// A message is tried at most `1 + max_retries` times.
+    pub max_retries: u32,
+    /// Messages whose first failure is older than this go to the DLQ as `expired`.
+    pub max_age: Option<Duration>,
+    /// Fraction of a tier's delay by which `process_after` is spread (0 = exact).
+    pub jitter: f64,
+}
+
+impl Topology {
+    /// A topology with the given tiers and defaults: one retry per tier, no max age, no jitter.
+    pub fn new(main: &str, delays: &[Duration]) -> Topology {
+        Topology {
+            main: main.to_string(),
+            tiers: delays.iter().map(|d| Tier::new(main, *d)).collect(),
+            dlq: format!("{main}.dlq"),
+            max_retries: delays.len() as u32,
+            max_age: None,
+            jitter: 0.0,
+        }
+    }
+
+    /// Every topic of the topology: main, tiers in order, DLQ.
+    pub fn topics(&self) -> Vec<&str> {
+        let mut v = vec![self.main.as_str()];
+        v.extend(self.tiers.iter().map(|t| t.topic.as_str()));
+        v.push(self.dlq.as_str());
+        v
+    }
+
+    /// The stage a topic is consumed as, if it is the main topic or a tier.
+    pub fn stage_of(&self, topic: &str) -> Option<Stage> {
+        if topic == self.main {
+            return Some(Stage::Main);
+        }
+        self.tiers
+            .iter()
+            .position(|t| t.topic == topic)
+            .map(Stage::Tier)
+    }
+
+    /// `main` or the tier's label (`retry-2m`): the `tier` label of metrics.
+    pub fn label(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Main => "main",
+            Stage::Tier(i) => &self.tiers[i].label,
+        }
+    }
+
+    pub fn topic(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Main => &self.main,
+            Stage::Tier(i) => &self.tiers[i].topic,
+        }
+    }
+
+    /// Decides where a message goes after the handler's `outcome`.
+    ///
+    /// * `prior_attempts`: failed attempts before this one (0 on the main topic).
+    /// * `first_failed_at`: time of the first failure, if there was one before this.
+    /// * `jitter_unit`: a sample in `[-1, 1]`; scaled by `self.jitter` and the tier's delay.
+    pub fn route(
+        &self,
+        outcome: &Outcome,
+        prior_attempts: u32,
+        first_failed_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        jitter_unit: f64,
+    ) -> Route {
+        let attempt = prior_attempts.saturating_add(1);
+        let failure = match outcome {
+            Outcome::Success => return Route::Done,
+            Outcome::Permanent(_) => {
+                return Route::Dead {
+                    reason: DlqReason::Permanent,
+                    attempt,
+                }
+            }
+            Outcome::Transient(f) => f,
+        };
+        if attempt > self.max_retries || self.tiers.is_empty() {
+            return Route::Dead {
+                reason: DlqReason::Exhausted,
+                attempt,
+            };
+        }
+        if let (Some(max_age), Some(first)) = (self.max_age, first_failed_at) {
+            if now
+                .signed_duration_since(first)
+                .to_std()
+                .unwrap_or_default()
+                > max_age
+            {
+                return Route::Dead {
+                    reason: DlqReason::Expired,
+                    attempt,
+                };
+            }
+        }
+        let last = self.tiers.len() - 1;
+        let mut tier = (attempt as usize - 1).min(last);
+        if let Some(wait) = failure.retry_after {
+            // The first tier (from the normal next one on) whose delay covers the server's wish.
+            tier = (tier..=last)
+                .find(|&i| self.tiers[i].delay >= wait)
+                .unwrap_or(last);
+        }
+        let delay = self.tiers[tier].delay;
+        let spread = self.jitter.clamp(0.0, 1.0) * jitter_unit.clamp(-1.0, 1.0);
+        let jittered = delay.mul_f64(1.0 + spread);
+        let wait = failure.retry_after.map_or(jittered, |w| w.max(jittered));
+        let due = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        Route::Retry { tier, due, attempt }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Failure;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn topo() -> Topology {
+        Topology::new("orders", &[secs(120), secs(240), secs(480)])
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 14, 30, 0).unwrap()
+    }
+
+    fn transient() -> Outcome {
+        Outcome::Transient(Failure::new("http_503", "busy"))
+    }
+
+    #[test]
+    fn names_follow_the_contract() {
+        let t = topo();
+        assert_eq!(
+            t.topics(),
+            vec![
+                "orders",
+                "orders.retry-2m",
+                "orders.retry-4m",
+                "orders.retry-8m",
+                "orders.dlq"
+            ]
+        );
+        assert_eq!(t.stage_of("orders.retry-4m"), Some(Stage::Tier(1)));
+        assert_eq!(t.stage_of("orders"), Some(Stage::Main));
+        assert_eq!(t.stage_of("other"), None);
+        assert_eq!(t.label(Stage::Tier(0)), "retry-2m");
+        assert_eq!(t.label(Stage::Main), "main");
+        assert_eq!(
+            Tier::new("a", Duration::from_millis(300)).topic,
+            "a.retry-300ms"
+        );
+    }
+
+    #[test]
+    fn success_lands_nowhere_but_done() {
+        assert_eq!(
+            topo().route(&Outcome::Success, 2, None, now(), 0.0),
+            Route::Done
+        );
+    }
+
+    #[test]
+    fn permanent_goes_straight_to_the_dlq() {
+        let r = topo().route(
+            &Outcome::Permanent(Failure::new("http_400", "bad")),
+            0,
+            None,
+            now(),
+            0.0,
+        );
+        assert_eq!(
+            r,
+            Route::Dead {
+                reason: DlqReason::Permanent,
+                attempt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn transient_walks_the_tiers_then_exhausts() {
+        let t = topo();
+        let r0 = t.route(&transient(), 0, None, now(), 0.0);
+        assert_eq!(
+            r0,
+            Route::Retry {
+                tier: 0,
+                due: now() + chrono::Duration::seconds(120),
+                attempt: 1
+            }
+        );
+        let r1 = t.route(&transient(), 1, Some(now()), now(), 0.0);
+        assert!(matches!(
+            r1,
+            Route::Retry {
+                tier: 1,
+                attempt: 2,
+                ..
+            }
+        ));
+        let r2 = t.route(&transient(), 2, Some(now()), now(), 0.0);
+        assert!(matches!(
+            r2,
+            Route::Retry {
+                tier: 2,
+                attempt: 3,
+                ..
+            }
+        ));
+        let r3 = t.route(&transient(), 3, Some(now()), now(), 0.0);
+        assert_eq!(
+            r3,
+            Route::Dead {
+                reason: DlqReason::Exhausted,
+                attempt: 4
+            }
+        );
+    }
+
+    #[test]
+    fn the_last_tier_repeats_when_retries_exceed_tiers() {
+        let mut t = topo();
+        t.max_retries = 5;
+        for prior in 2..5 {
+            assert!(matches!(
+                t.route(&transient(), prior, None, now(), 0.0),
+                Route::Retry { tier: 2, .. }
+            ));
+        }
+        assert!(matches!(
+            t.route(&transient(), 5, None, now(), 0.0),
+            Route::Dead {
+                reason: DlqReason::Exhausted,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_retries_means_one_try() {
+        let mut t = topo();
+        t.max_retries = 0;
+        assert_eq!(
+            t.route(&transient(), 0, None, now(), 0.0),
+            Route::Dead {
+                reason: DlqReason::Exhausted,
+                attempt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn old_failures_expire() {
+        let mut t = topo();
+        t.max_age = Some(secs(3600));
+        let first = now() - chrono::Duration::seconds(3601);
+        assert_eq!(
+            t.route(&transient(), 1, Some(first), now(), 0.0),
+            Route::Dead {
+                reason: DlqReason::Expired,
+                attempt: 2
+            }
+        );
+        let recent = now() - chrono::Duration::seconds(10);
+        assert!(matches!(
+            t.route(&transient(), 1, Some(recent), now(), 0.0),
+            Route::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_picks_the_tier_that_covers_it() {
+        let t = topo();
+        let mut f = Failure::new("http_429", "slow down");
+        f.retry_after = Some(secs(200));
+        let r = t.route(&Outcome::Transient(f.clone()), 0, None, now(), 0.0);
+        assert_eq!(
+            r,
+            Route::Retry {
+                tier: 1,
+                due: now() + chrono::Duration::seconds(240),
+                attempt: 1
+            }
+        );
+        f.retry_after = Some(secs(10_000));
+        let r = t.route(&Outcome::Transient(f), 0, None, now(), 0.0);
+        assert_eq!(
+            r,
+            Route::Retry {
+                tier: 2,
+                due: now() + chrono::Duration::seconds(10_000),
+                attempt: 1
+            }
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn routing_invariants(
+            prior in 0u32..20,
+            max_retries in 0u32..8,
+            jitter in 0.0f64..0.5,
+            unit in -1.0f64..=1.0,
+            kind in 0u8..3,
+        ) {
+            let mut t = topo();
+            t.max_retries = max_retries;
+            t.jitter = jitter;
+            let outcome = match kind {
+                0 => Outcome::Success,
+                1 => transient(),
+                _ => Outcome::Permanent(Failure::new("x", "y")),
+            };
+            match t.route(&outcome, prior, None, now(), unit) {
+                Route::Done => prop_assert!(matches!(outcome, Outcome::Success)),
+                Route::Dead { attempt, .. } => {
+                    prop_assert!(!matches!(outcome, Outcome::Success), "never DLQ a success");
+                    prop_assert_eq!(attempt, prior + 1, "attempts only grow");
+                }
+                Route::Retry { tier, due, attempt } => {
+                    prop_assert_eq!(attempt, prior + 1);
+                    prop_assert!(attempt <= max_retries);
+                    prop_assert_eq!(tier, (attempt as usize - 1).min(t.tiers.len() - 1), "the last tier repeats");
+                    let floor = t.tiers[tier].delay.mul_f64(1.0 - jitter);
+                    let waited = (due - now()).to_std().unwrap();
+                    prop_assert!(waited + Duration::from_millis(1) >= floor, "never earlier than delay minus jitter");
+                }
+            }
+        }
+    }
+}
