@@ -278,29 +278,34 @@ impl State {
             message,
             intake,
         };
-        if let Intake::Retry(state) = &job.intake {
-            let due = state.process_after;
-            if due > Utc::now() {
-                let offset = job.message.offset;
-                if self.delays.hold(tp, due, job) {
-                    pause(consumer, topology.topic(stage), tp.partition, true);
-                    tracing::debug!(
-                        tier = topology.label(stage),
-                        partition = tp.partition,
-                        offset,
-                        due_in_ms = (due - Utc::now()).num_milliseconds(),
-                        "paused until due"
-                    );
-                } else {
-                    tracing::debug!(
-                        tier = topology.label(stage),
-                        partition = tp.partition,
-                        offset,
-                        "message read from a paused partition; held behind its head"
-                    );
-                }
-                return;
+        let due = match &job.intake {
+            Intake::Retry(state) => Some(state.process_after),
+            _ => None,
+        };
+        let now = Utc::now();
+        let held = self.delays.is_held(&tp);
+        if held || due.is_some_and(|d| d > now) {
+            // Not due, or behind a held head (partition order is kept): park it.
+            let offset = job.message.offset;
+            let due = due.unwrap_or(now);
+            if self.delays.hold(tp, due, job) {
+                pause(consumer, topology.topic(stage), tp.partition, true);
+                tracing::debug!(
+                    tier = topology.label(stage),
+                    partition = tp.partition,
+                    offset,
+                    due_in_ms = (due - now).num_milliseconds(),
+                    "paused until due"
+                );
+            } else {
+                tracing::debug!(
+                    tier = topology.label(stage),
+                    partition = tp.partition,
+                    offset,
+                    "message read from a paused partition; held behind its head"
+                );
             }
+            return;
         }
         self.dispatch(job);
     }

@@ -1,0 +1,381 @@
+//! Shared helpers for integration tests against the real broker started by `scripts/test`:
+//! the broker address, unique topic names, producing, reading a topic with a deadline, and
+//! running rebound in-process with a scripted, recording handler.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rebound::config::{Config, KafkaProps};
+use rebound::handler::{Handler, Message, Outcome};
+use rebound::headers::{self, Header};
+use rebound::{Service, Topology};
+use tokio_util::sync::CancellationToken;
+
+/// The broker `scripts/test` started.
+pub fn brokers() -> String {
+    std::env::var("REBOUND_TEST_BROKERS")
+        .expect("REBOUND_TEST_BROKERS is not set: run the integration tests through scripts/test")
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000_000)
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// librdkafka settings for fast tests on this broker (see docs/broker-compat.md).
+pub fn test_kafka_props() -> Vec<(String, String)> {
+    vec![
+        ("fetch.wait.max.ms".into(), "20".into()),
+        ("linger.ms".into(), "0".into()),
+        ("batch.num.messages".into(), "1".into()),
+    ]
+}
+
+pub async fn create_topics(topics: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Creates every topic of `topology` with `partitions` partitions.
+pub async fn create_topology(topology: &Topology, partitions: i32) {
+    create_topics(&topology.topics(), partitions).await;
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Out {
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<Header>,
+}
+
+impl Out {
+    pub fn new(key: &str, payload: &str) -> Out {
+        Out {
+            partition: None,
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+            headers: vec![],
+        }
+    }
+
+    pub fn partition(mut self, p: i32) -> Out {
+        self.partition = Some(p);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Out {
+        self.headers.push(Header::new(name, value.as_bytes()));
+        self
+    }
+}
+
+/// A producer that sends one record per batch (see docs/broker-compat.md, "Mid-batch fetch").
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .expect("producer")
+}
+
+/// Produces every record and waits for each acknowledgement.
+pub async fn produce(topic: &str, records: &[Out]) {
+    let p = producer();
+    for r in records {
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(rebound::kafka::to_owned_headers(&r.headers));
+        if let Some(k) = &r.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = &r.payload {
+            fr = fr.payload(v);
+        }
+        if let Some(part) = r.partition {
+            fr = fr.partition(part);
+        }
+        p.send(fr, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<Header>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<String> {
+        headers::last(&self.headers, name)
+            .and_then(|h| h.value.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn payload_str(&self) -> String {
+        String::from_utf8_lossy(self.payload.as_deref().unwrap_or_default()).into_owned()
+    }
+}
+
+/// Reads `topic` from the beginning (all partitions, no group) until `want` records arrived or
+/// `deadline` passed; returns what was read.
+pub fn read_topic(topic: &str, want: usize, deadline: Duration) -> Vec<Got> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let until = Instant::now() + deadline;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            out.push(Got {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers: rebound::kafka::read_headers(m.headers()),
+            });
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !cond() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One call of the recording handler.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub process_after: Option<DateTime<Utc>>,
+}
+
+/// A handler whose behaviour is scripted by the payload, and which records every call.
+///
+/// Payload `ID:BEHAVIOUR` with BEHAVIOUR one of `ok`, `fail-once` (transient on the first try),
+/// `fail-N` (transient on the first N tries), `always` (always transient), `permanent`.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Recorder {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    /// Calls per id.
+    pub fn by_id(&self) -> HashMap<String, Vec<Call>> {
+        let mut m: HashMap<String, Vec<Call>> = HashMap::new();
+        for c in self.calls() {
+            m.entry(c.id.clone()).or_default().push(c);
+        }
+        m
+    }
+
+    /// Ids that were handled successfully at least once.
+    pub fn succeeded(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .calls()
+            .into_iter()
+            .filter(|c| behaviour_succeeds(&c.id, c.attempt, self))
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+fn split(payload: &str) -> (&str, &str) {
+    payload.split_once(':').unwrap_or((payload, "ok"))
+}
+
+fn behaviour_succeeds(id: &str, attempt: u32, _r: &Recorder) -> bool {
+    let (_, behaviour) = split(id);
+    outcome_for(behaviour, attempt) == Outcome::Success
+}
+
+fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
+    match behaviour {
+        "ok" => Outcome::Success,
+        "always" => Outcome::transient("test_transient", "always fails"),
+        "permanent" => Outcome::permanent("test_permanent", "never works"),
+        b => {
+            let n = match b {
+                "fail-once" => 1,
+                _ => b
+                    .strip_prefix("fail-")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+            };
+            if attempt < n {
+                Outcome::transient("test_transient", format!("failure {} of {n}", attempt + 1))
+            } else {
+                Outcome::Success
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, m: &Message) -> Outcome {
+        let at = Utc::now();
+        let payload = String::from_utf8_lossy(m.payload()).into_owned();
+        let process_after = headers::last(&m.headers, headers::PROCESS_AFTER)
+            .and_then(|h| headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok());
+        self.calls.lock().unwrap().push(Call {
+            id: payload.clone(),
+            topic: m.topic.clone(),
+            partition: m.partition,
+            attempt: m.attempt,
+            at,
+            process_after,
+        });
+        let (_, behaviour) = split(&payload);
+        outcome_for(behaviour, m.attempt)
+    }
+}
+
+/// rebound running in-process.
+pub struct Running {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), rebound::ServiceError>>,
+    pub metrics: Arc<rebound::metrics::Metrics>,
+}
+
+impl Running {
+    /// Stops gracefully and waits (bounded) for the service to return.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.task)
+            .await
+            .expect("service stops within its shutdown bound")
+            .expect("service task")
+            .expect("service ran");
+    }
+}
+
+/// A test configuration: fast commits and fetches.
+pub fn config(topology: Topology, group: &str) -> Config {
+    let mut c = Config::new(&brokers(), group, topology);
+    c.cluster.kafka = KafkaProps(test_kafka_props());
+    c.commit_interval = Duration::from_millis(200);
+    c.shutdown_timeout = Duration::from_secs(20);
+    c.handler_timeout = Duration::from_secs(5);
+    c
+}
+
+pub fn start(config: Config, handler: Arc<dyn Handler>) -> Running {
+    let service = Service::new(config, handler);
+    let metrics = service.metrics();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(service.run(stop.clone()));
+    Running {
+        stop,
+        task,
+        metrics,
+    }
+}
+
+/// Waits for the service to be assigned its partitions.
+pub async fn wait_ready(r: &Running) {
+    let m = r.metrics.clone();
+    wait_until("partition assignment", Duration::from_secs(30), move || {
+        m.health.assigned.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+}
+
+/// Runs `f` with a deadline, failing the test with `what` if it is exceeded.
+pub async fn within<T>(what: &str, deadline: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(deadline, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {deadline:?}"))
+}
+
+/// A topology with short tiers for tests.
+pub fn topology(main: &str, tiers_ms: &[u64]) -> Topology {
+    let delays: Vec<Duration> = tiers_ms
+        .iter()
+        .map(|ms| Duration::from_millis(*ms))
+        .collect();
+    Topology::new(main, &delays)
+}
