@@ -123,6 +123,27 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
 
+    /// Share of transient failures (0 to 1) in the breaker's window that opens it; 0 turns the
+    /// circuit breaker off [default: 0.5].
+    #[arg(long, env = "REBOUND_BREAKER_THRESHOLD", value_name = "FRACTION")]
+    pub breaker_threshold: Option<String>,
+
+    /// How many recent handler outcomes the breaker judges (it needs that many) [default: 20].
+    #[arg(long, env = "REBOUND_BREAKER_WINDOW", value_name = "N")]
+    pub breaker_window: Option<String>,
+
+    /// How long an open breaker keeps fetching paused before probing [default: 30s].
+    #[arg(long, env = "REBOUND_BREAKER_COOLDOWN", value_name = "DURATION")]
+    pub breaker_cooldown: Option<String>,
+
+    /// Probe messages a half-open breaker lets through; all must succeed to close it [default: 3].
+    #[arg(long, env = "REBOUND_BREAKER_PROBES", value_name = "N")]
+    pub breaker_probes: Option<String>,
+
+    /// Message headers the `http` handler forwards as request headers (comma-separated names).
+    #[arg(long, env = "REBOUND_FORWARD_HEADERS", value_name = "NAME,...")]
+    pub forward_headers: Option<String>,
+
     /// Validate the configuration, print it (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::breaker::BreakerConfig;
 use crate::cli::{RunArgs, TopicsArgs, TopologyArgs};
 use crate::duration;
 use crate::handler::command::CommandHandler;
@@ -70,6 +71,11 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub commit_interval: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub breaker_threshold: Option<f64>,
+    pub breaker_window: Option<usize>,
+    pub breaker_cooldown: Option<String>,
+    pub breaker_probes: Option<usize>,
+    pub forward_headers: Option<StringOrList>,
     pub partitions: Option<i32>,
     pub replication_factor: Option<i32>,
     #[serde(default)]
@@ -95,7 +101,7 @@ impl FileConfig {
 /// Which built-in handler the binary runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerSpec {
-    Http { url: String },
+    Http { url: String, forward_headers: Vec<String> },
     Command { command_line: String },
 }
 
@@ -159,6 +165,7 @@ pub struct Config {
     pub max_in_flight: usize,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
+    pub breaker: BreakerConfig,
 }
 
 impl Config {
@@ -177,6 +184,7 @@ impl Config {
             max_in_flight: 32,
             commit_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
+            breaker: BreakerConfig::default(),
         }
     }
 
@@ -197,7 +205,18 @@ impl Config {
             Some("http") => {
                 let url = url.ok_or_else(|| bad("--url", "missing: `--handler http` needs the URL to POST to"))?;
                 crate::handler::http::HttpHandler::new(&url, Duration::from_secs(1)).map_err(|e| bad("--url", e))?;
-                HandlerSpec::Http { url }
+                let forward_headers = match (&args.forward_headers, &file.forward_headers) {
+                    (Some(s), _) | (None, Some(StringOrList::One(s))) => s.split(',').map(|h| h.trim().to_string()).collect(),
+                    (None, Some(StringOrList::Many(v))) => v.clone(),
+                    (None, None) => Vec::new(),
+                };
+                let forward_headers: Vec<String> = forward_headers.into_iter().filter(|h| !h.is_empty()).collect();
+                for name in &forward_headers {
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(bad("--forward-headers", format!("{name:?} is not a valid HTTP header name")));
+                    }
+                }
+                HandlerSpec::Http { url, forward_headers }
             }
             Some("command") => {
                 let line = command.ok_or_else(|| {
@@ -236,7 +255,9 @@ impl Config {
         if !(1..=10_000).contains(&max_in_flight) {
             return Err(bad("--max-in-flight", "must be from 1 to 10000"));
         }
+        let breaker = resolve_breaker(args, &file)?;
         Ok(Config {
+            breaker,
             cluster,
             handler: Some(handler),
             handler_timeout,
@@ -258,6 +279,46 @@ impl Config {
             )?,
         })
     }
+}
+
+fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, ConfigError> {
+    let d = BreakerConfig::default();
+    let threshold = match args.breaker_threshold.as_deref() {
+        Some(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| bad("--breaker-threshold", format!("{s:?} is not a number such as 0.5")))?,
+        None => file.breaker_threshold.unwrap_or(d.threshold),
+    };
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(bad("--breaker-threshold", "must be from 0 (off) to 1"));
+    }
+    let window = match args.breaker_window.as_deref() {
+        Some(s) => parse_num::<usize>("--breaker-window", s)?,
+        None => file.breaker_window.unwrap_or(20),
+    };
+    if !(1..=100_000).contains(&window) {
+        return Err(bad("--breaker-window", "must be from 1 to 100000"));
+    }
+    let probes = match args.breaker_probes.as_deref() {
+        Some(s) => parse_num::<usize>("--breaker-probes", s)?,
+        None => file.breaker_probes.unwrap_or(d.probes),
+    };
+    if probes == 0 {
+        return Err(bad("--breaker-probes", "must be at least 1"));
+    }
+    let cooldown = positive_duration(
+        "--breaker-cooldown",
+        args.breaker_cooldown.as_deref().or(file.breaker_cooldown.as_deref()),
+        "30s",
+    )?;
+    Ok(BreakerConfig {
+        threshold,
+        window,
+        min_calls: window,
+        cooldown,
+        probes,
+    })
 }
 
 /// Settings of `rebound topics plan|apply`.
@@ -520,7 +581,12 @@ impl fmt::Display for Config {
         }
         writeln!(f, "jitter           = {}", t.jitter)?;
         match &self.handler {
-            Some(HandlerSpec::Http { url }) => writeln!(f, "handler          = http {url}")?,
+            Some(HandlerSpec::Http { url, forward_headers }) => {
+                writeln!(f, "handler          = http {url}")?;
+                if !forward_headers.is_empty() {
+                    writeln!(f, "forward-headers  = {}", forward_headers.join(","))?;
+                }
+            }
             Some(HandlerSpec::Command { command_line }) => {
                 writeln!(f, "handler          = command {command_line}")?
             }

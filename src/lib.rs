@@ -7,6 +7,7 @@
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants.
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod delay;

@@ -58,12 +58,13 @@ async fn dispatch(command: Command) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let handler: Arc<dyn Handler> = match &config.handler {
-                Some(HandlerSpec::Http { url }) => {
-                    match HttpHandler::new(url, config.handler_timeout) {
-                        Ok(h) => Arc::new(h),
-                        Err(e) => return usage_error(format!("--url: {e}")),
-                    }
-                }
+                Some(HandlerSpec::Http {
+                    url,
+                    forward_headers,
+                }) => match HttpHandler::new(url, config.handler_timeout) {
+                    Ok(h) => Arc::new(h.forward_headers(forward_headers.clone())),
+                    Err(e) => return usage_error(format!("--url: {e}")),
+                },
                 Some(HandlerSpec::Command { command_line }) => {
                     match CommandHandler::parse(command_line) {
                         Ok(h) => Arc::new(h),

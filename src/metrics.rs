@@ -29,6 +29,7 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     pub lag: IntGaugeVec,
     pub in_flight: IntGauge,
+    pub circuit_state: IntGauge,
     pub build_info: GaugeVec,
     pub health: Health,
 }
@@ -137,6 +138,12 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique metric");
+        let circuit_state = IntGauge::new(
+            "rebound_circuit_state",
+            "Circuit breaker around the handler: 0 closed, 1 half-open, 2 open.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(circuit_state.clone())).expect("unique metric");
         let build_info = GaugeVec::new(
             Opts::new(
                 "rebound_build_info",
@@ -162,6 +169,7 @@ impl Metrics {
             paused,
             lag,
             in_flight,
+            circuit_state,
             build_info,
             health: Health::default(),
         }
@@ -261,6 +269,7 @@ mod tests {
             "rebound_paused_partitions",
             "rebound_consumer_lag",
             "rebound_in_flight",
+            "rebound_circuit_state",
             "rebound_build_info",
         ] {
             assert!(

@@ -16,7 +16,7 @@
 //!   results of its in-flight jobs are ignored (their epoch is gone), so nothing from an old
 //!   assignment is committed or resumed in a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use crate::delay::DelayQueue;
 use crate::handler::Message;
 use crate::headers;
@@ -46,6 +47,7 @@ use crate::topology::Stage;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_in_flight: usize,
+    pub breaker: BreakerConfig,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -61,6 +63,11 @@ struct State {
     offsets: HashMap<Tp, PartitionOffsets>,
     delays: DelayQueue<Tp, Job>,
     gate: KeyGate<Tp, Job>,
+    /// Read and due, waiting for the circuit breaker to let them start (FIFO).
+    parked: VecDeque<Job>,
+    breaker: Breaker,
+    /// Every assigned partition is paused because the breaker is open.
+    fetch_paused: bool,
     jobs: JoinSet<Completion>,
     draining: bool,
 }
@@ -92,6 +99,9 @@ impl Pipeline {
                 offsets: HashMap::new(),
                 delays: DelayQueue::default(),
                 gate: KeyGate::default(),
+                parked: VecDeque::new(),
+                breaker: Breaker::new(limits.breaker),
+                fetch_paused: false,
                 jobs: JoinSet::new(),
                 draining: false,
             },
@@ -106,11 +116,11 @@ impl Pipeline {
         let mut recv_errors = 0u32;
         loop {
             while let Ok(event) = self.events.try_recv() {
-                self.state.on_rebalance(event);
+                self.state.on_rebalance(&self.consumer, event);
             }
             let wake = self.state.delays.next_due().map(instant_for);
-            let room =
-                self.state.jobs.len() + self.state.gate.waiting() < self.state.limits.max_in_flight;
+            let breaker_wake = self.state.breaker.wakes_at().map(Instant::from_std);
+            let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
@@ -124,13 +134,16 @@ impl Pipeline {
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     state.release_due(consumer);
                 }
+                _ = tokio::time::sleep_until(breaker_wake.unwrap_or_else(Instant::now)), if breaker_wake.is_some() => {
+                    state.breaker_tick(consumer);
+                }
                 _ = commit.tick() => commit_offsets(consumer, CommitMode::Async),
                 received = consumer.recv(), if room => match received {
                     Ok(m) => {
                         recv_errors = 0;
                         // The message may have come with a rebalance; see it first.
                         while let Ok(event) = self.events.try_recv() {
-                            state.on_rebalance(event);
+                            state.on_rebalance(consumer, event);
                         }
                         state.on_message(consumer, &m);
                     }
@@ -191,7 +204,12 @@ impl Pipeline {
 }
 
 impl State {
-    fn on_rebalance(&mut self, event: RebalanceEvent) {
+    /// Messages read and not finished, except held heads: what `--max-in-flight` bounds.
+    fn buffered(&self) -> usize {
+        self.jobs.len() + self.gate.waiting() + self.parked.len()
+    }
+
+    fn on_rebalance(&mut self, consumer: &StreamConsumer<TopologyContext>, event: RebalanceEvent) {
         let topology = &self.router.topology;
         match event {
             RebalanceEvent::Assigned(parts) => {
@@ -206,6 +224,10 @@ impl State {
                 }
                 self.metrics.health.assigned.store(true, Ordering::Relaxed);
                 tracing::info!(assigned = self.epochs.len(), "partitions assigned");
+                if self.fetch_paused {
+                    // The context resumed them; the open breaker wants them paused.
+                    self.set_fetching(consumer, false);
+                }
             }
             RebalanceEvent::Revoked(parts) => {
                 let mut handed_back = 0;
@@ -218,6 +240,9 @@ impl State {
                     self.offsets.remove(&tp);
                     handed_back += self.delays.remove(&tp).len();
                     handed_back += self.gate.remove_partition(tp).len();
+                    let before = self.parked.len();
+                    self.parked.retain(|j| j.tp != tp);
+                    handed_back += before - self.parked.len();
                 }
                 tracing::info!(
                     remaining = self.epochs.len(),
@@ -310,14 +335,71 @@ impl State {
         self.dispatch(job);
     }
 
-    /// Starts `job` now, or queues it behind an in-flight message with the same key.
+    /// Queues `job` to start as soon as the circuit breaker allows (at once when closed).
     fn dispatch(&mut self, job: Job) {
         if self.draining {
             return;
         }
-        let key = job.message.key.clone();
-        if let Some(job) = self.gate.admit(job.tp, key.as_deref(), job) {
-            self.jobs.spawn(self.router.clone().process(job));
+        self.parked.push_back(job);
+        self.pump();
+    }
+
+    /// Starts parked jobs while the breaker lets them through; a job waits behind an in-flight
+    /// message with the same key.
+    fn pump(&mut self) {
+        while !self.draining && !self.parked.is_empty() && self.breaker.try_start() {
+            let Some(job) = self.parked.pop_front() else { break };
+            if self.epochs.get(&job.tp) != Some(&job.epoch) {
+                continue;
+            }
+            let key = job.message.key.clone();
+            if let Some(job) = self.gate.admit(job.tp, key.as_deref(), job) {
+                self.jobs.spawn(self.router.clone().process(job));
+            }
+        }
+    }
+
+    /// Pauses (or resumes) every assigned partition that is not held for a delay.
+    fn set_fetching(&mut self, consumer: &StreamConsumer<TopologyContext>, on: bool) {
+        self.fetch_paused = !on;
+        let topology = &self.router.topology;
+        let mut tpl = TopicPartitionList::new();
+        for tp in self.epochs.keys() {
+            if !self.delays.is_held(tp) {
+                tpl.add_partition(topology.topic(tp.stage), tp.partition);
+            }
+        }
+        let result = if on { consumer.resume(&tpl) } else { consumer.pause(&tpl) };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, on, "pausing/resuming fetching for the circuit breaker failed");
+        }
+    }
+
+    fn on_breaker_change(&mut self, consumer: &StreamConsumer<TopologyContext>, new: BreakerState) {
+        self.metrics.circuit_state.set(new.as_gauge());
+        match new {
+            BreakerState::Open => {
+                tracing::warn!(waiting = self.parked.len(), "circuit breaker open: too many transient failures; fetching paused");
+                self.set_fetching(consumer, false);
+            }
+            BreakerState::HalfOpen => {
+                tracing::info!("circuit breaker half-open: probing the handler");
+                self.set_fetching(consumer, true);
+                self.pump();
+            }
+            BreakerState::Closed => {
+                tracing::info!("circuit breaker closed: handler healthy again");
+                if self.fetch_paused {
+                    self.set_fetching(consumer, true);
+                }
+                self.pump();
+            }
+        }
+    }
+
+    fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        if let Some(new) = self.breaker.tick(std::time::Instant::now()) {
+            self.on_breaker_change(consumer, new);
         }
     }
 
@@ -330,7 +412,7 @@ impl State {
                     self.dispatch(job);
                 }
             }
-            if released.resume && current.is_some() {
+            if released.resume && current.is_some() && !self.fetch_paused {
                 pause(
                     consumer,
                     self.router.topology.topic(tp.stage),
@@ -347,6 +429,11 @@ impl State {
                 // Not started: handed back, its offset stays uncommitted.
             } else {
                 self.jobs.spawn(self.router.clone().process(next));
+            }
+        }
+        if let Some(signal) = done.signal {
+            if let Some(new) = self.breaker.record(signal, std::time::Instant::now()) {
+                self.on_breaker_change(consumer, new);
             }
         }
         if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
@@ -373,7 +460,7 @@ impl State {
     fn update_gauges(&self) {
         let m = &self.metrics;
         m.in_flight
-            .set((self.jobs.len() + self.gate.waiting() + self.delays.len()) as i64);
+            .set((self.buffered() + self.delays.len()) as i64);
         let topology = &self.router.topology;
         let mut per_tier = vec![0i64; topology.tiers.len()];
         for tp in self.delays.partitions() {

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Signal;
 use crate::handler::{self, Handler, Message, Outcome};
 use crate::headers::{self, InvalidHeader, RetryState};
 use crate::metrics::Metrics;
@@ -62,6 +65,8 @@ pub struct Completion {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub finish: Finish,
+    /// What the handler said, for the circuit breaker (`None` when it was not called).
+    pub signal: Option<Signal>,
 }
 
 /// What every job shares.
@@ -84,17 +89,26 @@ impl Router {
             message,
             intake,
         } = job;
-        let finish = self.process_message(tp, &message, intake).await;
+        let run = AssertUnwindSafe(self.process_message(tp, &message, intake)).catch_unwind();
+        let (finish, signal) = match run.await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!(partition = tp.partition, offset = message.offset,
+                    "internal error while routing; the message is handed back and its partition stops committing until restart");
+                (Finish::HandedBack, None)
+            }
+        };
         Completion {
             tp,
             epoch,
             offset: message.offset,
             key: message.key,
             finish,
+            signal,
         }
     }
 
-    async fn process_message(&self, tp: Tp, message: &Message, intake: Intake) -> Finish {
+    async fn process_message(&self, tp: Tp, message: &Message, intake: Intake) -> (Finish, Option<Signal>) {
         let label = self.topology.label(tp.stage);
         let (prior, first_failed_at) = match &intake {
             Intake::Fresh => (0, None),
@@ -122,9 +136,10 @@ impl Router {
                         (headers::DLQ_REASON, DlqReason::Invalid.as_str().into()),
                     ],
                 );
-                return self
+                let finish = self
                     .deliver(tp, message, None, Some(DlqReason::Invalid), headers)
                     .await;
+                return (finish, None);
             }
         };
 
@@ -140,13 +155,17 @@ impl Router {
             .handled
             .with_label_values(&[label, outcome.label()])
             .inc();
+        let signal = match outcome {
+            Outcome::Transient(_) => Signal::Transient,
+            _ => Signal::Ok,
+        };
 
         let now = Utc::now();
         let unit = rand::rng().random_range(-1.0..=1.0);
         let route = self
             .topology
             .route(&outcome, prior, first_failed_at, now, unit);
-        match route {
+        let finish = match route {
             Route::Done => {
                 tracing::trace!(
                     tier = label,
@@ -194,7 +213,8 @@ impl Router {
                 );
                 self.deliver(tp, message, None, Some(reason), headers).await
             }
-        }
+        };
+        (finish, Some(signal))
     }
 
     /// The contract's headers for a failed attempt; the user's headers are kept in front.

@@ -123,6 +123,7 @@ impl Service {
         });
         let limits = Limits {
             max_in_flight: config.max_in_flight,
+            breaker: config.breaker,
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
         };

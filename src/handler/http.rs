@@ -18,6 +18,8 @@ use crate::headers::{truncate, MAX_ERROR_MESSAGE};
 pub struct HttpHandler {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// Message headers passed on as request headers (lower-case names).
+    forward: Vec<String>,
 }
 
 impl HttpHandler {
@@ -33,10 +35,20 @@ impl HttpHandler {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(HttpHandler { client, url })
+        Ok(HttpHandler {
+            client,
+            url,
+            forward: Vec::new(),
+        })
     }
 
-    fn request_headers(message: &Message) -> HeaderMap {
+    /// Forwards the message headers with these names (case-insensitive) as request headers.
+    pub fn forward_headers(mut self, names: Vec<String>) -> HttpHandler {
+        self.forward = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
+    }
+
+    fn request_headers(&self, message: &Message) -> HeaderMap {
         let mut map = HeaderMap::new();
         let content_type = crate::headers::last(&message.headers, "content-type")
             .and_then(|h| h.value.as_deref())
@@ -61,6 +73,19 @@ impl HttpHandler {
                 ),
             };
             put("x-rebound-key", text);
+        }
+        for h in &message.headers {
+            let Ok(name) = std::str::from_utf8(&h.name) else { continue };
+            let lower = name.to_ascii_lowercase();
+            if !self.forward.contains(&lower) {
+                continue;
+            }
+            if let (Ok(n), Some(Ok(v))) = (
+                HeaderName::from_bytes(lower.as_bytes()),
+                h.value.as_deref().map(HeaderValue::from_bytes),
+            ) {
+                map.append(n, v);
+            }
         }
         map
     }
@@ -92,7 +117,7 @@ impl Handler for HttpHandler {
         let response = self
             .client
             .post(self.url.clone())
-            .headers(Self::request_headers(message))
+            .headers(self.request_headers(message))
             .body(message.payload().to_vec())
             .send()
             .await;
