@@ -118,7 +118,11 @@ impl Breaker {
 
     /// Moves open → half-open once the cool-down has passed. Returns the new state if it changed.
     pub fn tick(&mut self, now: Instant) -> Option<State> {
-        if self.state == State::Open && self.opened_at.is_some_and(|t| now >= t + self.config.cooldown) {
+        if self.state == State::Open
+            && self
+                .opened_at
+                .is_some_and(|t| now >= t + self.config.cooldown)
+        {
             self.state = State::HalfOpen;
             self.probes_started = 0;
             self.probes_passed = 0;
@@ -168,7 +172,9 @@ impl Breaker {
                     }
                 }
                 let n = self.recent.len();
-                if n >= self.config.min_calls && self.transient_in_window as f64 >= self.config.threshold * n as f64 {
+                if n >= self.config.min_calls
+                    && self.transient_in_window as f64 >= self.config.threshold * n as f64
+                {
                     return Some(self.open(now));
                 }
                 None
@@ -221,7 +227,11 @@ mod tests {
         let mut b = Breaker::new(cfg());
         assert_eq!(b.record(Signal::Transient, now), None);
         assert_eq!(b.record(Signal::Transient, now), None);
-        assert_eq!(b.record(Signal::Transient, now), None, "fewer than min_calls");
+        assert_eq!(
+            b.record(Signal::Transient, now),
+            None,
+            "fewer than min_calls"
+        );
         assert_eq!(b.record(Signal::Transient, now), Some(State::Open));
         assert!(!b.try_start());
     }
@@ -231,7 +241,11 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(cfg());
         for i in 0..100 {
-            let s = if i % 3 == 0 { Signal::Transient } else { Signal::Ok };
+            let s = if i % 3 == 0 {
+                Signal::Transient
+            } else {
+                Signal::Ok
+            };
             assert_eq!(b.record(s, now), None);
         }
         assert_eq!(b.state(), State::Closed);

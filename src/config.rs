@@ -101,8 +101,13 @@ impl FileConfig {
 /// Which built-in handler the binary runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerSpec {
-    Http { url: String, forward_headers: Vec<String> },
-    Command { command_line: String },
+    Http {
+        url: String,
+        forward_headers: Vec<String>,
+    },
+    Command {
+        command_line: String,
+    },
 }
 
 /// librdkafka properties, with secrets hidden from `Debug` and `Display`.
@@ -284,10 +289,12 @@ impl Config {
 fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, ConfigError> {
     let d = BreakerConfig::default();
     let threshold = match args.breaker_threshold.as_deref() {
-        Some(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| bad("--breaker-threshold", format!("{s:?} is not a number such as 0.5")))?,
+        Some(s) => s.trim().parse::<f64>().map_err(|_| {
+            bad(
+                "--breaker-threshold",
+                format!("{s:?} is not a number such as 0.5"),
+            )
+        })?,
         None => file.breaker_threshold.unwrap_or(d.threshold),
     };
     if !(0.0..=1.0).contains(&threshold) {
@@ -309,7 +316,9 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
     }
     let cooldown = positive_duration(
         "--breaker-cooldown",
-        args.breaker_cooldown.as_deref().or(file.breaker_cooldown.as_deref()),
+        args.breaker_cooldown
+            .as_deref()
+            .or(file.breaker_cooldown.as_deref()),
         "30s",
     )?;
     Ok(BreakerConfig {
@@ -581,7 +590,10 @@ impl fmt::Display for Config {
         }
         writeln!(f, "jitter           = {}", t.jitter)?;
         match &self.handler {
-            Some(HandlerSpec::Http { url, forward_headers }) => {
+            Some(HandlerSpec::Http {
+                url,
+                forward_headers,
+            }) => {
                 writeln!(f, "handler          = http {url}")?;
                 if !forward_headers.is_empty() {
                     writeln!(f, "forward-headers  = {}", forward_headers.join(","))?;

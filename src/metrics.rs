@@ -143,7 +143,9 @@ impl Metrics {
             "Circuit breaker around the handler: 0 closed, 1 half-open, 2 open.",
         )
         .expect("valid metric");
-        registry.register(Box::new(circuit_state.clone())).expect("unique metric");
+        registry
+            .register(Box::new(circuit_state.clone()))
+            .expect("unique metric");
         let build_info = GaugeVec::new(
             Opts::new(
                 "rebound_build_info",

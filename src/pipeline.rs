@@ -348,7 +348,9 @@ impl State {
     /// message with the same key.
     fn pump(&mut self) {
         while !self.draining && !self.parked.is_empty() && self.breaker.try_start() {
-            let Some(job) = self.parked.pop_front() else { break };
+            let Some(job) = self.parked.pop_front() else {
+                break;
+            };
             if self.epochs.get(&job.tp) != Some(&job.epoch) {
                 continue;
             }
@@ -369,7 +371,11 @@ impl State {
                 tpl.add_partition(topology.topic(tp.stage), tp.partition);
             }
         }
-        let result = if on { consumer.resume(&tpl) } else { consumer.pause(&tpl) };
+        let result = if on {
+            consumer.resume(&tpl)
+        } else {
+            consumer.pause(&tpl)
+        };
         if let Err(e) = result {
             tracing::warn!(error = %e, on, "pausing/resuming fetching for the circuit breaker failed");
         }
@@ -379,7 +385,10 @@ impl State {
         self.metrics.circuit_state.set(new.as_gauge());
         match new {
             BreakerState::Open => {
-                tracing::warn!(waiting = self.parked.len(), "circuit breaker open: too many transient failures; fetching paused");
+                tracing::warn!(
+                    waiting = self.parked.len(),
+                    "circuit breaker open: too many transient failures; fetching paused"
+                );
                 self.set_fetching(consumer, false);
             }
             BreakerState::HalfOpen => {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use rand::Rng;
+use std::panic::AssertUnwindSafe;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Signal;
@@ -108,7 +108,12 @@ impl Router {
         }
     }
 
-    async fn process_message(&self, tp: Tp, message: &Message, intake: Intake) -> (Finish, Option<Signal>) {
+    async fn process_message(
+        &self,
+        tp: Tp,
+        message: &Message,
+        intake: Intake,
+    ) -> (Finish, Option<Signal>) {
         let label = self.topology.label(tp.stage);
         let (prior, first_failed_at) = match &intake {
             Intake::Fresh => (0, None),

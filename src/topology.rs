@@ -170,12 +170,7 @@ impl Topology {
             }
             Outcome::Transient(f) => f,
         };
-        if attempt > self.max_retries || self.tiers.is_empty() {
-            return Route::Dead {
-                reason: DlqReason::Exhausted,
-                attempt,
-            };
-        }
+        // Age first: an expired message is expired whatever attempts it has left.
         if let (Some(max_age), Some(first)) = (self.max_age, first_failed_at) {
             if now
                 .signed_duration_since(first)
@@ -188,6 +183,12 @@ impl Topology {
                     attempt,
                 };
             }
+        }
+        if attempt > self.max_retries || self.tiers.is_empty() {
+            return Route::Dead {
+                reason: DlqReason::Exhausted,
+                attempt,
+            };
         }
         let last = self.tiers.len() - 1;
         let mut tier = (attempt as usize - 1).min(last);

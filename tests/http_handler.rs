@@ -53,32 +53,37 @@ async fn respond(State(s): State<Server>, headers: HeaderMap, body: Bytes) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let (status, extra): (u16, Option<(&str, String)>) = if let Some(code) = text.strip_prefix("status:") {
-        (code.parse().unwrap_or(500), None)
-    } else if text == "slow" {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        (200, None)
-    } else if let Some(secs) = text.strip_prefix("retry-after:") {
-        if attempt == 0 {
-            (429, Some(("retry-after", secs.to_string())))
+    let (status, extra): (u16, Option<(&str, String)>) =
+        if let Some(code) = text.strip_prefix("status:") {
+            (code.parse().unwrap_or(500), None)
+        } else if text == "slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (200, None)
+        } else if let Some(secs) = text.strip_prefix("retry-after:") {
+            if attempt == 0 {
+                (429, Some(("retry-after", secs.to_string())))
+            } else {
+                (200, None)
+            }
+        } else if text.starts_with("flaky:") {
+            if s.healthy.load(Ordering::SeqCst) {
+                (200, None)
+            } else {
+                (503, None)
+            }
         } else {
             (200, None)
-        }
-    } else if text.starts_with("flaky:") {
-        if s.healthy.load(Ordering::SeqCst) {
-            (200, None)
-        } else {
-            (503, None)
-        }
-    } else {
-        (200, None)
-    };
+        };
     s.seen.lock().unwrap().push(Seen {
         body: text,
         headers: headers.clone(),
         status,
     });
-    let mut resp = (StatusCode::from_u16(status).unwrap(), format!("server said {status}")).into_response();
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap(),
+        format!("server said {status}"),
+    )
+        .into_response();
     if let Some((name, value)) = extra {
         resp.headers_mut().insert(name, value.parse().unwrap());
     }
@@ -112,10 +117,16 @@ async fn each_status_class_routes_where_the_contract_says() {
     topo.max_retries = 0; // one try: transient shows up as `exhausted`, permanent as `permanent`
     create_topology(&topo, 1).await;
     let codes = [200, 204, 400, 404, 408, 422, 425, 429, 500, 503];
-    let recs: Vec<Out> = codes.iter().map(|c| Out::new("k", &format!("status:{c}"))).collect();
+    let recs: Vec<Out> = codes
+        .iter()
+        .map(|c| Out::new("k", &format!("status:{c}")))
+        .collect();
     produce(&main, &recs).await;
 
-    let svc = start(config(topo.clone(), &unique("g")), http(&url, Duration::from_secs(5)));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&url, Duration::from_secs(5)),
+    );
     let dlq = read_topic(&topo.dlq, 8, T);
     svc.stop().await;
 
@@ -133,13 +144,27 @@ async fn each_status_class_routes_where_the_contract_says() {
     }
     assert_eq!(got.len(), 8, "2xx never reach the DLQ: {got:?}");
     for c in [400, 404, 422] {
-        assert_eq!(got[&format!("status:{c}")], ("permanent".into(), "permanent".into(), format!("http_{c}")));
+        assert_eq!(
+            got[&format!("status:{c}")],
+            ("permanent".into(), "permanent".into(), format!("http_{c}"))
+        );
     }
     for c in [408, 425, 429, 500, 503] {
-        assert_eq!(got[&format!("status:{c}")], ("exhausted".into(), "transient".into(), format!("http_{c}")));
+        assert_eq!(
+            got[&format!("status:{c}")],
+            ("exhausted".into(), "transient".into(), format!("http_{c}"))
+        );
     }
-    let msg = dlq.iter().find(|d| d.payload_str() == "status:503").unwrap().header(h::ERROR_MESSAGE).unwrap();
-    assert!(msg.contains("server said 503"), "the response body starts the error message: {msg}");
+    let msg = dlq
+        .iter()
+        .find(|d| d.payload_str() == "status:503")
+        .unwrap()
+        .header(h::ERROR_MESSAGE)
+        .unwrap();
+    assert!(
+        msg.contains("server said 503"),
+        "the response body starts the error message: {msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +175,10 @@ async fn connect_errors_and_slow_servers_are_transient() {
     topo.max_retries = 0;
     create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "slow")]).await;
-    let svc = start(config(topo.clone(), &unique("g")), http(&url, Duration::from_millis(300)));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&url, Duration::from_millis(300)),
+    );
     let dlq = read_topic(&topo.dlq, 1, T);
     svc.stop().await;
     assert_eq!(dlq.len(), 1);
@@ -158,13 +186,19 @@ async fn connect_errors_and_slow_servers_are_transient() {
     assert_eq!(dlq[0].header(h::ERROR_KIND).as_deref(), Some("transient"));
 
     // Nobody listens on this port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let main = unique("http-connect");
     let mut topo = topology(&main, &[200]);
     topo.max_retries = 0;
     create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "x")]).await;
-    let svc = start(config(topo.clone(), &unique("g")), http(&format!("http://{closed}/"), Duration::from_secs(2)));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&format!("http://{closed}/"), Duration::from_secs(2)),
+    );
     let dlq = read_topic(&topo.dlq, 1, T);
     svc.stop().await;
     assert_eq!(dlq.len(), 1);
@@ -183,7 +217,10 @@ async fn requests_carry_metadata_and_only_the_allowed_headers() {
         .header("secret-internal", "nope");
     odd.key = Some(vec![0xff, 0x01]);
     produce(&main, &[Out::new("plain-key", "hi"), odd]).await;
-    let svc = start(config(topo.clone(), &unique("g")), http(&url, Duration::from_secs(5)));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&url, Duration::from_secs(5)),
+    );
     let s = server.clone();
     wait_until("two requests", T, move || s.count() >= 2).await;
     svc.stop().await;
@@ -191,14 +228,23 @@ async fn requests_carry_metadata_and_only_the_allowed_headers() {
     let seen = server.seen();
     let plain = seen.iter().find(|s| s.body == "hi").unwrap();
     let get = |s: &Seen, n: &str| s.headers.get(n).map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(get(plain, "content-type").as_deref(), Some("application/octet-stream"));
-    assert_eq!(get(plain, "x-rebound-topic").as_deref(), Some(main.as_str()));
+    assert_eq!(
+        get(plain, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        get(plain, "x-rebound-topic").as_deref(),
+        Some(main.as_str())
+    );
     assert_eq!(get(plain, "x-rebound-partition").as_deref(), Some("0"));
     assert_eq!(get(plain, "x-rebound-offset").as_deref(), Some("0"));
     assert_eq!(get(plain, "x-rebound-attempt").as_deref(), Some("0"));
     assert_eq!(get(plain, "x-rebound-key").as_deref(), Some("plain-key"));
     let odd = seen.iter().find(|s| s.body == "hello").unwrap();
-    assert_eq!(get(odd, "content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        get(odd, "content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(get(odd, "traceparent").as_deref(), Some("00-abc-def-01"));
     assert_eq!(get(odd, "secret-internal"), None);
     assert_eq!(get(odd, "x-rebound-key").as_deref(), Some("base64:/wE="));
@@ -211,17 +257,40 @@ async fn retry_after_delays_the_retry_at_least_that_long_and_picks_a_covering_ti
     let topo = topology(&main, &[200, 2000]);
     create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "retry-after:1")]).await;
-    let svc = start(config(topo.clone(), &unique("g")), http(&url, Duration::from_secs(5)));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&url, Duration::from_secs(5)),
+    );
     let tier2 = read_topic(&topo.tiers[1].topic, 1, T);
     let s = server.clone();
     wait_until("the retry", T, move || s.count() >= 2).await;
     svc.stop().await;
 
-    assert!(read_topic(&topo.tiers[0].topic, 1, Duration::from_millis(300)).is_empty(), "200ms tier does not cover 1s");
+    assert!(
+        read_topic(&topo.tiers[0].topic, 1, Duration::from_millis(300)).is_empty(),
+        "200ms tier does not cover 1s"
+    );
     assert_eq!(tier2.len(), 1);
-    let first = h::parse_time(h::FIRST_FAILED_AT, tier2[0].header(h::FIRST_FAILED_AT).as_deref().map(str::as_bytes)).unwrap();
-    let due = h::parse_time(h::PROCESS_AFTER, tier2[0].header(h::PROCESS_AFTER).as_deref().map(str::as_bytes)).unwrap();
-    assert!((due - first).num_milliseconds() >= 1000, "process_after honours Retry-After");
+    let first = h::parse_time(
+        h::FIRST_FAILED_AT,
+        tier2[0]
+            .header(h::FIRST_FAILED_AT)
+            .as_deref()
+            .map(str::as_bytes),
+    )
+    .unwrap();
+    let due = h::parse_time(
+        h::PROCESS_AFTER,
+        tier2[0]
+            .header(h::PROCESS_AFTER)
+            .as_deref()
+            .map(str::as_bytes),
+    )
+    .unwrap();
+    assert!(
+        (due - first).num_milliseconds() >= 1000,
+        "process_after honours Retry-After"
+    );
     assert_eq!(server.seen()[1].status, 200);
 }
 
@@ -231,7 +300,9 @@ async fn jitter_spreads_due_times_within_its_bounds() {
     let mut topo = topology(&main, &[1000]);
     topo.jitter = 0.2;
     create_topology(&topo, 1).await;
-    let recs: Vec<Out> = (0..60).map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-once"))).collect();
+    let recs: Vec<Out> = (0..60)
+        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-once")))
+        .collect();
     produce(&main, &recs).await;
     let rec = Recorder::default();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
@@ -242,14 +313,28 @@ async fn jitter_spreads_due_times_within_its_bounds() {
     let waits: Vec<i64> = tier
         .iter()
         .map(|g| {
-            let first = h::parse_time(h::FIRST_FAILED_AT, g.header(h::FIRST_FAILED_AT).as_deref().map(str::as_bytes)).unwrap();
-            let due = h::parse_time(h::PROCESS_AFTER, g.header(h::PROCESS_AFTER).as_deref().map(str::as_bytes)).unwrap();
+            let first = h::parse_time(
+                h::FIRST_FAILED_AT,
+                g.header(h::FIRST_FAILED_AT).as_deref().map(str::as_bytes),
+            )
+            .unwrap();
+            let due = h::parse_time(
+                h::PROCESS_AFTER,
+                g.header(h::PROCESS_AFTER).as_deref().map(str::as_bytes),
+            )
+            .unwrap();
             (due - first).num_milliseconds()
         })
         .collect();
-    assert!(waits.iter().all(|w| (799..=1201).contains(w)), "outside ±20%: {waits:?}");
+    assert!(
+        waits.iter().all(|w| (799..=1201).contains(w)),
+        "outside ±20%: {waits:?}"
+    );
     let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
-    assert!(max - min >= 100, "60 samples should spread over more than 100 ms: {waits:?}");
+    assert!(
+        max - min >= 100,
+        "60 samples should spread over more than 100 ms: {waits:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,15 +350,27 @@ async fn messages_older_than_max_age_expire_to_the_dlq() {
             .header(h::ATTEMPT, "1")
             .header(h::FIRST_FAILED_AT, &h::format_time(first))
     };
-    produce(&topo.tiers[0].topic, &[retry("old", old), retry("young", Utc::now())]).await;
+    produce(
+        &topo.tiers[0].topic,
+        &[retry("old", old), retry("young", Utc::now())],
+    )
+    .await;
     let rec = Recorder::default();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let dlq = read_topic(&topo.dlq, 2, T);
     svc.stop().await;
 
-    let reason = |id: &str| dlq.iter().find(|d| d.payload_str().starts_with(id)).and_then(|d| d.header(h::DLQ_REASON));
+    let reason = |id: &str| {
+        dlq.iter()
+            .find(|d| d.payload_str().starts_with(id))
+            .and_then(|d| d.header(h::DLQ_REASON))
+    };
     assert_eq!(reason("old").as_deref(), Some("expired"));
-    assert_eq!(reason("young").as_deref(), Some("exhausted"), "the young one used its one retry");
+    assert_eq!(
+        reason("young").as_deref(),
+        Some("exhausted"),
+        "the young one used its one retry"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +381,9 @@ async fn the_breaker_opens_under_a_failing_server_and_closes_when_it_recovers_lo
     topo.max_retries = 20;
     create_topology(&topo, 2).await;
     let n = 60;
-    let recs: Vec<Out> = (0..n).map(|i| Out::new(&format!("k{i}"), &format!("flaky:{i}"))).collect();
+    let recs: Vec<Out> = (0..n)
+        .map(|i| Out::new(&format!("k{i}"), &format!("flaky:{i}")))
+        .collect();
     produce(&main, &recs).await;
 
     let mut cfg = config(topo.clone(), &unique("g"));
@@ -306,21 +405,35 @@ async fn the_breaker_opens_under_a_failing_server_and_closes_when_it_recovers_lo
     wait_until("two more probe rounds", T, move || s.count() >= r0 + 4).await;
     let elapsed = t0.elapsed();
     let extra = server.count() - r0;
-    assert!(elapsed >= Duration::from_millis(800), "probe rounds are a cool-down apart ({elapsed:?})");
+    assert!(
+        elapsed >= Duration::from_millis(800),
+        "probe rounds are a cool-down apart ({elapsed:?})"
+    );
     let rounds = (elapsed.as_millis() / 800) as usize + 1;
-    assert!(extra <= 2 * rounds + 4, "{extra} requests in {elapsed:?}: the breaker did not hold fetching back");
+    assert!(
+        extra <= 2 * rounds + 4,
+        "{extra} requests in {elapsed:?}: the breaker did not hold fetching back"
+    );
 
     server.healthy.store(true, Ordering::SeqCst);
     let m = svc.metrics.clone();
     wait_until("the breaker closes", T, move || m.circuit_state.get() == 0).await;
     let s = server.clone();
     wait_until("every message succeeded", T, move || {
-        let ok: std::collections::HashSet<String> = s.seen().into_iter().filter(|x| x.status == 200).map(|x| x.body).collect();
+        let ok: std::collections::HashSet<String> = s
+            .seen()
+            .into_iter()
+            .filter(|x| x.status == 200)
+            .map(|x| x.body)
+            .collect();
         ok.len() == n
     })
     .await;
     svc.stop().await;
-    assert!(read_topic(&topo.dlq, 1, Duration::from_millis(500)).is_empty(), "nothing dead-lettered");
+    assert!(
+        read_topic(&topo.dlq, 1, Duration::from_millis(500)).is_empty(),
+        "nothing dead-lettered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +442,9 @@ async fn max_in_flight_speeds_up_a_slow_handler_and_keeps_same_key_order() {
         let main = unique("mif");
         let topo = topology(&main, &[200]);
         create_topology(&topo, 1).await;
-        let recs: Vec<Out> = (0..48).map(|i| Out::new(&format!("key{}", i % 16), &format!("m{i}"))).collect();
+        let recs: Vec<Out> = (0..48)
+            .map(|i| Out::new(&format!("key{}", i % 16), &format!("m{i}")))
+            .collect();
         produce(&main, &recs).await;
         let log: Arc<Mutex<Vec<(String, i64, Instant, Instant)>>> = Arc::default();
         let l = log.clone();
@@ -338,7 +453,9 @@ async fn max_in_flight_speeds_up_a_slow_handler_and_keeps_same_key_order() {
             async move {
                 let start = Instant::now();
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                l.lock().unwrap().push((m.key_lossy(), m.offset, start, Instant::now()));
+                l.lock()
+                    .unwrap()
+                    .push((m.key_lossy(), m.offset, start, Instant::now()));
                 rebound::Outcome::Success
             }
         });

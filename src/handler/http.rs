@@ -75,7 +75,9 @@ impl HttpHandler {
             put("x-rebound-key", text);
         }
         for h in &message.headers {
-            let Ok(name) = std::str::from_utf8(&h.name) else { continue };
+            let Ok(name) = std::str::from_utf8(&h.name) else {
+                continue;
+            };
             let lower = name.to_ascii_lowercase();
             if !self.forward.contains(&lower) {
                 continue;
