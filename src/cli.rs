@@ -35,6 +35,39 @@ pub enum Command {
     /// Show or create the topics of a topology.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// A self-contained local run that shows the whole topology working.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DemoArgs {
+    /// Bootstrap brokers [default: 127.0.0.1:9092].
+    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+
+    /// How many sample messages to send [default: 300].
+    #[arg(long, env = "REBOUND_MESSAGES", value_name = "N")]
+    pub messages: Option<String>,
+
+    /// Delay tiers of the demo topology [default: 2s,4s,8s].
+    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...")]
+    pub tiers: Option<String>,
+
+    /// Share of calls the simulated downstream fails transiently [default: 0.3].
+    #[arg(long, env = "REBOUND_FAILURE_RATE", value_name = "FRACTION")]
+    pub failure_rate: Option<String>,
+
+    /// Address of the metrics server, or `off` [default: 127.0.0.1:9464].
+    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Keep the demo topics afterwards (they are deleted by default).
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Any librdkafka property (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
 }
 
 /// Flags shared by every command that works on a topology.

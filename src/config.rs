@@ -330,6 +330,75 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
     })
 }
 
+impl crate::demo::DemoConfig {
+    pub fn resolve(args: &crate::cli::DemoArgs) -> Result<crate::demo::DemoConfig, ConfigError> {
+        let messages = match args.messages.as_deref() {
+            Some(s) => parse_num::<usize>("--messages", s)?,
+            None => 300,
+        };
+        if !(1..=1_000_000).contains(&messages) {
+            return Err(bad("--messages", "must be from 1 to 1000000"));
+        }
+        let items: Vec<String> = args
+            .tiers
+            .as_deref()
+            .unwrap_or("2s,4s,8s")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let tiers = parse_tiers("--tiers", &items)?;
+        let transient_rate = match args.failure_rate.as_deref() {
+            Some(s) => s.trim().parse::<f64>().map_err(|_| {
+                bad(
+                    "--failure-rate",
+                    format!("{s:?} is not a number such as 0.3"),
+                )
+            })?,
+            None => 0.3,
+        };
+        if !(0.0..1.0).contains(&transient_rate) {
+            return Err(bad("--failure-rate", "must be from 0 to below 1"));
+        }
+        let metrics_addr =
+            match args.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464") {
+                "off" | "" => None,
+                a => Some(a.parse().map_err(|_| {
+                    bad("--metrics-addr", format!("{a:?} is not IP:PORT, or `off`"))
+                })?),
+            };
+        // The demo runs against the local Tansu broker: one record per produce batch (Tansu 0.6
+        // skips a batch when a fetch starts inside it, which a resumed tier partition does; see
+        // docs/broker-compat.md) and short fetch waits. -X overrides them.
+        let mut kafka: Vec<(String, String)> = [
+            ("linger.ms", "0"),
+            ("batch.num.messages", "1"),
+            ("fetch.wait.max.ms", "50"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for item in &args.kafka {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| bad("-X", format!("{item:?} is not KEY=VALUE")))?;
+            kafka.retain(|(key, _)| key != k.trim());
+            kafka.push((k.trim().to_string(), v.to_string()));
+        }
+        Ok(crate::demo::DemoConfig {
+            brokers: args
+                .brokers
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BROKERS.to_string()),
+            messages,
+            tiers,
+            transient_rate,
+            metrics_addr,
+            keep: args.keep,
+            kafka: KafkaProps(kafka),
+        })
+    }
+}
+
 /// Settings of `rebound topics plan|apply`.
 #[derive(Debug, Clone)]
 pub struct TopicsConfig {

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod delay;
+pub mod demo;
 pub mod duration;
 pub mod handler;
 pub mod headers;

@@ -83,6 +83,22 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Demo(args) => {
+            let cfg = match rebound::demo::DemoConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            match rebound::demo::run(cfg, shutdown::on_signals()).await {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Topics(cmd) => {
             let (args, apply) = match &cmd {
                 TopicsCommand::Plan(a) => (a, false),

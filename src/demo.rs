@@ -1,0 +1,392 @@
+//! `rebound demo`: a self-contained run of the whole topology against a local broker.
+//!
+//! Creates a fresh topology with short tiers, produces sample orders, runs the service with a
+//! simulated flaky downstream (about 30% transient failures; empty or malformed payloads are
+//! permanent), shows live where messages are, and ends with a table of where every message went
+//! and after how many tries. Exits 0 only when every message is accounted for: handled, or read
+//! back from the DLQ.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::BreakerConfig;
+use crate::config::{ClusterConfig, Config, KafkaProps, TopicsConfig};
+use crate::handler::{Handler, Message, Outcome};
+use crate::headers;
+use crate::topology::Topology;
+use crate::{duration, topics, Service};
+
+/// Settings of `rebound demo`.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub brokers: String,
+    pub messages: usize,
+    pub tiers: Vec<Duration>,
+    pub transient_rate: f64,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub keep: bool,
+    pub kafka: KafkaProps,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("setting up the topology: {0}")]
+    Topics(#[from] topics::TopicsError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the service failed: {0}")]
+    Service(#[from] crate::ServiceError),
+    #[error("{missing} of {total} messages were not accounted for within {waited:?}")]
+    Unaccounted {
+        missing: usize,
+        total: usize,
+        waited: Duration,
+    },
+}
+
+/// What happened to one demo message.
+#[derive(Debug, Default, Clone)]
+struct Fate {
+    tries: u32,
+    succeeded: bool,
+}
+
+/// The simulated downstream: a flaky order API.
+struct FlakyApi {
+    transient_rate: f64,
+    fates: Arc<Mutex<HashMap<String, Fate>>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for FlakyApi {
+    async fn handle(&self, m: &Message) -> Outcome {
+        let id = m.key_lossy();
+        let outcome = if m.payload().is_empty() {
+            Outcome::permanent("empty_payload", "an order needs a body")
+        } else if serde_json::from_slice::<serde_json::Value>(m.payload()).is_err() {
+            Outcome::permanent("malformed_json", "the body is not JSON")
+        } else if rand::rng().random_bool(self.transient_rate) {
+            let class = if rand::rng().random_bool(0.5) {
+                "http_503"
+            } else {
+                "timeout"
+            };
+            Outcome::transient(class, "the order service is having a bad moment")
+        } else {
+            Outcome::Success
+        };
+        let mut fates = self.fates.lock().unwrap_or_else(|e| e.into_inner());
+        let fate = fates.entry(id).or_default();
+        fate.tries += 1;
+        fate.succeeded |= outcome == Outcome::Success;
+        outcome
+    }
+}
+
+/// Runs the demo; returns the final report.
+pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, DemoError> {
+    let main = format!(
+        "rebound-demo-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S%3f")
+    );
+    let topology = Topology::new(&main, &cfg.tiers);
+    let cluster = ClusterConfig {
+        brokers: cfg.brokers.clone(),
+        group: format!("{main}.group"),
+        kafka: cfg.kafka.clone(),
+        topology: topology.clone(),
+    };
+    let out = &mut std::io::stdout();
+    let _ = writeln!(
+        out,
+        "rebound demo: {} messages through {main}",
+        cfg.messages
+    );
+    let tiers: Vec<String> = topology
+        .tiers
+        .iter()
+        .map(|t| duration::format(t.delay))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  tiers {} · up to {} tries · ~{:.0}% transient failures · empty/malformed payloads are permanent",
+        tiers.join(", "),
+        topology.max_retries + 1,
+        cfg.transient_rate * 100.0
+    );
+    let plan = topics::apply(&TopicsConfig {
+        cluster: cluster.clone(),
+        partitions: Some(3),
+        replication_factor: None,
+        create_main: true,
+    })
+    .await?;
+    let _ = write!(out, "{plan}");
+
+    let ids = produce_samples(&cluster, cfg.messages).await?;
+    let bad = ids.iter().filter(|(_, kind)| *kind != "order").count();
+    let _ = writeln!(
+        out,
+        "  produced {} messages ({bad} deliberately bad)",
+        ids.len()
+    );
+
+    let fates: Arc<Mutex<HashMap<String, Fate>>> = Arc::default();
+    let handler = Arc::new(FlakyApi {
+        transient_rate: cfg.transient_rate,
+        fates: fates.clone(),
+    });
+    let mut config = Config::new(&cfg.brokers, &cluster.group, topology.clone());
+    config.cluster.kafka = cfg.kafka.clone();
+    config.metrics_addr = cfg.metrics_addr;
+    config.commit_interval = Duration::from_millis(500);
+    // A 30% failure rate is the point of the demo, not an outage.
+    config.breaker = BreakerConfig::disabled();
+    let service = Service::new(config, handler);
+    let metrics = service.metrics();
+    let service_stop = CancellationToken::new();
+    let task = tokio::spawn(service.run(service_stop.clone()));
+    if let Some(addr) = cfg.metrics_addr {
+        let _ = writeln!(out, "  metrics: http://{addr}/metrics");
+    }
+
+    let total = ids.len();
+    let budget = cfg.tiers.iter().sum::<Duration>() + Duration::from_secs(60);
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let accounted = loop {
+        let done = metrics
+            .handled
+            .with_label_values(&["main", "success"])
+            .get()
+            + topology
+                .tiers
+                .iter()
+                .map(|t| {
+                    metrics
+                        .handled
+                        .with_label_values(&[&t.label, "success"])
+                        .get()
+                })
+                .sum::<u64>();
+        let dead: u64 = crate::topology::DlqReason::ALL
+            .iter()
+            .map(|r| metrics.dlq.with_label_values(&[r.as_str()]).get())
+            .sum();
+        let stages: Vec<&str> = std::iter::once("main")
+            .chain(topology.tiers.iter().map(|t| t.label.as_str()))
+            .collect();
+        let waiting: Vec<String> = topology
+            .tiers
+            .iter()
+            .map(|t| {
+                let into: u64 = stages
+                    .iter()
+                    .map(|from| {
+                        metrics
+                            .routed
+                            .with_label_values(&[*from, t.label.as_str()])
+                            .get()
+                    })
+                    .sum();
+                let out_of = metrics.consumed.with_label_values(&[&t.label]).get();
+                format!("{} {}", t.label, into.saturating_sub(out_of))
+            })
+            .collect();
+        let line = format!(
+            "  [{:>5.1}s] done {done}/{total} · waiting: {} · dlq {dead}",
+            started.elapsed().as_secs_f64(),
+            waiting.join(", ")
+        );
+        if tty {
+            let _ = write!(out, "\r{line}   ");
+            let _ = out.flush();
+        } else if last_line.elapsed() >= Duration::from_secs(2) {
+            let _ = writeln!(out, "{line}");
+            last_line = Instant::now();
+        }
+        if (done + dead) as usize >= total {
+            break true;
+        }
+        if started.elapsed() > budget || stop.is_cancelled() {
+            break false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.cancelled() => {}
+        }
+    };
+    if tty {
+        let _ = writeln!(out);
+    }
+    service_stop.cancel();
+    let service_result = task.await.map_err(|_| DemoError::Unaccounted {
+        missing: total,
+        total,
+        waited: started.elapsed(),
+    })?;
+    service_result?;
+
+    // Account for every id: handled successfully, or present in the DLQ.
+    let dlq = read_dlq(&cluster, &topology.dlq, Duration::from_secs(20), total);
+    let fates = fates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut rows: BTreeMap<String, usize> = BTreeMap::new();
+    let mut missing = 0;
+    for (id, _) in &ids {
+        let fate = fates.get(id).cloned().unwrap_or_default();
+        let row = if fate.succeeded {
+            format!("succeeded on try {}", fate.tries)
+        } else if let Some(reason) = dlq.get(id) {
+            format!("dead-lettered: {reason} after {} tries", fate.tries)
+        } else {
+            missing += 1;
+            "missing".to_string()
+        };
+        *rows.entry(row).or_default() += 1;
+    }
+    let mut report = String::from("\nwhere every message ended:\n");
+    for (row, n) in &rows {
+        report.push_str(&format!("  {n:>6}  {row}\n"));
+    }
+    report.push_str(&format!(
+        "  {total:>6}  total, {} accounted for in {:.1}s\n",
+        total - missing,
+        started.elapsed().as_secs_f64()
+    ));
+    if !cfg.keep {
+        delete_topics(&cluster, &topology).await;
+    } else {
+        report.push_str(&format!(
+            "  topics kept: {}\n",
+            topology.topics().join(", ")
+        ));
+    }
+    if !accounted || missing > 0 {
+        let _ = write!(out, "{report}");
+        return Err(DemoError::Unaccounted {
+            missing: missing.max(usize::from(!accounted)),
+            total,
+            waited: started.elapsed(),
+        });
+    }
+    Ok(report)
+}
+
+async fn produce_samples(
+    cluster: &ClusterConfig,
+    n: usize,
+) -> Result<Vec<(String, &'static str)>, DemoError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()?;
+    let mut ids = Vec::with_capacity(n);
+    let mut sends = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("order-{i:05}");
+        let (kind, payload) = match i % 50 {
+            7 => ("empty", String::new()),
+            23 | 41 => ("malformed", format!("{{\"order\": {i}, oops")),
+            _ => (
+                "order",
+                format!(
+                    "{{\"order\":{i},\"amount_cents\":{}}}",
+                    100 + (i * 37) % 9_900
+                ),
+            ),
+        };
+        ids.push((id.clone(), kind));
+        let producer = producer.clone();
+        let topic = cluster.topology.main.clone();
+        sends.push(async move {
+            let record = FutureRecord::to(&topic).key(&id).payload(&payload);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+        });
+    }
+    for result in futures::future::join_all(sends).await {
+        result?;
+    }
+    Ok(ids)
+}
+
+/// Reads the DLQ from the beginning: key → `rebound-dlq-reason`.
+fn read_dlq(
+    cluster: &ClusterConfig,
+    dlq: &str,
+    limit: Duration,
+    most: usize,
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .set("group.id", format!("{}.reader", cluster.group))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create::<BaseConsumer>()
+    else {
+        return out;
+    };
+    let Ok(md) = consumer.fetch_metadata(Some(dlq), Duration::from_secs(10)) else {
+        return out;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let _ = tpl.add_partition_offset(dlq, p.id(), Offset::Beginning);
+        }
+    }
+    if consumer.assign(&tpl).is_err() {
+        return out;
+    }
+    let until = Instant::now() + limit;
+    let mut idle_since = Instant::now();
+    while Instant::now() < until
+        && out.len() < most
+        && idle_since.elapsed() < Duration::from_secs(3)
+    {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            idle_since = Instant::now();
+            let hs = crate::kafka::read_headers(m.headers());
+            let reason = headers::last(&hs, headers::DLQ_REASON)
+                .and_then(|h| h.value.as_deref())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            out.insert(key, reason);
+        }
+    }
+    out
+}
+
+async fn delete_topics(cluster: &ClusterConfig, topology: &Topology) {
+    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.brokers)
+        .create();
+    if let Ok(admin) = admin {
+        let names = topology.topics();
+        match admin.delete_topics(&names, &AdminOptions::new()).await {
+            Ok(_) => println!("  cleaned up the demo topics (pass --keep to keep them)"),
+            Err(e) => println!("  could not delete the demo topics: {e}"),
+        }
+    }
+}
