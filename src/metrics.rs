@@ -37,6 +37,8 @@ pub struct Metrics {
 /// What `/healthz` and `/readyz` report.
 #[derive(Default)]
 pub struct Health {
+    /// Where the metrics server listens, once it does (useful with port 0).
+    pub bound: std::sync::OnceLock<SocketAddr>,
     /// The consumer has been given an assignment (possibly empty) by its group.
     pub assigned: AtomicBool,
     /// librdkafka reported every broker down and no statistics have shown one up since.
@@ -177,6 +179,32 @@ impl Metrics {
         }
     }
 
+    /// Creates every series the topology can produce at zero, so that dashboards and alerts see
+    /// them (and `rate()` sees them move) from the first scrape on.
+    pub fn init_topology(&self, topology: &crate::topology::Topology) {
+        let stages: Vec<&str> = std::iter::once("main")
+            .chain(topology.tiers.iter().map(|t| t.label.as_str()))
+            .collect();
+        for from in &stages {
+            self.consumed.with_label_values(&[from]);
+            for outcome in ["success", "transient", "permanent"] {
+                self.handled.with_label_values(&[from, outcome]);
+            }
+            self.handler_duration.with_label_values(&[from]);
+            self.routed.with_label_values(&[from, "dlq"]);
+            for tier in &topology.tiers {
+                self.routed.with_label_values(&[*from, tier.label.as_str()]);
+            }
+        }
+        for tier in &topology.tiers {
+            self.lateness.with_label_values(&[&tier.label]);
+            self.paused.with_label_values(&[&tier.label]).set(0);
+        }
+        for reason in crate::topology::DlqReason::ALL {
+            self.dlq.with_label_values(&[reason.as_str()]);
+        }
+    }
+
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.lag
             .with_label_values(&[topic, &partition.to_string()])
@@ -205,6 +233,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let _ = metrics.health.bound.set(local);
     let app = axum::Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))

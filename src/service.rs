@@ -87,6 +87,7 @@ impl Service {
         } = self;
         let cluster = &config.cluster;
         let topology = cluster.topology.clone();
+        metrics.init_topology(&topology);
         let server_stop = CancellationToken::new();
         let server = match config.metrics_addr {
             Some(addr) => {

@@ -70,3 +70,16 @@ stop_broker() {
     wait "$BROKER_PID" 2>/dev/null || true
   fi
 }
+
+# Installs Debian's prometheus package (prometheus + promtool) for the observability tests.
+ensure_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "==> installing Prometheus (Debian package) for the observability tests" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  # The package's own service is not wanted: the tests start Prometheus on a loopback port.
+  RUNLEVEL=1 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+}
