@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod delay;
+pub mod dlq;
 pub mod duration;
 pub mod handler;
 pub mod headers;
