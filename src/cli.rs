@@ -37,6 +37,11 @@ pub enum Command {
     Topics(TopicsCommand),
     /// A self-contained local run that shows the whole topology working.
     Demo(DemoArgs),
+    /// Inspect the dead-letter topic without consuming it: stats, list, show.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Republish DLQ messages to their original topic (or --to), resuming where the last run stopped.
+    ReplayDlq(ReplayArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -206,6 +211,139 @@ pub struct TopicsArgs {
     /// Also create the main topic when it does not exist.
     #[arg(long, env = "REBOUND_CREATE_MAIN")]
     pub create_main: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Counts by reason, error class and original topic; oldest and newest; top error messages.
+    Stats(DlqStatsArgs),
+    /// One line per message (or one JSON object per line with --json).
+    List(DlqListArgs),
+    /// Every header, the key and the payload of one message.
+    Show(DlqShowArgs),
+}
+
+/// Which DLQ messages a command works on (all of them by default).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqFilterArgs {
+    /// Only these `rebound-dlq-reason`s: permanent, exhausted, expired, invalid (comma-separated).
+    #[arg(long, env = "REBOUND_REASON", value_name = "R,...")]
+    pub reason: Option<String>,
+
+    /// Only these `rebound-error-class`es, e.g. http_503,timeout (comma-separated).
+    #[arg(long, env = "REBOUND_ERROR_CLASS", value_name = "C,...")]
+    pub error_class: Option<String>,
+
+    /// Only messages with exactly this key.
+    #[arg(long, env = "REBOUND_KEY", value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// Only messages that first failed at or after this time (RFC 3339, e.g. 2026-11-24T14:00:00Z).
+    #[arg(long, env = "REBOUND_SINCE", value_name = "TIME")]
+    pub since: Option<String>,
+
+    /// Only messages that first failed before this time (RFC 3339).
+    #[arg(long, env = "REBOUND_UNTIL", value_name = "TIME")]
+    pub until: Option<String>,
+
+    /// Only this DLQ partition; the others are not read at all.
+    #[arg(long, env = "REBOUND_PARTITION", value_name = "P")]
+    pub partition: Option<String>,
+
+    /// Only offsets from N on (in each partition read).
+    #[arg(long, env = "REBOUND_FROM_OFFSET", value_name = "N")]
+    pub from_offset: Option<String>,
+
+    /// Stop reading each partition after offset N (inclusive); later offsets are left alone.
+    #[arg(long, env = "REBOUND_TO_OFFSET", value_name = "N")]
+    pub to_offset: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqStatsArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+
+    /// Print one JSON document instead of tables.
+    #[arg(long, env = "REBOUND_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+
+    /// Print at most N messages.
+    #[arg(long, env = "REBOUND_LIMIT", value_name = "N")]
+    pub limit: Option<String>,
+
+    /// One JSON object per line.
+    #[arg(long, env = "REBOUND_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqShowArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    /// The message's offset (as `list` shows it: PARTITION/OFFSET).
+    #[arg(long, env = "REBOUND_OFFSET", value_name = "N")]
+    pub offset: Option<String>,
+
+    /// The message's partition (needed when the DLQ has more than one).
+    #[arg(long, env = "REBOUND_PARTITION", value_name = "P")]
+    pub partition: Option<String>,
+}
+
+/// `replay-dlq`. Its `--group` names the replay's own consumer group, which remembers what was
+/// replayed; it reads `REBOUND_REPLAY_GROUP`, not `REBOUND_GROUP`, because `REBOUND_GROUP` is
+/// usually the service's group in the same environment, and the replay must never commit there.
+#[derive(Debug, Clone, Default, Args)]
+#[command(mut_arg("group", |a| a
+    .env("REBOUND_REPLAY_GROUP")
+    .help("The replay's own consumer group, which remembers what was replayed [default: <service-group>.replay]")))]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+
+    /// The service's consumer group, from which the replay group is named [default: rebound.<topic>].
+    #[arg(long, env = "REBOUND_GROUP", value_name = "NAME")]
+    pub service_group: Option<String>,
+
+    /// Send every message here instead of to its `rebound-original-topic`.
+    #[arg(long, env = "REBOUND_TO", value_name = "TOPIC")]
+    pub to: Option<String>,
+
+    /// Replay at most N messages, then stop (the next run continues after them).
+    #[arg(long, env = "REBOUND_LIMIT", value_name = "N")]
+    pub limit: Option<String>,
+
+    /// Print what would be sent; send nothing, commit nothing.
+    #[arg(long, env = "REBOUND_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Send at most N messages per second [default: as fast as the broker acknowledges].
+    #[arg(long, env = "REBOUND_RATE", value_name = "N")]
+    pub rate: Option<String>,
+
+    /// Skip (with a warning) messages already replayed this many times [default: 3].
+    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N")]
+    pub max_replays: Option<String>,
+
+    /// Replay messages even when they reached --max-replays.
+    #[arg(long, env = "REBOUND_FORCE")]
+    pub force: bool,
 }
 
 #[cfg(test)]

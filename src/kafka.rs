@@ -188,15 +188,14 @@ impl ClientContext for TopologyContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        if stats.brokers.values().any(|b| b.state == "UP") {
-            if self
+        if stats.brokers.values().any(|b| b.state == "UP")
+            && self
                 .metrics
                 .health
                 .brokers_down
                 .swap(false, Ordering::Relaxed)
-            {
-                tracing::info!("brokers reachable again");
-            }
+        {
+            tracing::info!("brokers reachable again");
         }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {

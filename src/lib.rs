@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod delay;
 pub mod demo;
+pub mod dlq;
 pub mod duration;
 pub mod handler;
 pub mod headers;

@@ -5,12 +5,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use rebound::cli::{Cli, Command, LogFormat, TopicsCommand};
-use rebound::config::{Config, HandlerSpec, TopicsConfig};
+use rebound::cli::{Cli, Command, DlqCommand, LogFormat, TopicsCommand};
+use rebound::config::{
+    Config, DlqReadConfig, DlqShowConfig, HandlerSpec, ReplayConfig, TopicsConfig,
+};
 use rebound::handler::command::CommandHandler;
 use rebound::handler::http::HttpHandler;
 use rebound::handler::Handler;
-use rebound::{shutdown, topics, Service};
+use rebound::{dlq, shutdown, topics, Service};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -124,5 +126,75 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Dlq(cmd) => dlq_command(cmd).await,
+        Command::ReplayDlq(args) => {
+            let cfg = match ReplayConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            let stop = shutdown::on_signals();
+            match dlq::replay(&cfg, &stop, &mut std::io::stdout()).await {
+                Ok(summary) => {
+                    let _ = dlq::emit(&mut std::io::stdout(), &summary.to_string());
+                    if summary.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => dlq_error(e),
+            }
+        }
+    }
+}
+
+fn dlq_error(e: dlq::DlqError) -> ExitCode {
+    if e.is_usage() {
+        return usage_error(e);
+    }
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+async fn dlq_command(cmd: DlqCommand) -> ExitCode {
+    // Ok(true): printed, but the DLQ could not be read to its end.
+    let result: Result<bool, dlq::DlqError> = async {
+        match &cmd {
+            DlqCommand::Stats(args) => {
+                let cfg = DlqReadConfig::for_stats(args)
+                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let stats = dlq::stats(&cfg).await?;
+                let text = if cfg.json {
+                    serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n"
+                } else {
+                    dlq::render_stats(&stats)
+                };
+                dlq::emit(&mut std::io::stdout(), &text)?;
+                Ok(stats.incomplete)
+            }
+            DlqCommand::List(args) => {
+                let cfg = DlqReadConfig::for_list(args)
+                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                dlq::list(&cfg, &mut std::io::stdout()).await?;
+                Ok(false)
+            }
+            DlqCommand::Show(args) => {
+                let cfg = DlqShowConfig::resolve(args)
+                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let entry = dlq::show(&cfg).await?;
+                let text = dlq::render_show(&cfg.cluster.topology.dlq, &entry);
+                dlq::emit(&mut std::io::stdout(), &text)?;
+                Ok(false)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => {
+            eprintln!("error: {}", dlq::DlqError::Incomplete);
+            ExitCode::from(1)
+        }
+        Err(e) => dlq_error(e),
     }
 }

@@ -1,0 +1,716 @@
+//! `rebound dlq stats|list|show` and `rebound replay-dlq`: looking into the dead-letter topic and
+//! sending its messages back.
+//!
+//! The decisions are pure, in the submodules, and unit-tested without a broker: what a message
+//! says about itself and which messages a [`Filter`] selects (`select`), what [`Stats`] count
+//! (`stats`), what replay does with a message ([`decide`]), when reading has reached the end of
+//! the DLQ ([`EndOfLog`]), and how messages are printed (`render`). This file is the I/O around
+//! them: it reads the DLQ with rdkafka and produces with [`crate::produce::Producer`].
+//!
+//! Invariants:
+//! * `stats`, `list` and `show` never commit: their consumers are assigned partitions, never
+//!   subscribed, and never call commit.
+//! * `replay` commits an offset only after the copy of its message was acknowledged by the
+//!   broker, or after the message was deliberately skipped (by a filter or the replay limit).
+//!   It never commits past a message whose copy failed: that partition stops there for the run,
+//!   and the next run starts at the failed message.
+//! * `--dry-run` sends nothing and commits nothing.
+//! * Nothing is ever replayed into the DLQ being read.
+
+mod decide;
+mod reading;
+mod render;
+mod select;
+mod stats;
+
+pub use decide::{came_back, decide, replay_headers, Decision, ReplayRules, ReplaySummary};
+pub use reading::{EndOfLog, Pacer, GRACE, QUIET, STALL};
+pub use render::{as_text, hex_dump, list_json, list_line, one_line, quoted_lossy, render_show};
+pub use select::{Entry, Filter};
+pub use stats::{render_stats, ErrorCount, Located, Stats, StatsBuilder, NONE, TOP_ERRORS};
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::metadata::Metadata;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClusterConfig, DlqReadConfig, DlqShowConfig, ReplayConfig};
+use crate::headers;
+use crate::kafka::{self, LoggingContext};
+use crate::produce::{ProduceError, Producer, Record};
+
+/// Progress lines on stderr: one every `every` messages, or a self-overwriting line on a terminal.
+struct Progress {
+    every: u64,
+    terminal: bool,
+    last_draw: Instant,
+}
+
+impl Progress {
+    fn new(every: u64) -> Progress {
+        Progress {
+            every: every.max(1),
+            terminal: std::io::stderr().is_terminal(),
+            last_draw: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, s: &ReplaySummary) {
+        let line = format!(
+            "replay: {} read, {} replayed, {} skipped, {} failed",
+            s.read,
+            s.replayed,
+            s.skipped(),
+            s.failed
+        );
+        if self.terminal {
+            if self.last_draw.elapsed() >= Duration::from_millis(200) {
+                eprint!("\r\x1b[2K{line}");
+                self.last_draw = Instant::now();
+            }
+        } else if s.read % self.every == 0 {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// Why a DLQ command could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("no DLQ topic {0}; is --topic right?")]
+    NoDlqTopic(String),
+    #[error("{flag}: no topic {topic}; create it first or fix the name")]
+    NoTopic { flag: &'static str, topic: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("no message at partition {partition}, offset {offset} of {topic} (the broker reports {held})")]
+    NotFound {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        /// What the partition holds, e.g. `offsets 0 to 41`.
+        held: String,
+    },
+    #[error("cannot reach the brokers at {brokers}: {error}")]
+    Unreachable { brokers: String, error: KafkaError },
+    #[error("kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the DLQ could not be read to its end (a partition stopped before its high watermark); try again")]
+    Incomplete,
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl DlqError {
+    /// Whether fixing the command line is what is needed: exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DlqError::NoDlqTopic(_) | DlqError::NoTopic { .. } | DlqError::Usage(_)
+        )
+    }
+}
+
+/// Writes `text` to `out`. `Ok(false)` when the reader went away (`rebound dlq list | head`):
+/// the command then stops quietly instead of failing.
+pub fn emit(out: &mut dyn Write, text: &str) -> std::io::Result<bool> {
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn emit_flush(out: &mut dyn Write) -> std::io::Result<()> {
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `group.id` of the read-only consumers; no offset is ever committed under it.
+const READER_GROUP: &str = "rebound.dlq-reader";
+
+/// A consumer for reading only: partitions are assigned, never subscribed, and nothing is ever
+/// committed. (librdkafka's consumer queue wants a `group.id` even so; this one never joins.)
+fn reader(cluster: &ClusterConfig) -> Result<StreamConsumer<LoggingContext>, KafkaError> {
+    let mut c: ClientConfig = kafka::consumer_config(cluster);
+    c.set("group.id", READER_GROUP)
+        .set("statistics.interval.ms", "0")
+        .set("enable.auto.commit", "false");
+    c.create_with_context(LoggingContext)
+}
+
+/// The replay's consumer: group `cluster.group`, nothing committed or stored automatically.
+fn replay_consumer(cluster: &ClusterConfig) -> Result<StreamConsumer<LoggingContext>, KafkaError> {
+    let mut c: ClientConfig = kafka::consumer_config(cluster);
+    c.set("statistics.interval.ms", "0")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    c.create_with_context(LoggingContext)
+}
+
+fn metadata(
+    consumer: &StreamConsumer<LoggingContext>,
+    cluster: &ClusterConfig,
+) -> Result<Metadata, DlqError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match consumer.fetch_metadata(None, META_TIMEOUT) {
+            Ok(md) => return Ok(md),
+            Err(e) => {
+                tracing::warn!(error = %e, brokers = %cluster.brokers, "cannot fetch metadata yet");
+                last = Some(e);
+            }
+        }
+    }
+    Err(DlqError::Unreachable {
+        brokers: cluster.brokers.clone(),
+        error: last.unwrap_or(KafkaError::NoMessageReceived),
+    })
+}
+
+fn partitions_of(md: &Metadata, topic: &str) -> Option<Vec<i32>> {
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| {
+            let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            ps.sort_unstable();
+            ps
+        })
+}
+
+/// The DLQ's partitions that `filter` reads.
+fn dlq_partitions(md: &Metadata, dlq: &str, filter: &Filter) -> Result<Vec<i32>, DlqError> {
+    let all = partitions_of(md, dlq).ok_or_else(|| DlqError::NoDlqTopic(dlq.to_string()))?;
+    if let Some(p) = filter.partition {
+        if !all.contains(&p) {
+            return Err(DlqError::Usage(format!(
+                "--partition: the DLQ {dlq} has no partition {p} (it has {})",
+                all.len()
+            )));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|p| filter.reads_partition(*p))
+        .collect())
+}
+
+fn watermarks(
+    consumer: &StreamConsumer<LoggingContext>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    consumer.fetch_watermarks(topic, partition, META_TIMEOUT)
+}
+
+fn entry_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Entry {
+    Entry {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: kafka::read_headers(m.headers()),
+    }
+}
+
+fn pause(consumer: &StreamConsumer<LoggingContext>, topic: &str, partition: i32) {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::debug!(topic, partition, error = %e, "pause failed");
+    }
+}
+
+/// Drops the consumer on a helper thread and waits at most `limit` (see FINDINGS: a close can
+/// hang on this broker; nothing is left to commit at this point).
+fn close_bounded(consumer: StreamConsumer<LoggingContext>, limit: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rebound-dlq-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && rx.recv_timeout(limit).is_err() {
+        tracing::warn!("consumer close did not finish in time; going on");
+    }
+}
+
+/// Reads the DLQ from the beginning (or `--from-offset`) to its end without a group, calling
+/// `each` for every message the filter selects until it returns `false`. Returns whether the
+/// end was reached.
+async fn scan(
+    cluster: &ClusterConfig,
+    filter: &Filter,
+    mut each: impl FnMut(Entry) -> Result<bool, DlqError>,
+) -> Result<bool, DlqError> {
+    let dlq = cluster.topology.dlq.as_str();
+    let consumer = reader(cluster)?;
+    let md = metadata(&consumer, cluster)?;
+    let parts = dlq_partitions(&md, dlq, filter)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &p in &parts {
+        let (low, high) = watermarks(&consumer, dlq, p)?;
+        let start = filter.from_offset.map_or(low, |f| f.max(low));
+        tpl.add_partition_offset(dlq, p, Offset::Offset(start))?;
+        ends.push((p, start, high));
+    }
+    consumer.assign(&tpl)?;
+    let mut end = EndOfLog::new(&ends, filter.to_offset, Instant::now());
+    let result = loop {
+        if end.done(Instant::now()) {
+            break Ok(!end.incomplete());
+        }
+        let m = match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        let entry = entry_of(&m);
+        drop(m);
+        if end.is_closed(entry.partition) {
+            continue;
+        }
+        if filter.to_offset.is_some_and(|t| entry.offset > t) {
+            end.close(entry.partition, Instant::now());
+            pause(&consumer, dlq, entry.partition);
+            continue;
+        }
+        end.seen(entry.partition, entry.offset, Instant::now());
+        let (p, last) = (entry.partition, filter.to_offset == Some(entry.offset));
+        if filter.matches(&entry) {
+            match each(entry) {
+                Ok(true) => {}
+                Ok(false) => break Ok(true),
+                Err(e) => break Err(e),
+            }
+        }
+        if last {
+            end.close(p, Instant::now());
+            pause(&consumer, dlq, p);
+        }
+        end.touch(Instant::now());
+    };
+    close_bounded(consumer, Duration::from_secs(5));
+    result
+}
+
+/// `rebound dlq stats`.
+pub async fn stats(cfg: &DlqReadConfig) -> Result<Stats, DlqError> {
+    let mut builder = StatsBuilder::new(&cfg.cluster.topology.dlq);
+    let complete = scan(&cfg.cluster, &cfg.filter, |e| {
+        builder.add(&e);
+        Ok(true)
+    })
+    .await?;
+    let mut stats = builder.finish(TOP_ERRORS);
+    stats.incomplete = !complete;
+    Ok(stats)
+}
+
+/// `rebound dlq list`: writes one line (or JSON object) per selected message; returns how many.
+pub async fn list(cfg: &DlqReadConfig, out: &mut (dyn Write + Send)) -> Result<u64, DlqError> {
+    let mut n = 0u64;
+    let complete = scan(&cfg.cluster, &cfg.filter, |e| {
+        let line = if cfg.json {
+            list_json(&e).to_string()
+        } else {
+            list_line(&e)
+        };
+        if !emit(out, &format!("{line}\n"))? {
+            return Ok(false);
+        }
+        n += 1;
+        Ok(cfg.limit.is_none_or(|l| n < l))
+    })
+    .await?;
+    emit_flush(out)?;
+    if !complete {
+        return Err(DlqError::Incomplete);
+    }
+    Ok(n)
+}
+
+/// `rebound dlq show`: the message at `--offset` of `--partition`.
+pub async fn show(cfg: &DlqShowConfig) -> Result<Entry, DlqError> {
+    let cluster = &cfg.cluster;
+    let dlq = cluster.topology.dlq.as_str();
+    let consumer = reader(cluster)?;
+    let md = metadata(&consumer, cluster)?;
+    let all = dlq_partitions(&md, dlq, &Filter::default())?;
+    let partition = match cfg.partition {
+        Some(p) if all.contains(&p) => p,
+        Some(p) => {
+            return Err(DlqError::Usage(format!(
+                "--partition: the DLQ {dlq} has no partition {p} (it has {})",
+                all.len()
+            )))
+        }
+        None if all.len() == 1 => all[0],
+        None => {
+            return Err(DlqError::Usage(format!(
+                "--partition: the DLQ {dlq} has {} partitions; say which one (list shows PARTITION/OFFSET)",
+                all.len()
+            )))
+        }
+    };
+    let (low, high) = watermarks(&consumer, dlq, partition)?;
+    let not_found = || DlqError::NotFound {
+        topic: dlq.to_string(),
+        partition,
+        offset: cfg.offset,
+        held: if high > low {
+            format!("offsets {low} to {}", high - 1)
+        } else {
+            "no messages".to_string()
+        },
+    };
+    if cfg.offset < low {
+        return Err(not_found());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(dlq, partition, Offset::Offset(cfg.offset))?;
+    consumer.assign(&tpl)?;
+    // The offset may lie past a lagging watermark (see EndOfLog), so look for it anyway.
+    let end = EndOfLog::new(&[(partition, cfg.offset, high)], None, Instant::now());
+    let found = loop {
+        if end.done(Instant::now()) {
+            break None;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Ok(Ok(m)) if m.offset() == cfg.offset => break Some(entry_of(&m)),
+            Ok(Ok(m)) if m.offset() > cfg.offset => break None,
+            Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            _ => {}
+        }
+    };
+    close_bounded(consumer, Duration::from_secs(5));
+    found.ok_or_else(not_found)
+}
+
+/// Replay's own bookkeeping of what may be committed: per partition, the offset after the
+/// last message that was decided (copy acknowledged, or deliberately skipped).
+#[derive(Debug, Default)]
+struct Decided {
+    next: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Decided {
+    fn mark(&mut self, partition: i32, offset: i64) {
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// Commits whatever moved since the last commit (synchronously).
+    fn commit(
+        &mut self,
+        consumer: &StreamConsumer<LoggingContext>,
+        dlq: &str,
+    ) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        let mut changed = Vec::new();
+        for (&p, &next) in &self.next {
+            if self.committed.get(&p) != Some(&next) {
+                tpl.add_partition_offset(dlq, p, Offset::Offset(next))?;
+                changed.push((p, next));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        self.committed.extend(changed);
+        Ok(())
+    }
+}
+
+/// `rebound replay-dlq`: republishes the selected DLQ messages (see the module invariants).
+/// Dry-run lines go to `out`; progress lines to stderr. Stops early when `stop` is cancelled.
+pub async fn replay(
+    cfg: &ReplayConfig,
+    stop: &CancellationToken,
+    out: &mut (dyn Write + Send),
+) -> Result<ReplaySummary, DlqError> {
+    let cluster = &cfg.cluster;
+    let dlq = cluster.topology.dlq.as_str();
+    if cfg.to.as_deref() == Some(dlq) {
+        return Err(DlqError::Usage(format!(
+            "--to: {dlq} is the DLQ itself; replaying into it would only loop"
+        )));
+    }
+    let consumer = replay_consumer(cluster)?;
+    let md = metadata(&consumer, cluster)?;
+    let parts = dlq_partitions(&md, dlq, &cfg.filter)?;
+    let mut topics: HashSet<String> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name().to_string())
+        .collect();
+    if let Some(to) = &cfg.to {
+        if !topics.contains(to) {
+            return Err(DlqError::NoTopic {
+                flag: "--to",
+                topic: to.clone(),
+            });
+        }
+    }
+
+    // Start where this replay group stopped last time (the beginning if it never committed).
+    let mut wanted = TopicPartitionList::new();
+    for &p in &parts {
+        wanted.add_partition(dlq, p);
+    }
+    let committed = consumer.committed_offsets(wanted, META_TIMEOUT)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &p in &parts {
+        let (low, high) = watermarks(&consumer, dlq, p)?;
+        let start = committed
+            .find_partition(dlq, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o.max(low)),
+                _ => None,
+            })
+            .unwrap_or(low);
+        assignment.add_partition_offset(dlq, p, Offset::Offset(start))?;
+        ends.push((p, start, high));
+    }
+    tracing::info!(dlq, group = %cluster.group, partitions = ?ends, dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
+    consumer.assign(&assignment)?;
+
+    let producer = if cfg.dry_run {
+        None
+    } else {
+        Some(Producer::new(cluster)?)
+    };
+    let rules = ReplayRules {
+        filter: &cfg.filter,
+        to: cfg.to.as_deref(),
+        dlq,
+        max_replays: cfg.max_replays,
+        force: cfg.force,
+    };
+    let mut summary = ReplaySummary {
+        dry_run: cfg.dry_run,
+        ..ReplaySummary::default()
+    };
+    let mut end = EndOfLog::new(&ends, cfg.filter.to_offset, Instant::now());
+    let started = Utc::now();
+    let mut decided = Decided::default();
+    let mut pacer = Pacer::new(cfg.rate);
+    let mut progress = Progress::new(cfg.progress_every);
+    let mut last_commit = Instant::now();
+    let mut missing: HashSet<String> = HashSet::new();
+    let mut output_error = None;
+    let fail = |summary: &mut ReplaySummary, end: &mut EndOfLog, e: &Entry, why: String| {
+        tracing::error!(partition = e.partition, offset = e.offset, problem = %why,
+            "cannot replay; this partition stops here for this run");
+        summary.failed += 1;
+        summary.failures.push(format!("{}: {why}", e.position()));
+        end.close(e.partition, Instant::now());
+        pause(&consumer, dlq, e.partition);
+    };
+
+    loop {
+        if !cfg.dry_run && last_commit.elapsed() >= Duration::from_secs(1) {
+            if let Err(e) = decided.commit(&consumer, dlq) {
+                tracing::warn!(error = %e, "commit failed; retrying in a second");
+            }
+            last_commit = Instant::now();
+        }
+        if cfg.limit.is_some_and(|l| summary.replayed >= l) {
+            summary.limit_reached = true;
+            break;
+        }
+        if end.done(Instant::now()) {
+            summary.incomplete = end.incomplete();
+            break;
+        }
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                summary.interrupted = true;
+                break;
+            }
+            r = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => r,
+        };
+        let entry = match received {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+            Ok(Ok(m)) => {
+                let e = entry_of(&m);
+                drop(m);
+                e
+            }
+        };
+        if end.is_closed(entry.partition) {
+            continue; // fetched before the partition was stopped
+        }
+        if cfg.filter.to_offset.is_some_and(|t| entry.offset > t) {
+            end.close(entry.partition, Instant::now());
+            pause(&consumer, dlq, entry.partition);
+            continue;
+        }
+        if came_back(&entry, started) {
+            // Replayed by this very run and dead-lettered again: everything from here on was
+            // written after the replay started. Leave it for the next run instead of looping.
+            tracing::info!(
+                partition = entry.partition,
+                offset = entry.offset,
+                "reached messages this replay sent back; this partition is done"
+            );
+            end.close(entry.partition, Instant::now());
+            pause(&consumer, dlq, entry.partition);
+            continue;
+        }
+        end.seen(entry.partition, entry.offset, Instant::now());
+        summary.read += 1;
+        let decision = decide(&entry, &rules, Utc::now());
+        let decision = match decision {
+            Decision::Send { topic, .. } if !topics.contains(&topic) => {
+                // Topics created since the start are found by one metadata refresh each.
+                let exists = !missing.contains(&topic)
+                    && consumer
+                        .fetch_metadata(Some(&topic), META_TIMEOUT)
+                        .ok()
+                        .and_then(|md| partitions_of(&md, &topic))
+                        .is_some();
+                if exists {
+                    topics.insert(topic.clone());
+                    decide(&entry, &rules, Utc::now())
+                } else {
+                    missing.insert(topic.clone());
+                    Decision::Unreplayable(format!("the destination topic {topic} does not exist"))
+                }
+            }
+            d => d,
+        };
+        match decision {
+            Decision::Filtered => {
+                summary.skipped_by_filter += 1;
+                decided.mark(entry.partition, entry.offset);
+            }
+            Decision::AtReplayLimit { count } => {
+                summary.skipped_at_replay_limit += 1;
+                match count {
+                    Some(count) => tracing::warn!(
+                        partition = entry.partition,
+                        offset = entry.offset,
+                        replay_count = count,
+                        max_replays = cfg.max_replays,
+                        "replayed too often already; skipped (--force replays it anyway)"
+                    ),
+                    None => tracing::warn!(
+                        partition = entry.partition,
+                        offset = entry.offset,
+                        "unreadable {}; skipped (--force replays it anyway)",
+                        headers::REPLAY_COUNT
+                    ),
+                }
+                decided.mark(entry.partition, entry.offset);
+            }
+            Decision::Unreplayable(why) => fail(&mut summary, &mut end, &entry, why),
+            Decision::Send {
+                topic,
+                headers,
+                replay_count,
+            } => {
+                let Some(producer) = &producer else {
+                    let line = format!(
+                        "would replay {} -> {topic} key={} reason={} class={} replay-count={replay_count}\n",
+                        entry.position(),
+                        quoted_lossy(entry.key.as_deref()),
+                        entry.reason().unwrap_or_else(|| "-".into()),
+                        entry.error_class().unwrap_or_else(|| "-".into()),
+                    );
+                    match emit(out, &line) {
+                        Ok(true) => {}
+                        Ok(false) => break, // nobody reads the plan any more
+                        Err(e) => {
+                            output_error = Some(e);
+                            break;
+                        }
+                    }
+                    summary.replayed += 1;
+                    progress.update(&summary);
+                    end.touch(Instant::now());
+                    continue;
+                };
+                let slot = pacer.slot(Instant::now());
+                if slot > Instant::now() {
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            summary.interrupted = true;
+                            break;
+                        }
+                        _ = tokio::time::sleep_until(slot.into()) => {}
+                    }
+                }
+                let record = Record {
+                    topic: &topic,
+                    key: entry.key.as_deref(),
+                    payload: entry.payload.as_deref(),
+                    headers,
+                };
+                match producer.send_acked(&record, stop).await {
+                    Ok((p, o)) => {
+                        tracing::debug!(from = %entry.position(), to = %topic, partition = p, offset = o, "replayed");
+                        summary.replayed += 1;
+                        decided.mark(entry.partition, entry.offset);
+                    }
+                    Err(ProduceError::Cancelled) => {
+                        summary.interrupted = true;
+                        break;
+                    }
+                    Err(rejected @ ProduceError::Rejected { .. }) => {
+                        fail(&mut summary, &mut end, &entry, rejected.to_string())
+                    }
+                }
+            }
+        }
+        progress.update(&summary);
+        end.touch(Instant::now());
+    }
+    progress.finish();
+    if !cfg.dry_run {
+        if let Err(e) = decided.commit(&consumer, dlq) {
+            tracing::error!(error = %e, "final commit failed");
+            summary.commit_failed = true;
+        }
+    }
+    if let Some(p) = producer {
+        p.flush(Duration::from_secs(5));
+    }
+    close_bounded(consumer, Duration::from_secs(5));
+    match output_error {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
+}
