@@ -166,10 +166,10 @@ impl Breaker {
                 if signal == Signal::Transient {
                     self.transient_in_window += 1;
                 }
-                if self.recent.len() > self.config.window {
-                    if self.recent.pop_front() == Some(Signal::Transient) {
-                        self.transient_in_window -= 1;
-                    }
+                if self.recent.len() > self.config.window
+                    && self.recent.pop_front() == Some(Signal::Transient)
+                {
+                    self.transient_in_window -= 1;
                 }
                 let n = self.recent.len();
                 if n >= self.config.min_calls

@@ -438,7 +438,9 @@ async fn the_breaker_opens_under_a_failing_server_and_closes_when_it_recovers_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_speeds_up_a_slow_handler_and_keeps_same_key_order() {
-    async fn run(max_in_flight: usize) -> (Duration, Vec<(String, i64, Instant, Instant)>) {
+    /// (key, offset, started, finished) of one handler call.
+    type CallLog = Vec<(String, i64, Instant, Instant)>;
+    async fn run(max_in_flight: usize) -> (Duration, CallLog) {
         let main = unique("mif");
         let topo = topology(&main, &[200]);
         create_topology(&topo, 1).await;
@@ -446,7 +448,7 @@ async fn max_in_flight_speeds_up_a_slow_handler_and_keeps_same_key_order() {
             .map(|i| Out::new(&format!("key{}", i % 16), &format!("m{i}")))
             .collect();
         produce(&main, &recs).await;
-        let log: Arc<Mutex<Vec<(String, i64, Instant, Instant)>>> = Arc::default();
+        let log: Arc<Mutex<CallLog>> = Arc::default();
         let l = log.clone();
         let handler = rebound::handler::handler_fn(move |m| {
             let l = l.clone();
