@@ -241,7 +241,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Breaker::new(cfg());
         for i in 0..100 {
-            let s = if i % 3 == 0 {
+            let s = if i % 4 == 0 {
                 Signal::Transient
             } else {
                 Signal::Ok
