@@ -279,7 +279,7 @@ impl State {
             .consumed
             .with_label_values(&[topology.label(stage)])
             .inc();
-        let message = Message {
+        let mut message = Message {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
@@ -293,7 +293,10 @@ impl State {
         let intake = match stage {
             Stage::Main => Intake::Fresh,
             Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
-                Ok(state) => Intake::Retry(state),
+                Ok(state) => {
+                    message.attempt = state.attempt;
+                    Intake::Retry(state)
+                }
                 Err(problem) => Intake::Invalid(problem),
             },
         };

@@ -148,10 +148,12 @@ impl Router {
             }
         };
 
-        let mut view = message.clone();
-        view.attempt = prior;
+        debug_assert_eq!(
+            message.attempt, prior,
+            "the poll loop sets the attempt it read"
+        );
         let started = Instant::now();
-        let outcome = handler::call(&self.handler, &view, self.handler_timeout).await;
+        let outcome = handler::call(&self.handler, message, self.handler_timeout).await;
         self.metrics
             .handler_duration
             .with_label_values(&[label])

@@ -18,13 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config};
 use crate::handler::Handler;
-use crate::kafka::{self, TopologyContext};
+use crate::kafka::{self, LoggingContext, TopologyContext};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Limits, Pipeline};
 use crate::produce::Producer;
@@ -106,7 +106,11 @@ impl Service {
                 events: events_tx,
                 metrics: metrics.clone(),
             })?;
-        check_topics(&consumer, cluster.brokers.as_str(), &topology.topics()).await?;
+        if !check_topics(cluster, &topology.topics(), &stop).await? {
+            tracing::info!("stopped before start-up finished");
+            server_stop.cancel();
+            return Ok(());
+        }
         let producer = Producer::new(cluster)?;
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
@@ -142,15 +146,27 @@ impl Service {
 }
 
 /// Fails with the list of missing topics, so that a typo is not a silent idle consumer.
+/// Metadata requests block, so they run on the blocking pool; a stop signal ends the wait.
+/// Returns `Ok(false)` when stopped before the check finished.
 async fn check_topics(
-    consumer: &StreamConsumer<TopologyContext>,
-    brokers: &str,
+    cluster: &ClusterConfig,
     topics: &[&str],
-) -> Result<(), ServiceError> {
+    stop: &CancellationToken,
+) -> Result<bool, ServiceError> {
     let mut last_error = None;
-    for _ in 0..3 {
-        match consumer.fetch_metadata(None, Duration::from_secs(10)) {
-            Ok(md) => {
+    for attempt in 0..3 {
+        let config = kafka::consumer_config(cluster);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer<LoggingContext> =
+                config.create_with_context(LoggingContext)?;
+            client.fetch_metadata(None, Duration::from_secs(10))
+        });
+        let result = tokio::select! {
+            r = lookup => r,
+            _ = stop.cancelled() => return Ok(false),
+        };
+        match result {
+            Ok(Ok(md)) => {
                 let missing: Vec<String> = topics
                     .iter()
                     .filter(|t| {
@@ -161,19 +177,22 @@ async fn check_topics(
                     .map(|t| t.to_string())
                     .collect();
                 return if missing.is_empty() {
-                    Ok(())
+                    Ok(true)
                 } else {
                     Err(ServiceError::MissingTopics(missing))
                 };
             }
-            Err(e) => {
-                tracing::warn!(error = %e, brokers, "cannot fetch metadata yet");
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, brokers = %cluster.brokers, attempt, "cannot fetch metadata yet");
                 last_error = Some(e);
+            }
+            Err(join) => {
+                tracing::warn!(error = %join, "metadata lookup task failed");
             }
         }
     }
     Err(ServiceError::Unreachable {
-        brokers: brokers.to_string(),
+        brokers: cluster.brokers.clone(),
         error: last_error.unwrap_or(KafkaError::NoMessageReceived),
     })
 }

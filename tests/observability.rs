@@ -333,8 +333,14 @@ async fn readyz_is_503_until_assignment_and_while_unreachable_healthz_is_200() {
     let addr = *svc.metrics.health.bound.get().unwrap();
     assert_eq!(status(&format!("http://{addr}/healthz")).await, 200);
     assert_eq!(status(&format!("http://{addr}/readyz")).await, 503);
-    svc.stop.cancel();
-    svc.task.abort();
+    // A stop while the brokers are still being looked for ends the service promptly.
+    let stopped = std::time::Instant::now();
+    svc.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        stopped.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
