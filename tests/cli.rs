@@ -9,26 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn rebound() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rebound"));
-    // Keep the developer's own REBOUND_* settings out of these tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REBOUND_") && k != "REBOUND_TEST_BROKERS" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn output(c: &mut Command) -> (i32, String, String) {
-    let out = c.output().expect("run rebound");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_configuration_exits_2_and_names_the_setting() {
     let cases: &[(&[&str], &str)] = &[

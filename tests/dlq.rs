@@ -864,24 +864,11 @@ async fn show_finds_one_message_by_partition_and_offset() {
 // Through the binary: exit codes and output
 // ---------------------------------------------------------------------------------------------
 
-fn rebound() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rebound"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REBOUND_") && k != "REBOUND_TEST_BROKERS" {
-            c.env_remove(k);
-        }
-    }
+/// The binary with logs kept to warnings, so stderr holds only what the command says.
+fn rebound_quiet() -> Command {
+    let mut c = rebound();
     c.env("RUST_LOG", "warn");
     c
-}
-
-fn output(c: &mut Command) -> (i32, String, String) {
-    let out = c.output().expect("run rebound");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -889,7 +876,7 @@ fn the_binary_refuses_a_missing_dlq_and_replaying_into_the_dlq_with_exit_2() {
     let main = unique("dlq-none");
     let brokers = brokers();
     let (code, out, err) =
-        output(rebound().args(["dlq", "stats", "--brokers", &brokers, "--topic", &main]));
+        output(rebound_quiet().args(["dlq", "stats", "--brokers", &brokers, "--topic", &main]));
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains(&format!("no DLQ topic {main}.dlq; is --topic right?")),
@@ -897,12 +884,12 @@ fn the_binary_refuses_a_missing_dlq_and_replaying_into_the_dlq_with_exit_2() {
     );
 
     let (code, _, err) =
-        output(rebound().args(["replay-dlq", "--brokers", &brokers, "--topic", &main]));
+        output(rebound_quiet().args(["replay-dlq", "--brokers", &brokers, "--topic", &main]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no DLQ topic"), "{err}");
 
     let dlq = format!("{main}.dlq");
-    let (code, _, err) = output(rebound().args([
+    let (code, _, err) = output(rebound_quiet().args([
         "replay-dlq",
         "--brokers",
         &brokers,
@@ -915,10 +902,10 @@ fn the_binary_refuses_a_missing_dlq_and_replaying_into_the_dlq_with_exit_2() {
     assert!(err.contains("--to") && err.contains("DLQ itself"), "{err}");
 
     let (code, _, err) =
-        output(rebound().args(["dlq", "list", "--topic", &main, "--reason", "bored"]));
+        output(rebound_quiet().args(["dlq", "list", "--topic", &main, "--reason", "bored"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--reason"), "{err}");
-    let (code, _, err) = output(rebound().args(["dlq", "show", "--topic", &main]));
+    let (code, _, err) = output(rebound_quiet().args(["dlq", "show", "--topic", &main]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--offset"), "{err}");
 }
@@ -970,7 +957,7 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
         "300ms,600ms",
     ];
 
-    let (code, out, err) = output(rebound().args(["dlq", "stats", "--json"]).args(base));
+    let (code, out, err) = output(rebound_quiet().args(["dlq", "stats", "--json"]).args(base));
     assert_eq!(code, 0, "{err}");
     let stats: serde_json::Value = serde_json::from_str(&out).expect("stats --json is JSON");
     assert_eq!(stats["total"], 3);
@@ -978,7 +965,7 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     assert_eq!(stats["oldest"]["failed_at"], "2026-11-24T09:00:00.000Z");
     assert_eq!(stats["top_errors"][0]["message"], "http_503: it broke");
 
-    let (code, out, err) = output(rebound().args(["dlq", "stats"]).args(base));
+    let (code, out, err) = output(rebound_quiet().args(["dlq", "stats"]).args(base));
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("3 messages") && out.contains("http_503"),
@@ -986,7 +973,7 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     );
 
     let (code, out, err) = output(
-        rebound()
+        rebound_quiet()
             .args(["dlq", "list", "--error-class", "http_503"])
             .args(base),
     );
@@ -997,7 +984,11 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
         "{out}"
     );
 
-    let (code, out, err) = output(rebound().args(["dlq", "show", "--offset", "1"]).args(base));
+    let (code, out, err) = output(
+        rebound_quiet()
+            .args(["dlq", "show", "--offset", "1"])
+            .args(base),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("trace: \"trace-bin\""), "{out}");
     assert!(
@@ -1006,7 +997,11 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     );
 
     let group = unique("g");
-    let (code, out, err) = output(rebound().args(["replay-dlq", "--group", &group]).args(base));
+    let (code, out, err) = output(
+        rebound_quiet()
+            .args(["replay-dlq", "--group", &group])
+            .args(base),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
@@ -1018,7 +1013,11 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
         err.contains("replayed too often"),
         "the skip is warned about: {err}"
     );
-    let (code, out, err) = output(rebound().args(["replay-dlq", "--group", &group]).args(base));
+    let (code, out, err) = output(
+        rebound_quiet()
+            .args(["replay-dlq", "--group", &group])
+            .args(base),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(

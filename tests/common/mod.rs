@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -380,4 +381,25 @@ pub fn topology(main: &str, tiers_ms: &[u64]) -> Topology {
         .map(|ms| Duration::from_millis(*ms))
         .collect();
     Topology::new(main, &delays)
+}
+
+/// The `rebound` binary, with the developer's own `REBOUND_*` settings kept out.
+pub fn rebound() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rebound"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REBOUND_") && k != "REBOUND_TEST_BROKERS" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs `c` to the end: (exit code, stdout, stderr).
+pub fn output(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().expect("run rebound");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
