@@ -243,6 +243,11 @@ impl State {
                     let before = self.parked.len();
                     self.parked.retain(|j| j.tp != tp);
                     handed_back += before - self.parked.len();
+                    // The lag of a partition that moved is its new owner's to report.
+                    let _ = self
+                        .metrics
+                        .lag
+                        .remove_label_values(&[topology.topic(stage), &partition.to_string()]);
                 }
                 tracing::info!(
                     remaining = self.epochs.len(),

@@ -174,7 +174,7 @@ impl Router {
             .route(&outcome, prior, first_failed_at, now, unit);
         let finish = match route {
             Route::Done => {
-                tracing::trace!(
+                tracing::debug!(
                     tier = label,
                     partition = tp.partition,
                     offset = message.offset,
