@@ -78,8 +78,14 @@ pub struct DemoArgs {
 /// Flags shared by every command that works on a topology.
 #[derive(Debug, Clone, Default, Args)]
 pub struct TopologyArgs {
-    /// TOML file with any of these settings (flags and env vars win over it).
-    #[arg(long, env = "REBOUND_CONFIG", value_name = "FILE")]
+    /// TOML file with any of these settings, e.g. topics/orders.toml (flags and env vars win over
+    /// it). `--file` is the same flag.
+    #[arg(
+        long,
+        visible_alias = "file",
+        env = "REBOUND_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<std::path::PathBuf>,
 
     /// Bootstrap brokers [default: 127.0.0.1:9092].

@@ -177,6 +177,30 @@ fn topics_apply_creates_the_topology_once_and_plan_reports_it() {
 }
 
 #[test]
+fn topology_files_in_topics_declare_whole_topologies() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (file, first_tier, dlq) in [
+        ("topics/orders.toml", "retry-2m", "orders.dlq"),
+        ("topics/payments.toml", "retry-30s", "payments.dlq"),
+    ] {
+        let main = unique("cli-file");
+        let (code, out, err) = output(
+            rebound()
+                .args(["topics", "plan", "--brokers", &brokers(), "--topic", &main])
+                .arg("--file")
+                .arg(format!("{root}/{file}")),
+        );
+        assert_eq!(code, 0, "{file}: {err}");
+        // The file's tiers and its explicit DLQ name; the flag's main topic.
+        assert!(
+            out.contains(&format!("{main}.{first_tier}")),
+            "{file}: {out}"
+        );
+        assert!(out.contains(dlq), "{file}: {out}");
+    }
+}
+
+#[test]
 fn run_refuses_to_start_without_its_topics() {
     let main = unique("cli-missing");
     let (code, _, err) = output(rebound().args([
