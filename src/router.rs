@@ -153,7 +153,12 @@ impl Router {
             "the poll loop sets the attempt it read"
         );
         let started = Instant::now();
-        let outcome = handler::call(&self.handler, message, self.handler_timeout).await;
+        // At the shutdown deadline a call still running is handed back, not waited for: its
+        // offset stays uncommitted and the message is handled again after the restart.
+        let outcome = tokio::select! {
+            outcome = handler::call(&self.handler, message, self.handler_timeout) => outcome,
+            _ = self.abandon.cancelled() => return (Finish::HandedBack, None),
+        };
         self.metrics
             .handler_duration
             .with_label_values(&[label])
