@@ -173,18 +173,7 @@ impl ClientContext for TopologyContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.metrics
-                .health
-                .brokers_down
-                .store(true, Ordering::Relaxed);
-            tracing::error!(error = %error, reason, "every broker is unreachable; retrying");
-        } else {
-            tracing::warn!(error = %error, reason, "kafka client error");
-        }
+        note_client_error(&self.metrics, &error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
@@ -249,6 +238,45 @@ pub fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
         Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
         Notice | Info => tracing::info!(target: "librdkafka", fac, "{message}"),
         Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// Logs a client error; when it says every broker is unreachable, `/readyz` turns 503 until
+/// the consumer's statistics show a broker up again.
+///
+/// Called from three places, because librdkafka reports an outage to whichever client notices:
+/// the consumer's context, the errors a consumer's `recv()` returns (rdkafka hands a consumer's
+/// error events to the application, never to its context), and the retry/DLQ producer's context
+/// (the consumer is not polled while `--max-in-flight` jobs wait on the producer).
+pub fn note_client_error(metrics: &Metrics, error: &KafkaError, reason: &str) {
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+    ) {
+        if !metrics.health.brokers_down.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %error, reason, "every broker is unreachable; retrying");
+        }
+    } else {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+/// The context of rebound's retry/DLQ producer: logs, and reports an outage to `/readyz`.
+pub struct ProducerContext {
+    /// `None` outside `rebound run` (e.g. `replay-dlq`).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_rdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match &self.metrics {
+            Some(m) => note_client_error(m, &error, reason),
+            None => tracing::warn!(error = %error, reason, "kafka client error"),
+        }
     }
 }
 

@@ -111,7 +111,7 @@ impl Service {
             server_stop.cancel();
             return Ok(());
         }
-        let producer = Producer::new(cluster)?;
+        let producer = Producer::reporting_to(cluster, metrics.clone())?;
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
         consumer.subscribe(&subscribed)?;
