@@ -67,6 +67,15 @@ pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Errors that say the record is too large (the broker's or the client's size limit).
+pub fn is_too_large(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize
+    )
+}
+
 impl Producer {
     pub fn new(cluster: &ClusterConfig) -> Result<Producer, KafkaError> {
         Producer::create(cluster, None)
