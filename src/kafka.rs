@@ -241,6 +241,26 @@ pub fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
+/// Displays a [`KafkaError`] without the property value a configuration error carries.
+///
+/// rdkafka prints `ClientConfig` errors as `desc key value`, so a refused `-X sasl.password=…`
+/// (or a secret under a misspelt key, or one this build does not support) would print the
+/// secret. librdkafka's own description already quotes a value when the value is the problem
+/// ("Invalid value \"x\" for configuration property …"), and never for string properties
+/// such as passwords, so the value is left out here.
+pub struct Shown<'a>(pub &'a KafkaError);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            KafkaError::ClientConfig(_, desc, key, _) => {
+                write!(f, "client configuration error: {desc} (property {key})")
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
 /// Logs a client error; when it says every broker is unreachable, `/readyz` turns 503 until
 /// the consumer's statistics show a broker up again.
 ///
@@ -299,6 +319,26 @@ impl ConsumerContext for LoggingContext {}
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    #[test]
+    fn configuration_errors_are_shown_without_the_value() {
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "Configuration property \"sasl.oauthbearer.client.secret\" not supported in this build"
+                .into(),
+            "sasl.oauthbearer.client.secret".into(),
+            "hunter2".into(),
+        );
+        assert!(
+            e.to_string().contains("hunter2"),
+            "rdkafka prints the value"
+        );
+        let shown = Shown(&e).to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("sasl.oauthbearer.client.secret"), "{shown}");
+        let other = KafkaError::NoMessageReceived;
+        assert_eq!(Shown(&other).to_string(), other.to_string());
+    }
 
     #[test]
     fn headers_round_trip_byte_for_byte() {

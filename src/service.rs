@@ -33,7 +33,7 @@ use crate::router::Router;
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("kafka client: {0}")]
+    #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("topics missing: {}; create them with `rebound topics apply` (same flags)", .0.join(", "))]
     MissingTopics(Vec<String>),
