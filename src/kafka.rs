@@ -320,6 +320,39 @@ mod tests {
     use super::*;
     use rdkafka::message::Headers;
 
+    proptest::proptest! {
+        /// Any header list survives librdkafka byte for byte, names included, as long as no
+        /// name holds a NUL byte (see the next test).
+        #[test]
+        fn any_headers_round_trip_through_librdkafka(
+            list in proptest::collection::vec(
+                (
+                    proptest::collection::vec(1u8..=255, 0..16),
+                    proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                ),
+                0..10,
+            ),
+        ) {
+            let input: Vec<Header> = list
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect();
+            proptest::prop_assert_eq!(read_headers(Some(to_owned_headers(&input).as_borrowed())), input);
+        }
+    }
+
+    #[test]
+    fn a_nul_byte_cuts_a_header_name() {
+        // librdkafka hands names out as C strings; a known limit, documented in RELIABILITY.md.
+        let input = vec![Header {
+            name: b"a\0b".to_vec(),
+            value: Some(b"v".to_vec()),
+        }];
+        let read = read_headers(Some(to_owned_headers(&input).as_borrowed()));
+        assert_eq!(read[0].name, b"a");
+        assert_eq!(read[0].value.as_deref(), Some(&b"v"[..]));
+    }
+
     #[test]
     fn configuration_errors_are_shown_without_the_value() {
         let e = KafkaError::ClientConfig(
