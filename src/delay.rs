@@ -175,6 +175,64 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    proptest::proptest! {
+        /// Invariant 2 of ARCHITECTURE.md at the level of the queue: whatever is held and
+        /// whenever the loop wakes, nothing is released before its due time, a partition
+        /// releases in the order it was held, `resume` is said exactly when the partition is
+        /// empty, and everything comes out once it is all due.
+        #[test]
+        fn released_only_when_due_in_hold_order_and_nothing_is_left(
+            ops in proptest::collection::vec((0u8..3, 0i64..200, proptest::bool::ANY), 1..60),
+        ) {
+            let mut q: DelayQueue<u8, (u8, usize, i64)> = DelayQueue::default();
+            let mut now = 0i64;
+            let mut held = 0usize;
+            let mut out: Vec<(u8, usize)> = Vec::new();
+            for (seq, (partition, due, tick)) in ops.iter().copied().enumerate() {
+                if tick {
+                    now += due / 4;
+                    for r in q.pop_due(t(now)) {
+                        for (p, s, d) in &r.items {
+                            proptest::prop_assert!(*d <= now, "released {d} at {now}");
+                            proptest::prop_assert_eq!(*p, r.partition);
+                            out.push((*p, *s));
+                        }
+                        held -= r.items.len();
+                        proptest::prop_assert_eq!(r.resume, !q.is_held(&r.partition));
+                    }
+                } else {
+                    let due = now + due;
+                    let first = q.hold(partition, t(due), (partition, seq, due));
+                    proptest::prop_assert_eq!(first, held_on(&out, partition, seq, &ops));
+                    held += 1;
+                }
+            }
+            for r in q.pop_due(t(now + 1_000)) {
+                held -= r.items.len();
+                out.extend(r.items.iter().map(|(p, s, _)| (*p, *s)));
+                proptest::prop_assert!(r.resume);
+            }
+            proptest::prop_assert_eq!(held, 0);
+            proptest::prop_assert!(q.is_empty() && q.next_due().is_none());
+            for p in 0..3u8 {
+                let order: Vec<usize> = out.iter().filter(|(x, _)| *x == p).map(|(_, s)| *s).collect();
+                let mut sorted = order.clone();
+                sorted.sort();
+                proptest::prop_assert_eq!(order, sorted, "partition {} out of order", p);
+            }
+        }
+    }
+
+    /// Whether holding item `seq` on `partition` starts a new pause: true when every earlier
+    /// item of the partition has been released already.
+    fn held_on(out: &[(u8, usize)], partition: u8, seq: usize, ops: &[(u8, i64, bool)]) -> bool {
+        ops[..seq]
+            .iter()
+            .enumerate()
+            .filter(|(_, (p, _, tick))| *p == partition && !tick)
+            .all(|(i, _)| out.contains(&(partition, i)))
+    }
+
     #[test]
     fn removing_a_partition_cancels_its_timer() {
         let mut q = DelayQueue::default();

@@ -44,7 +44,7 @@ pub struct DemoConfig {
 pub enum DemoError {
     #[error("setting up the topology: {0}")]
     Topics(#[from] topics::TopicsError),
-    #[error("kafka: {0}")]
+    #[error("kafka: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the service failed: {0}")]
     Service(#[from] crate::ServiceError),

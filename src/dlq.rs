@@ -106,7 +106,7 @@ pub enum DlqError {
     },
     #[error("cannot reach the brokers at {brokers}: {error}")]
     Unreachable { brokers: String, error: KafkaError },
-    #[error("kafka client: {0}")]
+    #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("the DLQ could not be read to its end (a partition stopped before its high watermark); try again")]
     Incomplete,

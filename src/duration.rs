@@ -160,6 +160,17 @@ mod tests {
         }
 
         #[test]
+        fn parts_are_summed_whatever_the_spelling(
+            h in 0u64..100, m in 0u64..120, sec in 0u64..120, ms in 0u64..2000,
+        ) {
+            let want = Duration::from_millis(((h * 60 + m) * 60 + sec) * 1000 + ms);
+            prop_assert_eq!(parse(&format!("{h}h{m}m{sec}s{ms}ms")).unwrap(), want);
+            prop_assert_eq!(parse(&format!(" {ms}ms ")).unwrap(), Duration::from_millis(ms));
+            prop_assert!(parse(&format!("{h}x")).is_err(), "unknown unit");
+            prop_assert!(parse(&format!("{h}")).is_err(), "a number needs a unit");
+        }
+
+        #[test]
         fn parse_never_panics(s in "\\PC{0,12}") {
             let _ = parse(&s);
         }

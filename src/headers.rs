@@ -347,6 +347,50 @@ mod tests {
             let _ = parse_attempt(Some(&bytes));
         }
 
+        /// What rebound writes on a hop, it reads back on the next, whatever the user's own
+        /// headers are (duplicates, non-UTF-8 names and values, null values, stale or garbage
+        /// copies of rebound's own headers); the user's headers pass in order, byte for byte.
+        #[test]
+        fn routing_headers_round_trip_through_a_rewrite_with_any_user_headers(
+            user in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        proptest::collection::vec(any::<u8>(), 0..12),
+                        Just(b"trace".to_vec()),
+                        proptest::sample::select(OWNED.to_vec()).prop_map(|n| n.as_bytes().to_vec()),
+                    ],
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..24)),
+                ),
+                0..12,
+            ),
+            due_ms in MIN_EPOCH_MILLIS..4_102_444_800_000i64,
+            first_ms in MIN_EPOCH_MILLIS..4_102_444_800_000i64,
+            attempt in 1u32..=MAX_ATTEMPT,
+        ) {
+            let incoming: Vec<Header> = user
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect();
+            let due = Utc.timestamp_millis_opt(due_ms).unwrap();
+            let first = Utc.timestamp_millis_opt(first_ms).unwrap();
+            let out = rewrite(
+                &incoming,
+                &[
+                    (FIRST_FAILED_AT, format_time(first)),
+                    (ATTEMPT, attempt.to_string()),
+                    (PROCESS_AFTER, format_time(due)),
+                ],
+            );
+            prop_assert_eq!(
+                read_retry_state(&out).unwrap(),
+                RetryState { process_after: due, attempt, first_failed_at: Some(first) }
+            );
+            for name in [FIRST_FAILED_AT, ATTEMPT, PROCESS_AFTER] {
+                prop_assert_eq!(out.iter().filter(|h| h.name == name.as_bytes()).count(), 1);
+            }
+            prop_assert_eq!(strip_owned(&out), strip_owned(&incoming));
+        }
+
         #[test]
         fn truncate_is_a_prefix_within_bounds(s in "\\PC{0,300}", max in 0usize..400) {
             let t = truncate(&s, max);

@@ -173,18 +173,7 @@ impl ClientContext for TopologyContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.metrics
-                .health
-                .brokers_down
-                .store(true, Ordering::Relaxed);
-            tracing::error!(error = %error, reason, "every broker is unreachable; retrying");
-        } else {
-            tracing::warn!(error = %error, reason, "kafka client error");
-        }
+        note_client_error(&self.metrics, &error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
@@ -252,6 +241,65 @@ pub fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
+/// Displays a [`KafkaError`] without the property value a configuration error carries.
+///
+/// rdkafka prints `ClientConfig` errors as `desc key value`, so a refused `-X sasl.password=…`
+/// (or a secret under a misspelt key, or one this build does not support) would print the
+/// secret. librdkafka's own description already quotes a value when the value is the problem
+/// ("Invalid value \"x\" for configuration property …"), and never for string properties
+/// such as passwords, so the value is left out here.
+pub struct Shown<'a>(pub &'a KafkaError);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            KafkaError::ClientConfig(_, desc, key, _) => {
+                write!(f, "client configuration error: {desc} (property {key})")
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// Logs a client error; when it says every broker is unreachable, `/readyz` turns 503 until
+/// the consumer's statistics show a broker up again.
+///
+/// Called from three places, because librdkafka reports an outage to whichever client notices:
+/// the consumer's context, the errors a consumer's `recv()` returns (rdkafka hands a consumer's
+/// error events to the application, never to its context), and the retry/DLQ producer's context
+/// (the consumer is not polled while `--max-in-flight` jobs wait on the producer).
+pub fn note_client_error(metrics: &Metrics, error: &KafkaError, reason: &str) {
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+    ) {
+        if !metrics.health.brokers_down.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %error, reason, "every broker is unreachable; retrying");
+        }
+    } else {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+/// The context of rebound's retry/DLQ producer: logs, and reports an outage to `/readyz`.
+pub struct ProducerContext {
+    /// `None` outside `rebound run` (e.g. `replay-dlq`).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_rdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match &self.metrics {
+            Some(m) => note_client_error(m, &error, reason),
+            None => tracing::warn!(error = %error, reason, "kafka client error"),
+        }
+    }
+}
+
 /// A producer context that logs through `tracing`.
 pub struct LoggingContext;
 
@@ -271,6 +319,59 @@ impl ConsumerContext for LoggingContext {}
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    proptest::proptest! {
+        /// Any header list survives librdkafka byte for byte, names included, as long as no
+        /// name holds a NUL byte (see the next test).
+        #[test]
+        fn any_headers_round_trip_through_librdkafka(
+            list in proptest::collection::vec(
+                (
+                    proptest::collection::vec(1u8..=255, 0..16),
+                    proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..64)),
+                ),
+                0..10,
+            ),
+        ) {
+            let input: Vec<Header> = list
+                .into_iter()
+                .map(|(name, value)| Header { name, value })
+                .collect();
+            proptest::prop_assert_eq!(read_headers(Some(to_owned_headers(&input).as_borrowed())), input);
+        }
+    }
+
+    #[test]
+    fn a_nul_byte_cuts_a_header_name() {
+        // librdkafka hands names out as C strings; a known limit, documented in RELIABILITY.md.
+        let input = vec![Header {
+            name: b"a\0b".to_vec(),
+            value: Some(b"v".to_vec()),
+        }];
+        let read = read_headers(Some(to_owned_headers(&input).as_borrowed()));
+        assert_eq!(read[0].name, b"a");
+        assert_eq!(read[0].value.as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn configuration_errors_are_shown_without_the_value() {
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "Configuration property \"sasl.oauthbearer.client.secret\" not supported in this build"
+                .into(),
+            "sasl.oauthbearer.client.secret".into(),
+            "hunter2".into(),
+        );
+        assert!(
+            e.to_string().contains("hunter2"),
+            "rdkafka prints the value"
+        );
+        let shown = Shown(&e).to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("sasl.oauthbearer.client.secret"), "{shown}");
+        let other = KafkaError::NoMessageReceived;
+        assert_eq!(Shown(&other).to_string(), other.to_string());
+    }
 
     #[test]
     fn headers_round_trip_byte_for_byte() {

@@ -149,7 +149,11 @@ impl Pipeline {
                     }
                     Err(e) => {
                         recv_errors += 1;
-                        tracing::warn!(error = %e, "consumer error");
+                        if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+                            kafka::note_client_error(&state.metrics, &e, "consumer");
+                        } else {
+                            tracing::warn!(error = %e, "consumer error");
+                        }
                         if recv_errors > 3 {
                             tokio::time::sleep(Duration::from_millis(100 * recv_errors.min(20) as u64)).await;
                         }

@@ -5,6 +5,7 @@
 //! other transient errors are retried here with capped exponential backoff for as long as the
 //! service runs — an offset is never committed past a copy that was not acknowledged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -14,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
 use crate::headers::Header;
-use crate::kafka::{self, LoggingContext};
+use crate::kafka::{self, ProducerContext};
+use crate::metrics::Metrics;
 
 /// Why a copy could not be delivered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,7 +44,7 @@ pub struct Record<'a> {
 /// Shared by every in-flight message; cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<LoggingContext>,
+    inner: FutureProducer<ProducerContext>,
 }
 
 /// Errors that no retry will fix.
@@ -65,9 +67,34 @@ pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Errors that say the record is too large (the broker's or the client's size limit).
+pub fn is_too_large(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize
+    )
+}
+
 impl Producer {
     pub fn new(cluster: &ClusterConfig) -> Result<Producer, KafkaError> {
-        let inner = kafka::producer_config(cluster).create_with_context(LoggingContext)?;
+        Producer::create(cluster, None)
+    }
+
+    /// A producer whose client errors reach `/readyz` (an outage turns it 503).
+    pub fn reporting_to(
+        cluster: &ClusterConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Producer, KafkaError> {
+        Producer::create(cluster, Some(metrics))
+    }
+
+    fn create(
+        cluster: &ClusterConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Producer, KafkaError> {
+        let inner =
+            kafka::producer_config(cluster).create_with_context(ProducerContext { metrics })?;
         Ok(Producer { inner })
     }
 

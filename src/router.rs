@@ -17,7 +17,7 @@ use crate::breaker::Signal;
 use crate::handler::{self, Handler, Message, Outcome};
 use crate::headers::{self, InvalidHeader, RetryState};
 use crate::metrics::Metrics;
-use crate::produce::{ProduceError, Producer, Record};
+use crate::produce::{self, ProduceError, Producer, Record};
 use crate::topology::{DlqReason, Route, Stage, Topology};
 
 /// A partition of the topology: which stage it belongs to, and its number.
@@ -153,7 +153,12 @@ impl Router {
             "the poll loop sets the attempt it read"
         );
         let started = Instant::now();
-        let outcome = handler::call(&self.handler, message, self.handler_timeout).await;
+        // At the shutdown deadline a call still running is handed back, not waited for: its
+        // offset stays uncommitted and the message is handled again after the restart.
+        let outcome = tokio::select! {
+            outcome = handler::call(&self.handler, message, self.handler_timeout) => outcome,
+            _ = self.abandon.cancelled() => return (Finish::HandedBack, None),
+        };
         self.metrics
             .handler_duration
             .with_label_values(&[label])
@@ -316,9 +321,11 @@ impl Router {
     }
 
     /// Last resort for a copy the broker refused: the DLQ, with the broker's error and without
-    /// rebound's own error text (the part of the copy rebound added). If even that is refused,
-    /// retry slowly, loudly, until stopped: the offset is never committed past a message that
-    /// was not placed somewhere.
+    /// rebound's own error text (the part of the copy rebound added). If that is refused as too
+    /// large, the DLQ gets the message without its payload (and without a key over 4 KiB), with
+    /// the place of the original in `rebound-error-message`. If even that is refused, retry
+    /// slowly, loudly, until stopped: the offset is never committed past a message that was not
+    /// placed somewhere.
     async fn deliver_rejected(
         &self,
         tp: Tp,
@@ -343,12 +350,13 @@ impl Router {
             h.value.as_ref().is_none_or(|v| v.len() <= 4096)
                 || headers::OWNED.iter().any(|o| h.name == o.as_bytes())
         });
-        let record = Record {
+        let mut record = Record {
             topic: &self.topology.dlq,
             key: message.key.as_deref(),
             payload: message.payload.as_deref(),
             headers: slim,
         };
+        let mut omitted = false;
         loop {
             match self.producer.send_acked(&record, &self.abandon).await {
                 Ok(_) => {
@@ -360,6 +368,25 @@ impl Router {
                     return Finish::Done;
                 }
                 Err(ProduceError::Cancelled) => return Finish::HandedBack,
+                Err(ProduceError::Rejected { code, .. })
+                    if !omitted && produce::is_too_large(code) =>
+                {
+                    // The payload (or the key) alone is too large for any copy: waiting would
+                    // stall the partition for good. Dead-letter the message by reference — its
+                    // headers and where its bytes are — rather than not at all.
+                    omitted = true;
+                    let size = message.payload.as_ref().map_or(0, Vec::len);
+                    let text = format!(
+                        "even the DLQ copy is too large ({code:?}); its payload ({size} bytes) is omitted here: read it at {}/{}/{}",
+                        message.topic, message.partition, message.offset
+                    );
+                    tracing::error!(partition = tp.partition, offset = message.offset, payload_bytes = size,
+                        "the DLQ refuses this message as too large; dead-lettering it without its payload");
+                    record.payload = None;
+                    record.key = record.key.filter(|k| k.len() <= 4096);
+                    record.headers =
+                        headers::rewrite(&record.headers, &[(headers::ERROR_MESSAGE, text)]);
+                }
                 Err(e) => {
                     tracing::error!(partition = tp.partition, offset = message.offset, error = %e,
                         "the DLQ refuses this message too; the partition cannot advance past it (retrying in 30s)");

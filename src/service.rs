@@ -33,7 +33,7 @@ use crate::router::Router;
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("kafka client: {0}")]
+    #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("topics missing: {}; create them with `rebound topics apply` (same flags)", .0.join(", "))]
     MissingTopics(Vec<String>),
@@ -111,7 +111,7 @@ impl Service {
             server_stop.cancel();
             return Ok(());
         }
-        let producer = Producer::new(cluster)?;
+        let producer = Producer::reporting_to(cluster, metrics.clone())?;
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
         consumer.subscribe(&subscribed)?;

@@ -17,7 +17,7 @@ use crate::kafka;
 pub enum TopicsError {
     #[error("cannot reach the brokers at {brokers}: {error}")]
     Unreachable { brokers: String, error: KafkaError },
-    #[error("kafka admin client: {0}")]
+    #[error("kafka admin client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("could not create {}", .0.iter().map(|(t, e)| format!("{t} ({e})")).collect::<Vec<_>>().join(", "))]
     CreateFailed(Vec<(String, String)>),

@@ -430,5 +430,79 @@ mod tests {
                 }
             }
         }
+
+        #[test]
+        fn retry_after_and_max_age_keep_the_invariants(
+            prior in 0u32..10,
+            max_retries in 0u32..8,
+            jitter in 0.0f64..0.5,
+            unit in -1.0f64..=1.0,
+            retry_after_s in proptest::option::of(0u64..2000),
+            age_s in proptest::option::of(0i64..10_000),
+            max_age_s in proptest::option::of(1u64..5000),
+        ) {
+            let mut t = topo();
+            t.max_retries = max_retries;
+            t.jitter = jitter;
+            t.max_age = max_age_s.map(secs);
+            let mut f = Failure::new("http_503", "busy");
+            f.retry_after = retry_after_s.map(secs);
+            let first = age_s.map(|a| now() - chrono::Duration::seconds(a));
+            let expired = matches!((max_age_s, age_s), (Some(m), Some(a)) if a as u64 > m);
+            let last = t.tiers.len() - 1;
+            match t.route(&Outcome::Transient(f), prior, first, now(), unit) {
+                Route::Done => prop_assert!(false, "a failure is never done"),
+                Route::Dead { reason, attempt } => {
+                    prop_assert_eq!(attempt, prior + 1, "attempts only grow");
+                    match reason {
+                        DlqReason::Expired => prop_assert!(expired, "expired only past max-age"),
+                        DlqReason::Exhausted => prop_assert!(!expired && attempt > max_retries),
+                        other => prop_assert!(false, "a transient failure is never {:?}", other),
+                    }
+                }
+                Route::Retry { tier, due, attempt } => {
+                    prop_assert!(!expired && attempt <= max_retries);
+                    prop_assert_eq!(attempt, prior + 1, "attempts only grow");
+                    let normal = (attempt as usize - 1).min(last);
+                    prop_assert!(tier >= normal && tier <= last, "Retry-After only picks a later tier");
+                    let waited = (due - now()).to_std().unwrap();
+                    let floor = t.tiers[tier].delay.mul_f64(1.0 - jitter);
+                    prop_assert!(waited + Duration::from_millis(1) >= floor, "never earlier than delay minus jitter");
+                    if let Some(s) = retry_after_s {
+                        prop_assert!(waited >= secs(s), "never earlier than Retry-After");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn transient_failures_walk_the_tiers_the_last_repeats_then_exhaust(
+            max_retries in 0u32..12,
+            jitter in 0.0f64..0.5,
+            units in proptest::collection::vec(-1.0f64..=1.0, 12),
+        ) {
+            let mut t = topo();
+            t.max_retries = max_retries;
+            t.jitter = jitter;
+            let (mut prior, mut first, mut tiers) = (0u32, None, Vec::new());
+            loop {
+                match t.route(&transient(), prior, first, now(), units[prior as usize % units.len()]) {
+                    Route::Retry { tier, attempt, .. } => {
+                        prop_assert_eq!(attempt, prior + 1);
+                        tiers.push(tier);
+                        prior = attempt;
+                        first.get_or_insert(now());
+                    }
+                    Route::Dead { reason, attempt } => {
+                        prop_assert_eq!(reason, DlqReason::Exhausted);
+                        prop_assert_eq!(attempt, max_retries + 1, "tried 1 + max-retries times");
+                        break;
+                    }
+                    Route::Done => prop_assert!(false),
+                }
+            }
+            let want: Vec<usize> = (0..max_retries as usize).map(|i| i.min(t.tiers.len() - 1)).collect();
+            prop_assert_eq!(tiers, want);
+        }
     }
 }

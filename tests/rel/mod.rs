@@ -1,0 +1,990 @@
+//! Shared by the reliability suite (`tests/reliability_*.rs`): a recording HTTP handler that
+//! outlives the rebound processes it serves, the `rebound` binary as a child process (kill -9,
+//! SIGTERM), a private Tansu broker that can be stopped and started again, and the exact
+//! accounting of produced ids against what was handled and what reached the DLQ.
+//!
+//! Why an HTTP sink rather than a shell script behind `--handler command`: the sink lives in the
+//! test process, so it survives every `kill -9` of rebound; it sees each message's
+//! `process_after` (forwarded with `--forward-headers process_after`) and its topic, partition,
+//! offset and attempt (rebound's `X-Rebound-*` request headers); and it costs no fork per
+//! message on a 2-core machine. The command handler gets its own chaos test.
+//!
+//! Sizes scale with `REBOUND_REL_SCALE` (default 1; `scripts/soak` runs the full variants).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rebound::headers::{self as h, Header};
+use rebound::Topology;
+
+use crate::common::{unique, Got, Out};
+
+/// Multiplier for message counts and repetitions (`REBOUND_REL_SCALE`, default 1).
+pub fn scale() -> usize {
+    std::env::var("REBOUND_REL_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
+/// A seed for the random parts of a scenario: `REBOUND_REL_SEED`, else the clock. Printed, so a
+/// failing run can be repeated.
+pub fn seed(what: &str) -> u64 {
+    let seed = std::env::var("REBOUND_REL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        });
+    eprintln!("{what}: seed {seed} (REBOUND_REL_SEED={seed} repeats it)");
+    seed
+}
+
+/// A scratch directory for logs and broker storage; kept (and its path printed) when
+/// `REBOUND_REL_KEEP` is set, to read the logs of a failed run.
+pub fn workdir(what: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("rebound-{what}-"))
+        .tempdir()
+        .expect("temp dir");
+    if std::env::var_os("REBOUND_REL_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("{what}: logs kept in {}", dir.path().display());
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording HTTP handler
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    pub id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub attempt: u32,
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
+    /// The message's `process_after`, as rebound forwarded it (tier messages only).
+    pub process_after: Option<DateTime<Utc>>,
+    /// The status answered; 0 while (or if never) answered.
+    pub status: u16,
+}
+
+/// An HTTP endpoint whose answer is scripted by the body `ID:BEHAVIOUR`, recording every request.
+///
+/// | behaviour | answer |
+/// |---|---|
+/// | `ok` | 200 |
+/// | `fail-N` | 503 on attempts 0..N, then 200 |
+/// | `always` | 503 |
+/// | `permanent` | 400 |
+/// | `wait-S` | 503 with `Retry-After: S` on attempt 0, then 200 |
+/// | `slow-MS` | sleeps MS milliseconds, then 200 |
+/// | `hang` | on attempt 0 never answers (until the sink is released), then 200 |
+#[derive(Clone, Default)]
+pub struct Sink {
+    pub url: String,
+    records: Arc<Mutex<Vec<Handled>>>,
+    /// Extra latency per request, in milliseconds (set while the sink runs).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    released: Arc<AtomicBool>,
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn respond(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> Response {
+    let at = Utc::now();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let attempt: u32 = header_str(&headers, "x-rebound-attempt")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let process_after = headers
+        .get_all("process_after")
+        .iter()
+        .next_back()
+        .and_then(|v| h::parse_time(h::PROCESS_AFTER, Some(v.as_bytes())).ok());
+    let index = {
+        let mut records = sink.records.lock().unwrap();
+        records.push(Handled {
+            id: text.clone(),
+            topic: header_str(&headers, "x-rebound-topic").unwrap_or_default(),
+            partition: header_str(&headers, "x-rebound-partition")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1),
+            offset: header_str(&headers, "x-rebound-offset")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1),
+            attempt,
+            at,
+            process_after,
+            status: 0,
+        });
+        records.len() - 1
+    };
+    let extra = sink.delay_ms.load(Ordering::Relaxed);
+    if extra > 0 {
+        tokio::time::sleep(Duration::from_millis(extra)).await;
+    }
+    let behaviour = text.split_once(':').map(|(_, b)| b).unwrap_or("ok");
+    let mut retry_after = None;
+    let status: u16 = match behaviour {
+        "ok" => 200,
+        "always" => 503,
+        "permanent" => 400,
+        "hang" if attempt == 0 => {
+            while !sink.released.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            503
+        }
+        "hang" => 200,
+        b => {
+            if let Some(n) = b.strip_prefix("fail-").and_then(|n| n.parse::<u32>().ok()) {
+                if attempt < n {
+                    503
+                } else {
+                    200
+                }
+            } else if let Some(s) = b.strip_prefix("wait-").and_then(|s| s.parse::<u64>().ok()) {
+                if attempt == 0 {
+                    retry_after = Some(s);
+                    503
+                } else {
+                    200
+                }
+            } else if let Some(ms) = b.strip_prefix("slow-").and_then(|s| s.parse::<u64>().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                200
+            } else {
+                500
+            }
+        }
+    };
+    sink.records.lock().unwrap()[index].status = status;
+    let mut resp = (StatusCode::from_u16(status).unwrap(), "sink").into_response();
+    if let Some(s) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", s.to_string().parse().unwrap());
+    }
+    resp
+}
+
+impl Sink {
+    /// Starts the sink on a free loopback port.
+    pub async fn start() -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = Sink {
+            url: format!("http://{}/handle", listener.local_addr().unwrap()),
+            ..Sink::default()
+        };
+        let app = axum::Router::new()
+            .route("/handle", axum::routing::post(respond))
+            .with_state(sink.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        sink
+    }
+
+    pub fn records(&self) -> Vec<Handled> {
+        self.records.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    /// Lets every hanging request answer.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
+    /// Ids answered 200 at least once.
+    pub fn succeeded(&self) -> std::collections::HashSet<String> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The messages of a run and what must become of them
+
+/// What must become of a message, from its behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Answered 200 at some attempt; never in the DLQ.
+    Success,
+    /// In the DLQ with this `rebound-dlq-reason`; never answered 200.
+    Dead(&'static str),
+}
+
+pub fn fate(behaviour: &str, max_retries: u32) -> Fate {
+    match behaviour {
+        "always" => Fate::Dead("exhausted"),
+        "permanent" => Fate::Dead("permanent"),
+        b => match b.strip_prefix("fail-").and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) if n > max_retries => Fate::Dead("exhausted"),
+            _ => Fate::Success,
+        },
+    }
+}
+
+/// `count` messages with ids `prefix-N`, behaviours drawn from `mix` (behaviour, weight).
+pub fn plan(prefix: &str, count: usize, mix: &[(&str, u32)], rng: &mut impl rand::Rng) -> Vec<Out> {
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
+    (0..count)
+        .map(|i| {
+            let mut pick = rng.random_range(0..total);
+            let behaviour = mix
+                .iter()
+                .find(|(_, w)| {
+                    if pick < *w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .map(|(b, _)| *b)
+                .unwrap_or("ok");
+            let id = format!("{prefix}-{i}");
+            Out::new(&id, &format!("{id}:{behaviour}"))
+        })
+        .collect()
+}
+
+/// What must become of each message of `messages` (payloads `ID:BEHAVIOUR`).
+pub fn fates_of(messages: &[Out], max_retries: u32) -> HashMap<String, Fate> {
+    messages
+        .iter()
+        .map(|m| {
+            let p = String::from_utf8(m.payload.clone().unwrap_or_default()).unwrap();
+            let (id, b) = p.split_once(':').unwrap_or((&p, "ok"));
+            (id.to_string(), fate(b, max_retries))
+        })
+        .collect()
+}
+
+/// Whether the sink has seen every id reach its end: an answer 200 for the ones that succeed,
+/// the final failing answer for the ones bound for the DLQ.
+pub fn finished(sink: &Sink, fates: &HashMap<String, Fate>, max_retries: u32) -> bool {
+    let mut done = std::collections::HashSet::new();
+    for r in sink.records() {
+        let id = r.id.split_once(':').map(|(i, _)| i).unwrap_or(&r.id);
+        let end = match fates.get(id) {
+            Some(Fate::Success) => r.status == 200,
+            Some(Fate::Dead("permanent")) => r.status == 400,
+            Some(Fate::Dead(_)) => r.status == 503 && r.attempt >= max_retries,
+            None => false,
+        };
+        if end {
+            done.insert(id.to_string());
+        }
+    }
+    done.len() == fates.len()
+}
+
+/// A record of a topic: (topic, partition, offset).
+pub type RecordId = (String, i32, i64);
+
+/// The exact accounting of one scenario.
+#[derive(Debug, Default)]
+pub struct Accounting {
+    pub produced: usize,
+    pub succeeded: usize,
+    pub dead: BTreeMap<String, usize>,
+    /// Ids that are neither answered 200 nor in the DLQ.
+    pub missing: Vec<String>,
+    /// Ids that ended somewhere their behaviour does not allow.
+    pub wrong: Vec<String>,
+    /// Handler calls in all.
+    pub calls: usize,
+    /// Records (topic, partition, offset) handled more than once, with their handling times.
+    pub repeats: Vec<(RecordId, Vec<DateTime<Utc>>)>,
+    /// Ids answered 200 more than once (what a user of an at-least-once service sees).
+    pub duplicate_successes: usize,
+    /// DLQ records beyond one per dead id.
+    pub duplicate_dead: usize,
+    /// Tier handlings that started before their `process_after`.
+    pub early: Vec<String>,
+    /// Tier handlings: (count, worst lateness in ms).
+    pub retries: usize,
+    pub max_lateness_ms: i64,
+}
+
+impl Accounting {
+    /// One line for the figures in RELIABILITY.md.
+    pub fn summary(&self) -> String {
+        format!(
+            "produced={} succeeded={} dead={:?} missing={} wrong={} calls={} retries={} repeats={} duplicate_successes={} duplicate_dlq={} early={} max_lateness_ms={}",
+            self.produced,
+            self.succeeded,
+            self.dead,
+            self.missing.len(),
+            self.wrong.len(),
+            self.calls,
+            self.retries,
+            self.repeats.len(),
+            self.duplicate_successes,
+            self.duplicate_dead,
+            self.early.len(),
+            self.max_lateness_ms
+        )
+    }
+
+    /// Fails the test unless every id is where its behaviour says and nothing was early.
+    pub fn assert_exact(&self) {
+        assert!(
+            self.missing.is_empty(),
+            "LOST {} ids (first 20: {:?}); {}",
+            self.missing.len(),
+            &self.missing[..self.missing.len().min(20)],
+            self.summary()
+        );
+        assert!(
+            self.wrong.is_empty(),
+            "{} ids ended in the wrong place (first 20: {:?}); {}",
+            self.wrong.len(),
+            &self.wrong[..self.wrong.len().min(20)],
+            self.summary()
+        );
+        assert!(
+            self.early.is_empty(),
+            "{} retries handled before process_after (first 20: {:?}); {}",
+            self.early.len(),
+            &self.early[..self.early.len().min(20)],
+            self.summary()
+        );
+    }
+}
+
+/// Accounts for every produced message: `fates` maps id → what must become of it.
+pub fn account(
+    fates: &HashMap<String, Fate>,
+    handled: &[Handled],
+    dlq: &[Got],
+    tiers: &Topology,
+) -> Accounting {
+    let mut a = Accounting {
+        produced: fates.len(),
+        calls: handled.len(),
+        ..Accounting::default()
+    };
+    let id_of = |payload: &str| {
+        payload
+            .split_once(':')
+            .map(|(i, _)| i)
+            .unwrap_or(payload)
+            .to_string()
+    };
+    let mut ok_count: HashMap<String, usize> = HashMap::new();
+    let mut by_record: HashMap<RecordId, Vec<DateTime<Utc>>> = HashMap::new();
+    for r in handled {
+        if r.status == 200 {
+            *ok_count.entry(id_of(&r.id)).or_default() += 1;
+        }
+        by_record
+            .entry((r.topic.clone(), r.partition, r.offset))
+            .or_default()
+            .push(r.at);
+        if tiers
+            .stage_of(&r.topic)
+            .is_some_and(|s| s != rebound::topology::Stage::Main)
+        {
+            a.retries += 1;
+            match r.process_after {
+                None => a.early.push(format!("{} (no process_after)", r.id)),
+                Some(due) if r.at < due => a.early.push(format!(
+                    "{} at {} < {}",
+                    r.id,
+                    h::format_time(r.at),
+                    h::format_time(due)
+                )),
+                Some(due) => {
+                    a.max_lateness_ms = a.max_lateness_ms.max((r.at - due).num_milliseconds())
+                }
+            }
+        }
+    }
+    let mut dead_reason: HashMap<String, Vec<String>> = HashMap::new();
+    for g in dlq {
+        let reason = g.header(h::DLQ_REASON).unwrap_or_else(|| "(none)".into());
+        dead_reason
+            .entry(id_of(&g.payload_str()))
+            .or_default()
+            .push(reason);
+    }
+    for (id, fate) in fates {
+        let oks = ok_count.get(id).copied().unwrap_or(0);
+        let dead = dead_reason.get(id);
+        if oks > 1 {
+            a.duplicate_successes += oks - 1;
+        }
+        if let Some(d) = dead {
+            a.duplicate_dead += d.len().saturating_sub(1);
+        }
+        match (fate, oks, dead) {
+            (_, 0, None) => a.missing.push(id.clone()),
+            (Fate::Success, _, None) => a.succeeded += 1,
+            (Fate::Dead(reason), 0, Some(d)) if d.iter().all(|r| r == reason) => {
+                *a.dead.entry(reason.to_string()).or_default() += 1;
+            }
+            _ => a
+                .wrong
+                .push(format!("{id}: expected {fate:?}, ok={oks}, dlq={dead:?}")),
+        }
+    }
+    for id in dead_reason.keys() {
+        if !fates.contains_key(id) {
+            a.wrong.push(format!("{id}: in the DLQ but never produced"));
+        }
+    }
+    let mut repeats: Vec<_> = by_record.into_iter().filter(|(_, t)| t.len() > 1).collect();
+    repeats.sort();
+    a.repeats = repeats;
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka helpers that take the broker address (the broker-restart test has its own broker)
+
+pub fn producer_at(brokers: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().expect("producer")
+}
+
+/// Produces every record (one record per batch), many in flight at once, and waits for all acks.
+pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
+    let p = producer_at(brokers, &[("message.max.bytes", "8000000")]);
+    let mut pending = Vec::with_capacity(records.len());
+    for r in records {
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(rebound::kafka::to_owned_headers(&r.headers));
+        if let Some(k) = &r.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = &r.payload {
+            fr = fr.payload(v);
+        }
+        if let Some(part) = r.partition {
+            fr = fr.partition(part);
+        }
+        pending.push(p.send(fr, Duration::from_secs(30)));
+    }
+    for (i, result) in futures::future::join_all(pending)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if let Err((e, _)) = result {
+            panic!("produce record {i} to {topic}: {e}");
+        }
+    }
+}
+
+pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create topics")
+    {
+        r.expect("topic created");
+    }
+}
+
+/// Reads `topic` from the beginning until at least `min` records arrived and nothing more came
+/// for `idle`, or `deadline` passed.
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    min: usize,
+    idle: Duration,
+    deadline: Duration,
+) -> Vec<Got> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let until = Instant::now() + deadline;
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < until && (out.len() < min || last.elapsed() < idle) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            last = Instant::now();
+            out.push(Got {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers: rebound::kafka::read_headers(m.headers()),
+            });
+        }
+    }
+    out
+}
+
+/// The group's committed offset of each partition of `topic` (`None`: nothing committed).
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rebound binary as a child process
+
+/// `rebound run` arguments for `topology` with the HTTP sink as handler. Tiers are given in the
+/// short syntax; Tansu needs one record per batch from rebound's producer too.
+pub fn run_args(
+    brokers: &str,
+    topology: &Topology,
+    group: &str,
+    sink: &Sink,
+    metrics_port: u16,
+) -> Vec<String> {
+    let tiers: Vec<String> = topology
+        .tiers
+        .iter()
+        .map(|t| rebound::duration::format(t.delay))
+        .collect();
+    [
+        "run",
+        "--brokers",
+        brokers,
+        "--topic",
+        &topology.main,
+        "--tiers",
+        &tiers.join(","),
+        "--max-retries",
+        &topology.max_retries.to_string(),
+        "--group",
+        group,
+        "--handler",
+        "http",
+        "--url",
+        &sink.url,
+        "--forward-headers",
+        "process_after",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+        "-X",
+        "fetch.wait.max.ms=20",
+        "-X",
+        "linger.ms=0",
+        "-X",
+        "batch.num.messages=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A running `rebound` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Proc {
+    /// Starts `rebound args…`, appending its stderr to `log`.
+    pub fn spawn(args: &[String], metrics_port: u16, log: &Path, env: &[(&str, &str)]) -> Proc {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut cmd = crate::common::rebound();
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn rebound");
+        Proc {
+            child,
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            log: log.to_path_buf(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `limit`; returns the exit status and how long it took.
+    pub fn term(&mut self, limit: Duration) -> (Option<ExitStatus>, Duration) {
+        let t = Instant::now();
+        signal(self.pid(), "TERM");
+        (self.wait(limit), t.elapsed())
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Whether it still runs (it must never exit on its own).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// GET `path` on a metrics server: (status, body), or `None` when it does not answer.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let resp = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.unwrap_or_default()))
+}
+
+/// The sum over all label sets of a metric in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == '{' || c == ' ')
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the process answers `/readyz` with 200.
+pub async fn wait_readyz(p: &Proc, deadline: Duration) {
+    let addr = p.metrics;
+    eventually("/readyz 200", deadline, || async move {
+        matches!(get(addr, "/readyz").await, Some((200, _)))
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private Tansu broker (for the broker-restart scenario)
+
+/// A Tansu broker on its own port; its storage lives in `dir` (the working directory).
+pub struct Tansu {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub storage: String,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(port: u16, dir: &Path, storage: &str) -> Tansu {
+        let mut t = Tansu {
+            port,
+            dir: dir.to_path_buf(),
+            storage: storage.to_string(),
+            child: None,
+        };
+        t.up();
+        t
+    }
+
+    fn binary() -> String {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let local = format!("{home}/.cargo/bin/tansu");
+        if Command::new("tansu").arg("--version").output().is_ok() {
+            "tansu".into()
+        } else {
+            local
+        }
+    }
+
+    /// Starts the broker (again) on the same port and storage, and waits until it accepts.
+    pub fn up(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("broker log");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(Self::binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &self.storage,
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tansu (scripts/test installs it)");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "tansu did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 10 s) and waits until the port is closed.
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Headers with a raw name (not UTF-8) and value.
+pub fn raw_header(name: &[u8], value: Option<&[u8]>) -> Header {
+    Header {
+        name: name.to_vec(),
+        value: value.map(<[u8]>::to_vec),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording any handler (in-process services)
+
+/// Wraps a handler and records every call like the HTTP sink does: 200 for success, 503 for a
+/// transient failure, 400 for a permanent one, 0 when the call never returned (a timeout or a
+/// panic cut it off).
+#[derive(Clone)]
+pub struct Recording {
+    pub inner: Arc<dyn rebound::Handler>,
+    pub records: Arc<Mutex<Vec<Handled>>>,
+}
+
+impl Recording {
+    pub fn new(inner: Arc<dyn rebound::Handler>) -> Recording {
+        Recording {
+            inner,
+            records: Arc::default(),
+        }
+    }
+
+    pub fn records(&self) -> Vec<Handled> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl rebound::Handler for Recording {
+    async fn handle(&self, m: &rebound::Message) -> rebound::Outcome {
+        let index = {
+            let mut records = self.records.lock().unwrap();
+            records.push(Handled {
+                id: String::from_utf8_lossy(m.payload()).into_owned(),
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                attempt: m.attempt,
+                at: Utc::now(),
+                process_after: h::last(&m.headers, h::PROCESS_AFTER)
+                    .and_then(|x| h::parse_time(h::PROCESS_AFTER, x.value.as_deref()).ok()),
+                status: 0,
+            });
+            records.len() - 1
+        };
+        let outcome = self.inner.handle(m).await;
+        self.records.lock().unwrap()[index].status = match &outcome {
+            rebound::Outcome::Success => 200,
+            rebound::Outcome::Transient(_) => 503,
+            rebound::Outcome::Permanent(_) => 400,
+        };
+        outcome
+    }
+}

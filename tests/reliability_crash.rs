@@ -1,0 +1,221 @@
+//! Process crash: the `rebound` binary is killed with SIGKILL at random moments of a run of
+//! thousands of messages (success, transient and permanent, tiers of a few hundred ms), once
+//! while a tier partition holds a message due seconds later, and restarted each time. Every id
+//! must end where its behaviour says, no retry may start before its `process_after`, and every
+//! record handled twice must have been handled first within the commit interval's window
+//! before a kill.
+
+mod common;
+mod rel;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use rand::{Rng, SeedableRng};
+use rel::*;
+
+/// `--commit-interval` of the runs, and what may pass between a record's handling and a commit
+/// that covers it on this loaded 2-core machine (the handler's answer, the copy's ack, the
+/// commit's round trip).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+const COMMIT_SLACK: Duration = Duration::from_secs(2);
+
+fn start(args: &[String], log: &std::path::Path) -> Proc {
+    let port = free_port();
+    let mut args = args.to_vec();
+    let at = args.iter().position(|a| a == "--metrics-addr").unwrap() + 1;
+    args[at] = format!("127.0.0.1:{port}");
+    Proc::spawn(&args, port, log, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("crash"));
+    let brokers = brokers();
+    let main = unique("crash");
+    let mut topo = topology(&main, &[200, 500]);
+    topo.max_retries = 3; // 200ms, 500ms, 500ms: the last tier repeats
+    create_topology(&topo, 3).await;
+
+    // `wait-8` answers 503 with Retry-After: 8 first: its retry waits 8 s in the last tier, long
+    // enough to be held across a kill and a restart.
+    let mix = [
+        ("ok", 58),
+        ("fail-1", 18),
+        ("fail-2", 6),
+        ("fail-3", 3),
+        ("always", 4),
+        ("permanent", 8),
+        ("wait-8", 3),
+    ];
+    let messages = plan("c", 2000 * scale(), &mix, &mut rng);
+    let fates = fates_of(&messages, topo.max_retries);
+    let dead_expected = fates
+        .values()
+        .filter(|f| matches!(f, Fate::Dead(_)))
+        .count();
+
+    let sink = Sink::start().await;
+    let dir = workdir("crash");
+    let log = dir.path().join("rebound.log");
+    let mut args = run_args(&brokers, &topo, &unique("g"), &sink, 0);
+    args.extend(
+        [
+            "--commit-interval",
+            "1s",
+            "--breaker-threshold",
+            "0",
+            // A killed member stays in the group until its session times out; keep that short
+            // so the restarted process gets the partitions back soon.
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ]
+        .map(String::from),
+    );
+
+    // Steady traffic: the producer keeps going while rebound is killed and restarted.
+    let feed = {
+        let brokers = brokers.clone();
+        let main = main.clone();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            for chunk in messages.chunks(100) {
+                produce_many(&brokers, &main, chunk).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let mut kills: Vec<DateTime<Utc>> = Vec::new();
+    let mut p = start(&args, &log);
+    wait_readyz(&p, Duration::from_secs(60)).await;
+
+    // 1. A kill while a tier partition is paused on a message due seconds later.
+    let s = sink.clone();
+    let addr = p.metrics;
+    eventually(
+        "a wait-8 message parked in a paused tier partition",
+        Duration::from_secs(60),
+        || {
+            let s = s.clone();
+            async move {
+                let parked = s.records().iter().any(|r| {
+                    r.id.ends_with(":wait-8")
+                        && r.attempt == 0
+                        && r.status == 503
+                        && Utc::now() - r.at < chrono::Duration::seconds(6)
+                });
+                parked
+                    && get(addr, "/metrics")
+                        .await
+                        .is_some_and(|(_, m)| metric_sum(&m, "rebound_paused_partitions") >= 1.0)
+            }
+        },
+    )
+    .await;
+    p.kill9();
+    kills.push(Utc::now());
+    // Retries that were parked (first answer 503 + Retry-After: 8) and not yet due at the kill.
+    let parked: Vec<String> = {
+        let records = sink.records();
+        records
+            .iter()
+            .filter(|r| r.id.ends_with(":wait-8") && r.attempt == 0 && r.status == 503)
+            .filter(|r| r.at + chrono::Duration::seconds(8) > kills[0])
+            .filter(|r| !records.iter().any(|x| x.id == r.id && x.attempt > 0))
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    assert!(!parked.is_empty(), "no retry was waiting at the kill");
+    eprintln!(
+        "kill 1 at {:?}: a tier partition paused, {} retries due up to 8 s later",
+        started.elapsed(),
+        parked.len()
+    );
+
+    // 2. Kills at random moments of the run.
+    for k in 0..3 * scale() {
+        p = start(&args, &log);
+        wait_readyz(&p, Duration::from_secs(60)).await;
+        let before = sink.count();
+        let s = sink.clone();
+        eventually("progress after restart", Duration::from_secs(30), || {
+            let s = s.clone();
+            async move { s.count() > before }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
+        p.kill9();
+        kills.push(Utc::now());
+        eprintln!("kill {} (random) at {:?}", k + 2, started.elapsed());
+    }
+
+    // 3. The last start runs to the end.
+    p = start(&args, &log);
+    feed.await.unwrap();
+    let s = sink.clone();
+    let f = fates.clone();
+    let max_retries = topo.max_retries;
+    eventually(
+        "every id handled to its end",
+        Duration::from_secs(120),
+        || {
+            let s = s.clone();
+            let f = f.clone();
+            async move { finished(&s, &f, max_retries) }
+        },
+    )
+    .await;
+    let dlq = read_all(
+        &brokers,
+        &topo.dlq,
+        dead_expected,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    );
+    assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
+    let (status, took) = p.term(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?} after {took:?}"
+    );
+
+    let a = account(&fates, &sink.records(), &dlq, &topo);
+    // Repeats come only from work finished after the last commit before a kill.
+    let mut widest = chrono::Duration::zero();
+    let mut per_kill = vec![(0usize, 0i64); kills.len()];
+    for ((topic, partition, offset), times) in &a.repeats {
+        let first = times.iter().min().unwrap();
+        let kill = kills.iter().position(|k| k >= first);
+        if let Some(i) = kill {
+            per_kill[i].0 += 1;
+            per_kill[i].1 = per_kill[i].1.max((kills[i] - *first).num_milliseconds());
+        }
+        let kill = kill.map(|i| &kills[i]);
+        let Some(kill) = kill else {
+            panic!("{topic}/{partition}/{offset} handled again with no kill after its first handling: {times:?}");
+        };
+        let gap = *kill - *first;
+        widest = widest.max(gap);
+        assert!(
+            gap.to_std().unwrap() <= COMMIT_INTERVAL + COMMIT_SLACK,
+            "{topic}/{partition}/{offset} was handled {} ms before a kill and handled again: its commit was missed by more than the commit interval",
+            gap.num_milliseconds()
+        );
+    }
+    eprintln!("repeats per kill (count, widest ms): {per_kill:?}");
+    eprintln!(
+        "FIGURES crash: messages={} kills={} {} widest_repeat_window_ms={} took_s={}",
+        fates.len(),
+        kills.len(),
+        a.summary(),
+        widest.num_milliseconds(),
+        started.elapsed().as_secs()
+    );
+    a.assert_exact();
+    assert_eq!(a.dead.values().sum::<usize>(), dead_expected);
+}
