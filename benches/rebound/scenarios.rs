@@ -1,0 +1,873 @@
+//! The six scenarios of issue 8. Each measures rebound and its baseline in the same run,
+//! `runs` times, and returns rows for the report (medians, with every run's figure).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{FuturesOrdered, StreamExt};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rebound::config::{Config, KafkaProps};
+use rebound::handler::http::HttpHandler;
+use rebound::headers::{self, Header};
+use rebound::{Handler, Message, Outcome, Service, Topology};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, median, quantile, Batching, Seed, Window};
+
+/// What every scenario is given.
+pub struct Ctx {
+    pub brokers: String,
+    pub broker_pid: Option<u32>,
+    /// Multiplies message counts (and the precision window).
+    pub scale: f64,
+    pub runs: usize,
+    pub rebound_bin: PathBuf,
+}
+
+impl Ctx {
+    fn n(&self, full: usize, min: usize) -> usize {
+        ((full as f64 * self.scale) as usize).max(min)
+    }
+}
+
+/// One line of the results table.
+pub struct Row {
+    pub scenario: String,
+    pub metric: String,
+    pub rebound: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub bar: String,
+    pub met: Option<bool>,
+    /// Every run's figures, for the record.
+    pub detail: String,
+}
+
+/// librdkafka settings of every client under test, rebound and baselines alike: one record per
+/// produced batch (Tansu memory engine, see docs/broker-compat.md) and a short fetch wait.
+fn client_props() -> Vec<(String, String)> {
+    vec![
+        ("fetch.wait.max.ms".into(), "20".into()),
+        ("linger.ms".into(), "0".into()),
+        ("batch.num.messages".into(), "1".into()),
+    ]
+}
+
+fn fmt_rate(r: f64) -> String {
+    format!("{r:.0} msg/s")
+}
+
+fn list(v: &[f64], digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// rebound in-process
+
+struct Embedded {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), rebound::ServiceError>>,
+    metrics: Arc<rebound::metrics::Metrics>,
+}
+
+impl Embedded {
+    fn start(config: Config, handler: Arc<dyn Handler>) -> Embedded {
+        let service = Service::new(config, handler);
+        let metrics = service.metrics();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(service.run(stop.clone()));
+        Embedded {
+            stop,
+            task,
+            metrics,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(60), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("rebound ended with an error: {e}"),
+            Ok(Err(e)) => eprintln!("rebound task failed: {e}"),
+            Err(_) => eprintln!("rebound did not stop within 60 s"),
+        }
+    }
+}
+
+fn rebound_config(ctx: &Ctx, topology: Topology, group: &str) -> Config {
+    let mut c = Config::new(&ctx.brokers, group, topology);
+    c.cluster.kafka = KafkaProps(client_props());
+    c.shutdown_timeout = Duration::from_secs(20);
+    c
+}
+
+/// A handler that counts calls and answers `outcome`.
+struct Count {
+    calls: AtomicU64,
+    outcome: Outcome,
+}
+
+#[async_trait::async_trait]
+impl Handler for Count {
+    async fn handle(&self, _m: &Message) -> Outcome {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.outcome.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// baselines: plain rdkafka
+
+fn baseline_consumer(ctx: &Ctx, group: &str, topic: &str) -> StreamConsumer {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &ctx.brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in client_props() {
+        if k.starts_with("fetch") {
+            c.set(k, v);
+        }
+    }
+    let consumer: StreamConsumer = c.create().expect("baseline consumer");
+    if std::env::var_os("XTIER").is_some() {
+        let tier = format!("{topic}.retry-1h");
+        consumer.subscribe(&[topic, &tier]).expect("subscribe");
+    } else {
+        consumer.subscribe(&[topic]).expect("subscribe");
+    }
+    consumer
+}
+
+/// Closes a consumer on a helper thread without waiting more than a few seconds for it.
+fn close(consumer: StreamConsumer) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(10));
+}
+
+/// Scenario 1's baseline: consume, store the offset, commit every second.
+async fn consume_loop(consumer: StreamConsumer, done: Arc<AtomicU64>, stop: CancellationToken) {
+    let mut last_commit = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => {
+                let Ok(m) = m else { continue };
+                let _ = consumer.store_offset_from_message(&m);
+                done.fetch_add(1, Ordering::Relaxed);
+                if last_commit.elapsed() >= Duration::from_secs(1) {
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+            }
+        }
+    }
+    close(consumer);
+}
+
+/// Scenario 2's baseline: consume, produce a copy (up to `window` awaiting their
+/// acknowledgement, as rebound's `--max-in-flight`), store each offset once its copy is
+/// acknowledged (in order), commit every second.
+async fn pipe_loop(
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    to: String,
+    window: usize,
+    done: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let mut last_commit = Instant::now();
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some((topic, partition, offset, acked)) = in_flight.next(), if !in_flight.is_empty() => {
+                let acked: bool = acked;
+                if acked {
+                    let topic: String = topic;
+                    let _ = consumer.store_offset(&topic, partition, offset);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                if last_commit.elapsed() >= Duration::from_secs(1) {
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+            }
+            m = consumer.recv(), if in_flight.len() < window => {
+                let Ok(m) = m else { continue };
+                let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&to);
+                if let Some(k) = m.key() { rec = rec.key(k); }
+                if let Some(p) = m.payload() { rec = rec.payload(p); }
+                if let Some(h) = m.headers() { rec = rec.headers(h.detach()); }
+                let topic = m.topic().to_string();
+                let (partition, offset) = (m.partition(), m.offset());
+                match producer.send_result(rec) {
+                    Ok(f) => in_flight.push_back(async move {
+                        (topic, partition, offset, matches!(f.await, Ok(Ok(_))))
+                    }),
+                    Err((e, _)) => eprintln!("baseline produce: {e}"),
+                }
+            }
+        }
+    }
+    close(consumer);
+}
+
+fn baseline_producer(ctx: &Ctx) -> FutureProducer {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &ctx.brokers).set("acks", "all");
+    for (k, v) in client_props() {
+        if !k.starts_with("fetch") {
+            c.set(k, v);
+        }
+    }
+    c.create().expect("baseline producer")
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 + 2: throughput (and 6: CPU per message)
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    PassThrough,
+    Routing,
+}
+
+/// Scenarios 1 and 2 (and their CPU figures for 6).
+async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
+    let (name, n, partitions) = match flow {
+        Flow::PassThrough => ("1 pass-through", ctx.n(1_000_000, 1000), 6),
+        Flow::Routing => ("2 routing to tier 1", ctx.n(100_000, 1000), 6),
+    };
+    let tag = if flow == Flow::PassThrough {
+        "s1"
+    } else {
+        "s2"
+    };
+    let main = support::unique(tag);
+    let topology = Topology::new(&main, &[Duration::from_secs(3600)]);
+    let out = format!("{main}.baseline-out");
+    let mut topics = topology.topics();
+    topics.push(&out);
+    support::create_topics(&ctx.brokers, &topics, partitions).await;
+    eprintln!("[{name}] seeding {n} messages of 200 B over {partitions} partitions");
+    let rate = support::seed(&ctx.brokers, &main, n, Batching::Batched, |i| Seed {
+        partition: None,
+        key: Some(format!("k{i}").into_bytes()),
+        payload: support::payload(i, 200),
+        headers: Vec::new(),
+    })
+    .await;
+    eprintln!("[{name}] seeded at {rate:.0} msg/s");
+
+    let mut ours: Vec<Window> = Vec::new();
+    let mut theirs: Vec<Window> = Vec::new();
+    for run in 0..ctx.runs {
+        for side in [run % 2, 1 - run % 2] {
+            let group = support::unique(&format!("{tag}-g{run}-{side}"));
+            if side == 0 {
+                let w = run_rebound(ctx, flow, &topology, &group, n).await;
+                eprintln!(
+                    "[{name}] run {run} rebound:  {} ({:.1} µs CPU/msg)",
+                    fmt_rate(w.rate()),
+                    w.cpu_us_per_msg()
+                );
+                ours.push(w);
+            } else {
+                let w = run_baseline(ctx, flow, &main, &out, &group, n).await;
+                eprintln!(
+                    "[{name}] run {run} baseline: {} ({:.1} µs CPU/msg)",
+                    fmt_rate(w.rate()),
+                    w.cpu_us_per_msg()
+                );
+                theirs.push(w);
+            }
+        }
+    }
+    let r: Vec<f64> = ours.iter().map(Window::rate).collect();
+    let b: Vec<f64> = theirs.iter().map(Window::rate).collect();
+    let ratio = median(&r) / median(&b);
+    let rc: Vec<f64> = ours.iter().map(Window::cpu_us_per_msg).collect();
+    let bc: Vec<f64> = theirs.iter().map(Window::cpu_us_per_msg).collect();
+    let rbc: Vec<f64> = ours.iter().map(Window::broker_cpu_us_per_msg).collect();
+    let bbc: Vec<f64> = theirs.iter().map(Window::broker_cpu_us_per_msg).collect();
+    let what = match flow {
+        Flow::PassThrough => "plain consume + store offset + commit every 1 s",
+        Flow::Routing => {
+            "plain consume → produce (acks=all, ≤ 32 awaiting ack) → store → commit every 1 s"
+        }
+    };
+    vec![
+        Row {
+            scenario: name.into(),
+            metric: format!("throughput, {n} msgs (baseline: {what})"),
+            rebound: fmt_rate(median(&r)),
+            baseline: fmt_rate(median(&b)),
+            ratio: format!("{ratio:.2}"),
+            bar: "≥ 0.80".into(),
+            met: Some(ratio >= 0.8),
+            detail: format!(
+                "rebound [{}], baseline [{}] msg/s",
+                list(&r, 0),
+                list(&b, 0)
+            ),
+        },
+        Row {
+            scenario: format!("6 CPU ({})", &name[2..]),
+            metric: "CPU µs per message, client process (broker process)".into(),
+            rebound: format!("{:.1} ({:.1})", median(&rc), median(&rbc)),
+            baseline: format!("{:.1} ({:.1})", median(&bc), median(&bbc)),
+            ratio: format!("{:.2}", median(&rc) / median(&bc)),
+            bar: "report".into(),
+            met: None,
+            detail: format!(
+                "rebound [{}] µs, baseline [{}] µs; broker [{}] / [{}] µs",
+                list(&rc, 1),
+                list(&bc, 1),
+                list(&rbc, 1),
+                list(&bbc, 1)
+            ),
+        },
+    ]
+}
+
+async fn run_rebound(ctx: &Ctx, flow: Flow, topology: &Topology, group: &str, n: usize) -> Window {
+    let mut config = rebound_config(ctx, topology.clone(), group);
+    let outcome = match flow {
+        Flow::PassThrough => Outcome::Success,
+        Flow::Routing => {
+            // Every message fails on purpose: the breaker would stop the run.
+            config.breaker = rebound::breaker::BreakerConfig::disabled();
+            Outcome::transient("bench", "always transient")
+        }
+    };
+    let handler = Arc::new(Count {
+        calls: AtomicU64::new(0),
+        outcome,
+    });
+    let running = Embedded::start(config, handler.clone());
+    let routed = running
+        .metrics
+        .routed
+        .with_label_values(&["main", &topology.tiers[0].label]);
+    let count = || match flow {
+        Flow::PassThrough => handler.calls.load(Ordering::Relaxed),
+        Flow::Routing => routed.get(),
+    };
+    let w = support::watch(
+        count,
+        n as u64,
+        ctx.broker_pid,
+        Duration::from_secs(60),
+        "rebound",
+    )
+    .await;
+    running.stop().await;
+    w.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run_baseline(
+    ctx: &Ctx,
+    flow: Flow,
+    main: &str,
+    out: &str,
+    group: &str,
+    n: usize,
+) -> Window {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let consumer = baseline_consumer(ctx, group, main);
+    let task = match flow {
+        Flow::PassThrough => tokio::spawn(consume_loop(consumer, done.clone(), stop.clone())),
+        Flow::Routing => tokio::spawn(pipe_loop(
+            consumer,
+            baseline_producer(ctx),
+            out.to_string(),
+            32,
+            done.clone(),
+            stop.clone(),
+        )),
+    };
+    let w = support::watch(
+        || done.load(Ordering::Relaxed),
+        n as u64,
+        ctx.broker_pid,
+        Duration::from_secs(60),
+        "baseline",
+    )
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    w.unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn pass_through(ctx: &Ctx) -> Vec<Row> {
+    throughput(ctx, Flow::PassThrough).await
+}
+
+pub async fn routing(ctx: &Ctx) -> Vec<Row> {
+    throughput(ctx, Flow::Routing).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3: retry precision
+
+/// Records how late each call started relative to the message's `process_after`.
+#[derive(Default)]
+struct Lateness {
+    calls: AtomicU64,
+    /// Microseconds; negative = early.
+    late_us: Mutex<Vec<i64>>,
+    /// (due, partition, lateness in µs) of every call, kept when REBOUND_BENCH_TRACE is set.
+    trace: Mutex<Vec<(chrono::DateTime<Utc>, i32, i64)>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Lateness {
+    async fn handle(&self, m: &Message) -> Outcome {
+        let now = Utc::now();
+        let due = headers::last(&m.headers, headers::PROCESS_AFTER)
+            .and_then(|h| headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok());
+        if let Some(due) = due {
+            let late = (now - due).num_microseconds().unwrap_or(i64::MAX);
+            if let Ok(mut v) = self.late_us.lock() {
+                v.push(late);
+            }
+            if std::env::var_os("REBOUND_BENCH_TRACE").is_some() {
+                if let Ok(mut v) = self.trace.lock() {
+                    v.push((due, m.partition, late));
+                }
+            }
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Outcome::Success
+    }
+}
+
+pub async fn precision(ctx: &Ctx) -> Vec<Row> {
+    let n = ctx.n(100_000, 1000);
+    let window = Duration::from_secs_f64((60.0 * ctx.scale).clamp(10.0, 60.0));
+    let partitions = 12;
+    let name = "3 retry precision";
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    let mut maxes = Vec::new();
+    let mut early_total = 0usize;
+    let mut handled_total = 0usize;
+    for run in 0..ctx.runs {
+        let main = support::unique("s3");
+        let topology = Topology::new(&main, &[Duration::from_secs(60)]);
+        let tier = topology.tiers[0].topic.clone();
+        support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
+        let handler = Arc::new(Lateness::default());
+        let group = support::unique("s3-g");
+        let running = Embedded::start(
+            rebound_config(ctx, topology.clone(), &group),
+            handler.clone(),
+        );
+        let assigned = running.metrics.clone();
+        let until = Instant::now() + Duration::from_secs(30);
+        while !assigned.health.assigned.load(Ordering::Relaxed) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Seeding must end before the first message is due; one record per batch on Tansu.
+        let lead = Duration::from_secs_f64(5.0 + n as f64 / 4000.0);
+        let start = Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
+        let step_us = window.as_micros() as i64 / n as i64;
+        let seeding_began = Instant::now();
+        eprintln!(
+            "[{name}] run {run}: seeding {n} messages due over {} s across {partitions} tier partitions",
+            window.as_secs()
+        );
+        support::seed(&ctx.brokers, &tier, n, Batching::OnePerBatch, |i| {
+            let due = start + chrono::Duration::microseconds(step_us * i as i64);
+            Seed {
+                partition: Some((i % partitions as usize) as i32),
+                key: Some(format!("k{i}").into_bytes()),
+                payload: support::payload(i, 200),
+                headers: vec![
+                    Header::new(headers::PROCESS_AFTER, headers::format_time(due)),
+                    Header::new(headers::ATTEMPT, "1"),
+                ],
+            }
+        })
+        .await;
+        let seeded_in = seeding_began.elapsed();
+        if seeded_in > lead {
+            eprintln!(
+                "[{name}] run {run}: WARNING seeding took {:.1} s, longer than the {:.1} s lead: early messages were late because they did not exist yet",
+                seeded_in.as_secs_f64(),
+                lead.as_secs_f64()
+            );
+        }
+        let w = support::watch(
+            || handler.calls.load(Ordering::Relaxed),
+            n as u64,
+            None,
+            lead + window + Duration::from_secs(60),
+            "rebound",
+        )
+        .await;
+        running.stop().await;
+        if let Err(e) = w {
+            panic!("{e}");
+        }
+        let late: Vec<f64> = handler
+            .late_us
+            .lock()
+            .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
+            .unwrap_or_default();
+        let early = late.iter().filter(|l| **l < 0.0).count();
+        if let Ok(mut t) = handler.trace.lock() {
+            if !t.is_empty() {
+                // Lateness by second of the window, and the worst calls.
+                let mut by_sec: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
+                for (due, _, l) in t.iter() {
+                    let sec = (*due - start).num_seconds();
+                    let e = by_sec.entry(sec).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.max(*l);
+                }
+                for (sec, (n, worst)) in by_sec {
+                    eprintln!(
+                        "  second {sec}: {n} calls, worst {:.1} ms",
+                        worst as f64 / 1000.0
+                    );
+                }
+                t.sort_by_key(|(_, _, l)| -l);
+                for (due, p, l) in t.iter().take(15) {
+                    eprintln!(
+                        "  late {:.1} ms: partition {p}, due at +{} ms",
+                        *l as f64 / 1000.0,
+                        (*due - start).num_milliseconds()
+                    );
+                }
+            }
+        }
+        let (p50, p99, max) = (
+            quantile(&late, 0.5),
+            quantile(&late, 0.99),
+            quantile(&late, 1.0),
+        );
+        eprintln!(
+            "[{name}] run {run}: lateness p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, early {early} of {}",
+            late.len()
+        );
+        p50s.push(p50);
+        p99s.push(p99);
+        maxes.push(max);
+        early_total += early;
+        handled_total += late.len();
+    }
+    let ideal = "0 ms (ideal)".to_string();
+    vec![
+        Row {
+            scenario: name.into(),
+            metric: format!(
+                "early handlings, {n} msgs due over {} s, {partitions} tier partitions",
+                window.as_secs()
+            ),
+            rebound: format!("{early_total} of {handled_total}"),
+            baseline: "0".into(),
+            ratio: "—".into(),
+            bar: "0".into(),
+            met: Some(early_total == 0),
+            detail: String::new(),
+        },
+        Row {
+            scenario: name.into(),
+            metric: "lateness p50 (handler start − process_after)".into(),
+            rebound: format!("{:.1} ms", median(&p50s)),
+            baseline: ideal.clone(),
+            ratio: "—".into(),
+            bar: "≤ 20 ms".into(),
+            met: Some(median(&p50s) <= 20.0),
+            detail: format!("runs [{}] ms", list(&p50s, 1)),
+        },
+        Row {
+            scenario: name.into(),
+            metric: "lateness p99".into(),
+            rebound: format!("{:.1} ms", median(&p99s)),
+            baseline: ideal.clone(),
+            ratio: "—".into(),
+            bar: "≤ 100 ms".into(),
+            met: Some(median(&p99s) <= 100.0),
+            detail: format!("runs [{}] ms", list(&p99s, 1)),
+        },
+        Row {
+            scenario: name.into(),
+            metric: "lateness max".into(),
+            rebound: format!("{:.1} ms", median(&maxes)),
+            baseline: ideal,
+            ratio: "—".into(),
+            bar: "report".into(),
+            met: None,
+            detail: format!("runs [{}] ms", list(&maxes, 1)),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4: memory under backlog
+
+/// Starts the `rebound` binary on a topology whose tier holds `backlog` messages due in two
+/// hours, waits until every tier partition is paused, and returns (VmRSS, VmHWM) in MiB.
+async fn rss_with_backlog(ctx: &Ctx, topology: &Topology, partitions: i32) -> (f64, f64) {
+    let port = support::free_port();
+    let group = support::unique("s4-g");
+    let tiers: Vec<String> = topology
+        .tiers
+        .iter()
+        .map(|t| rebound::duration::format(t.delay))
+        .collect();
+    let mut cmd = std::process::Command::new(&ctx.rebound_bin);
+    cmd.args(["run", "--brokers", &ctx.brokers, "--group", &group])
+        .args(["--topic", &topology.main, "--tiers", &tiers.join(",")])
+        .args(["--handler", "command", "--command", "true"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in client_props() {
+        cmd.arg("-X").arg(format!("{k}={v}"));
+    }
+    let mut child = cmd.spawn().expect("starting the rebound binary");
+    let pid = child.id();
+    let label = &topology.tiers[0].label;
+    let want = format!("rebound_paused_partitions{{tier=\"{label}\"}} {partitions}");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(120);
+    let mut paused = false;
+    while Instant::now() < until {
+        if let Ok(r) = client.get(&url).send().await {
+            if let Ok(text) = r.text().await {
+                if text.lines().any(|l| l == want) {
+                    paused = true;
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !paused {
+        eprintln!("[4 memory] WARNING: not every tier partition was paused within 120 s");
+    }
+    // Let prefetched data be dropped and the allocator settle.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = support::rss_mib(pid);
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    rss
+}
+
+pub async fn memory(ctx: &Ctx) -> Vec<Row> {
+    let partitions = 12;
+    let small = ctx.n(100_000, 1000);
+    let large = ctx.n(1_000_000, 10_000);
+    let name = "4 memory under backlog";
+    let mut results: Vec<(usize, Vec<f64>, Vec<f64>)> = Vec::new();
+    for backlog in [0, small, large] {
+        let main = support::unique("s4");
+        let topology = Topology::new(&main, &[Duration::from_secs(3600)]);
+        support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
+        let tier = topology.tiers[0].topic.clone();
+        let due = headers::format_time(Utc::now() + chrono::Duration::hours(2));
+        if backlog > 0 {
+            eprintln!("[{name}] seeding {backlog} messages (not due for 2 h) into {partitions} tier partitions");
+            // Batched is safe here: each partition is read from its start and never resumed.
+            let rate = support::seed(&ctx.brokers, &tier, backlog, Batching::Batched, |i| Seed {
+                partition: Some((i % partitions as usize) as i32),
+                key: Some(format!("k{i}").into_bytes()),
+                payload: support::payload(i, 200),
+                headers: vec![
+                    Header::new(headers::PROCESS_AFTER, due.clone()),
+                    Header::new(headers::ATTEMPT, "1"),
+                ],
+            })
+            .await;
+            eprintln!("[{name}] seeded at {rate:.0} msg/s");
+        } else {
+            // An empty tier never pauses: one message per partition, so the process is measured
+            // in the same state (every tier partition paused), only without a backlog.
+            support::seed(
+                &ctx.brokers,
+                &tier,
+                partitions as usize,
+                Batching::OnePerBatch,
+                |i| Seed {
+                    partition: Some(i as i32),
+                    key: None,
+                    payload: support::payload(i, 200),
+                    headers: vec![
+                        Header::new(headers::PROCESS_AFTER, due.clone()),
+                        Header::new(headers::ATTEMPT, "1"),
+                    ],
+                },
+            )
+            .await;
+        }
+        let mut rss = Vec::new();
+        let mut hwm = Vec::new();
+        for run in 0..ctx.runs {
+            let (r, h) = rss_with_backlog(ctx, &topology, partitions).await;
+            eprintln!("[{name}] backlog {backlog}, run {run}: VmRSS {r:.1} MiB, VmHWM {h:.1} MiB");
+            rss.push(r);
+            hwm.push(h);
+        }
+        results.push((backlog.max(partitions as usize), rss, hwm));
+    }
+    let (n0, r0, h0) = &results[0];
+    let (n1, r1, h1) = &results[1];
+    let (n2, r2, h2) = &results[2];
+    let ratio = median(r2) / median(r1);
+    let hwm_ratio = median(h2) / median(h1);
+    vec![
+        Row {
+            scenario: name.into(),
+            metric: format!(
+                "RSS of `rebound run` with {n2} parked vs {n1} parked ({partitions} tier partitions, all paused)"
+            ),
+            rebound: format!("{:.1} MiB", median(r2)),
+            baseline: format!("{:.1} MiB", median(r1)),
+            ratio: format!("{ratio:.2}"),
+            bar: "≤ 1.20 and ≤ 100 MB".into(),
+            met: Some(ratio <= 1.2 && median(r2) * 1.048_576 <= 100.0),
+            detail: format!(
+                "VmRSS runs: {n0} parked [{}], {n1} [{}], {n2} [{}] MiB",
+                list(r0, 1),
+                list(r1, 1),
+                list(r2, 1)
+            ),
+        },
+        Row {
+            scenario: name.into(),
+            metric: format!("peak RSS (VmHWM), {n2} vs {n1} parked"),
+            rebound: format!("{:.1} MiB", median(h2)),
+            baseline: format!("{:.1} MiB", median(h1)),
+            ratio: format!("{hwm_ratio:.2}"),
+            bar: "report".into(),
+            met: None,
+            detail: format!(
+                "VmHWM runs: {n0} parked [{}], {n1} [{}], {n2} [{}] MiB",
+                list(h0, 1),
+                list(h1, 1),
+                list(h2, 1)
+            ),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: slow downstream
+
+/// An HTTP server on loopback that answers every POST after 10 ms and counts the requests.
+async fn slow_server(served: Arc<AtomicU64>) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/",
+        post(move || {
+            let served = served.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                served.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the slow server");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+pub async fn slow_downstream(ctx: &Ctx) -> Vec<Row> {
+    let name = "5 slow downstream (10 ms HTTP)";
+    let n64 = ctx.n(20_000, 2000);
+    let n1 = ctx.n(500, 200);
+    let served = Arc::new(AtomicU64::new(0));
+    let url = slow_server(served.clone()).await;
+    let main = support::unique("s5");
+    let topology = Topology::new(&main, &[Duration::from_secs(3600)]);
+    support::create_topics(&ctx.brokers, &topology.topics(), 6).await;
+    eprintln!("[{name}] seeding {n64} messages");
+    support::seed(&ctx.brokers, &main, n64, Batching::Batched, |i| Seed {
+        partition: None,
+        key: Some(format!("k{i}").into_bytes()),
+        payload: support::payload(i, 200),
+        headers: Vec::new(),
+    })
+    .await;
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    for run in 0..ctx.runs {
+        for (mif, n) in [(1usize, n1), (64, n64)] {
+            served.store(0, Ordering::Relaxed);
+            let group = support::unique("s5-g");
+            let mut config = rebound_config(ctx, topology.clone(), &group);
+            config.max_in_flight = mif;
+            let handler = HttpHandler::new(&url, Duration::from_secs(5)).expect("http handler");
+            let running = Embedded::start(config, Arc::new(handler));
+            let w = support::watch(
+                || served.load(Ordering::Relaxed),
+                n as u64,
+                None,
+                Duration::from_secs(60),
+                "rebound",
+            )
+            .await;
+            running.stop().await;
+            let w = w.unwrap_or_else(|e| panic!("{e}"));
+            eprintln!(
+                "[{name}] run {run}: --max-in-flight {mif}: {}",
+                fmt_rate(w.rate())
+            );
+            if mif == 1 {
+                one.push(w.rate());
+            } else {
+                many.push(w.rate());
+            }
+        }
+    }
+    let ratio = median(&many) / median(&one);
+    vec![Row {
+        scenario: name.into(),
+        metric: format!("throughput, --max-in-flight 64 ({n64} msgs) vs 1 ({n1} msgs)"),
+        rebound: fmt_rate(median(&many)),
+        baseline: fmt_rate(median(&one)),
+        ratio: format!("{ratio:.1}"),
+        bar: "≥ 30".into(),
+        met: Some(ratio >= 30.0),
+        detail: format!("64: [{}], 1: [{}] msg/s", list(&many, 0), list(&one, 1)),
+    }]
+}
