@@ -34,6 +34,27 @@ pub struct Metrics {
     pub health: Health,
 }
 
+/// The per-message series of one stage (`main` or a tier), resolved once: looking a labelled
+/// series up hashes its label values under a lock, which is not worth doing per message.
+#[derive(Clone)]
+pub struct StageSeries {
+    pub consumed: prometheus::IntCounter,
+    /// By outcome: success, transient, permanent.
+    pub handled: [prometheus::IntCounter; 3],
+    pub handler_duration: prometheus::Histogram,
+    pub lateness: prometheus::Histogram,
+}
+
+impl StageSeries {
+    pub fn handled(&self, outcome: &str) -> &prometheus::IntCounter {
+        match outcome {
+            "success" => &self.handled[0],
+            "transient" => &self.handled[1],
+            _ => &self.handled[2],
+        }
+    }
+}
+
 /// What `/healthz` and `/readyz` report.
 #[derive(Default)]
 pub struct Health {
@@ -203,6 +224,20 @@ impl Metrics {
         for reason in crate::topology::DlqReason::ALL {
             self.dlq.with_label_values(&[reason.as_str()]);
         }
+    }
+
+    /// The series of every stage, indexed main = 0, tier i = i + 1.
+    pub fn stage_series(&self, topology: &crate::topology::Topology) -> Vec<StageSeries> {
+        std::iter::once("main")
+            .chain(topology.tiers.iter().map(|t| t.label.as_str()))
+            .map(|label| StageSeries {
+                consumed: self.consumed.with_label_values(&[label]),
+                handled: ["success", "transient", "permanent"]
+                    .map(|o| self.handled.with_label_values(&[label, o])),
+                handler_duration: self.handler_duration.with_label_values(&[label]),
+                lateness: self.lateness.with_label_values(&[label]),
+            })
+            .collect()
     }
 
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {

@@ -70,6 +70,10 @@ struct State {
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
     draining: bool,
+    /// Partitions that finished work whose offset is not stored yet.
+    unstored: Vec<Tp>,
+    /// A pause, resume or revoke happened since the paused gauges were last set.
+    paused_changed: bool,
 }
 
 /// The consumer and its loop.
@@ -104,6 +108,8 @@ impl Pipeline {
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 draining: false,
+                unstored: Vec::new(),
+                paused_changed: true,
             },
         }
     }
@@ -118,6 +124,7 @@ impl Pipeline {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
             }
+            self.state.store_finished(&self.consumer);
             let wake = self.state.delays.next_due().map(instant_for);
             let breaker_wake = self.state.breaker.wakes_at().map(Instant::from_std);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
@@ -129,6 +136,12 @@ impl Pipeline {
                 Some(joined) = state.jobs.join_next(), if !state.jobs.is_empty() => {
                     if let Ok(done) = joined {
                         state.on_completion(consumer, done);
+                    }
+                    // Whatever else has finished meanwhile, in the same turn.
+                    while let Some(joined) = state.jobs.try_join_next() {
+                        if let Ok(done) = joined {
+                            state.on_completion(consumer, done);
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
@@ -201,6 +214,7 @@ impl Pipeline {
             }
         }
         state.update_gauges();
+        state.store_finished(&self.consumer);
         commit_offsets(&self.consumer, CommitMode::Sync);
         tracing::info!("offsets committed; leaving the group");
         close_consumer(self.consumer, Duration::from_secs(10));
@@ -234,6 +248,7 @@ impl State {
                 }
             }
             RebalanceEvent::Revoked(parts) => {
+                self.paused_changed = true;
                 let mut handed_back = 0;
                 for (topic, partition) in parts {
                     let Some(stage) = topology.stage_of(&topic) else {
@@ -284,10 +299,7 @@ impl State {
                 self.next_epoch
             }
         };
-        self.metrics
-            .consumed
-            .with_label_values(&[topology.label(stage)])
-            .inc();
+        self.router.series(tp).consumed.inc();
         let mut message = Message {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -327,6 +339,7 @@ impl State {
             let due = due.unwrap_or(now);
             if self.delays.hold(tp, due, job) {
                 pause(consumer, topology.topic(stage), tp.partition, true);
+                self.paused_changed = true;
                 tracing::debug!(
                     tier = topology.label(stage),
                     partition = tp.partition,
@@ -427,6 +440,7 @@ impl State {
     fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         for released in self.delays.pop_due(Utc::now()) {
             let tp = released.partition;
+            self.paused_changed |= released.resume;
             let current = self.epochs.get(&tp).copied();
             for job in released.items {
                 if Some(job.epoch) == current {
@@ -464,24 +478,42 @@ impl State {
             return;
         };
         offsets.finish(done.offset);
-        if let Some(next) = offsets.advance() {
-            let mut tpl = TopicPartitionList::with_capacity(1);
-            let topic = self.router.topology.topic(done.tp.stage);
-            if tpl
-                .add_partition_offset(topic, done.tp.partition, Offset::Offset(next))
-                .is_ok()
-            {
-                if let Err(e) = consumer.store_offsets(&tpl) {
-                    tracing::debug!(topic, partition = done.tp.partition, error = %e, "offset not stored");
-                }
+        self.unstored.push(done.tp);
+    }
+
+    /// Stores the committable offset of every partition that finished work since the last call,
+    /// in one call. Runs before anything polls the consumer (a revoke callback inside the poll
+    /// commits what is stored), before each commit and at shutdown.
+    fn store_finished(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        if self.unstored.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(self.unstored.len());
+        for tp in self.unstored.drain(..) {
+            let Some(next) = self
+                .offsets
+                .get_mut(&tp)
+                .and_then(PartitionOffsets::advance)
+            else {
+                continue;
+            };
+            let topic = self.router.topology.topic(tp.stage);
+            let _ = tpl.add_partition_offset(topic, tp.partition, Offset::Offset(next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(error = %e, "offsets not stored");
             }
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
         let m = &self.metrics;
         m.in_flight
             .set((self.buffered() + self.delays.len()) as i64);
+        if !std::mem::take(&mut self.paused_changed) {
+            return;
+        }
         let topology = &self.router.topology;
         let mut per_tier = vec![0i64; topology.tiers.len()];
         for tp in self.delays.partitions() {

@@ -78,9 +78,16 @@ pub struct Router {
     pub handler_timeout: Duration,
     /// Cancelled when in-flight work must be abandoned (the shutdown deadline passed).
     pub abandon: CancellationToken,
+    /// Per-stage metric series, from [`Metrics::stage_series`].
+    pub series: Vec<crate::metrics::StageSeries>,
 }
 
 impl Router {
+    /// The metric series of the stage `tp` belongs to.
+    pub fn series(&self, tp: Tp) -> &crate::metrics::StageSeries {
+        &self.series[Topology::stage_index(tp.stage)]
+    }
+
     /// Runs the job to its end.
     pub async fn process(self: Arc<Self>, job: Job) -> Completion {
         let Job {
@@ -119,9 +126,8 @@ impl Router {
             Intake::Fresh => (0, None),
             Intake::Retry(state) => {
                 let late = Utc::now().signed_duration_since(state.process_after);
-                self.metrics
+                self.series(tp)
                     .lateness
-                    .with_label_values(&[label])
                     .observe(late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
                 (state.attempt, state.first_failed_at)
             }
@@ -159,14 +165,11 @@ impl Router {
             outcome = handler::call(&self.handler, message, self.handler_timeout) => outcome,
             _ = self.abandon.cancelled() => return (Finish::HandedBack, None),
         };
-        self.metrics
+        let series = self.series(tp);
+        series
             .handler_duration
-            .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .handled
-            .with_label_values(&[label, outcome.label()])
-            .inc();
+        series.handled(outcome.label()).inc();
         let signal = match outcome {
             Outcome::Transient(_) => Signal::Transient,
             _ => Signal::Ok,

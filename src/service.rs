@@ -118,6 +118,7 @@ impl Service {
         tracing::info!(group = %cluster.group, topics = ?subscribed, dlq = %topology.dlq, max_retries = topology.max_retries,
             "rebound running");
 
+        let series = metrics.stage_series(&topology);
         let router = Arc::new(Router {
             topology,
             handler,
@@ -125,6 +126,7 @@ impl Service {
             metrics: metrics.clone(),
             handler_timeout: config.handler_timeout,
             abandon: CancellationToken::new(),
+            series,
         });
         let limits = Limits {
             max_in_flight: config.max_in_flight,

@@ -139,6 +139,14 @@ impl Topology {
         }
     }
 
+    /// Index of a stage in per-stage tables: main = 0, tier i = i + 1.
+    pub fn stage_index(stage: Stage) -> usize {
+        match stage {
+            Stage::Main => 0,
+            Stage::Tier(i) => i + 1,
+        }
+    }
+
     pub fn topic(&self, stage: Stage) -> &str {
         match stage {
             Stage::Main => &self.main,
