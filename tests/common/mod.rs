@@ -54,8 +54,12 @@ pub fn test_kafka_props() -> Vec<(String, String)> {
 }
 
 pub async fn create_topics(topics: &[&str], partitions: i32) {
+    create_topics_at(&brokers(), topics, partitions).await
+}
+
+pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
@@ -65,7 +69,7 @@ pub async fn create_topics(topics: &[&str], partitions: i32) {
     let results = admin
         .create_topics(
             &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
         .expect("create topics");
@@ -166,8 +170,20 @@ impl Got {
 /// Reads `topic` from the beginning (all partitions, no group) until `want` records arrived or
 /// `deadline` passed; returns what was read.
 pub fn read_topic(topic: &str, want: usize, deadline: Duration) -> Vec<Got> {
+    read_at(&brokers(), topic, want, Duration::ZERO, deadline)
+}
+
+/// Reads `topic` on `brokers` from the beginning until at least `min` records arrived and then
+/// nothing more came for `idle` (zero: stop at `min`), or `deadline` passed.
+pub fn read_at(
+    brokers: &str,
+    topic: &str,
+    min: usize,
+    idle: Duration,
+    deadline: Duration,
+) -> Vec<Got> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
@@ -185,9 +201,11 @@ pub fn read_topic(topic: &str, want: usize, deadline: Duration) -> Vec<Got> {
     }
     consumer.assign(&tpl).expect("assign");
     let until = Instant::now() + deadline;
+    let mut last = Instant::now();
     let mut out = Vec::new();
-    while out.len() < want && Instant::now() < until {
+    while Instant::now() < until && (out.len() < min || last.elapsed() < idle) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            last = Instant::now();
             out.push(Got {
                 partition: m.partition(),
                 offset: m.offset(),

@@ -28,13 +28,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rebound::headers::{self as h, Header};
 use rebound::Topology;
 
-use crate::common::{unique, Got, Out};
+use crate::common::{Got, Out};
 
 /// Multiplier for message counts and repetitions (`REBOUND_REL_SCALE`, default 1).
 pub fn scale() -> usize {
@@ -528,28 +527,6 @@ pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
     }
 }
 
-pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
-}
-
 /// Reads `topic` from the beginning until at least `min` records arrived and nothing more came
 /// for `idle`, or `deadline` passed.
 pub fn read_all(
@@ -559,40 +536,7 @@ pub fn read_all(
     idle: Duration,
     deadline: Duration,
 ) -> Vec<Got> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .expect("tpl");
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let until = Instant::now() + deadline;
-    let mut last = Instant::now();
-    let mut out = Vec::new();
-    while Instant::now() < until && (out.len() < min || last.elapsed() < idle) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-            last = Instant::now();
-            out.push(Got {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                headers: rebound::kafka::read_headers(m.headers()),
-            });
-        }
-    }
-    out
+    crate::common::read_at(brokers, topic, min, idle, deadline)
 }
 
 /// The group's committed offset of each partition of `topic` (`None`: nothing committed).
