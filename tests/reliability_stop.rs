@@ -99,9 +99,13 @@ async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothin
         wait_readyz(&p, Duration::from_secs(60)).await;
         let before = sink.count();
         let s = sink.clone();
+        let f = fates.clone();
+        let max_retries = topo.max_retries;
+        // Progress — unless every id already reached its end (nothing is left to handle).
         eventually("progress", Duration::from_secs(30), || {
             let s = s.clone();
-            async move { s.count() > before + 20 }
+            let f = f.clone();
+            async move { s.count() > before + 20 || finished(&s, &f, max_retries) }
         })
         .await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
