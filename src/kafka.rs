@@ -48,7 +48,13 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = base_config(cluster);
     c.set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
-        .set("partition.assignment.strategy", "range,roundrobin");
+        .set("partition.assignment.strategy", "range,roundrobin")
+        // Tier partitions sit paused most of the time, and what a fetch brought for a partition
+        // that is then paused is thrown away. With librdkafka's 50 MB default the resident size
+        // grew with the backlog parked in the tiers (a broker that does not honour
+        // max.partition.fetch.bytes, like Tansu 0.6, fills the whole fetch). 4 MiB keeps it
+        // flat and costs the main topic little (BENCHMARKS.md). `-X fetch.max.bytes=` overrides.
+        .set("fetch.max.bytes", "4194304");
     apply_user(&mut c, cluster, Role::Consumer);
     c.set("group.id", &cluster.group)
         .set("enable.auto.commit", "false")
@@ -144,6 +150,23 @@ pub fn to_owned_headers(headers: &[Header]) -> OwnedHeaders {
         }
     }
     owned
+}
+
+/// Sets the offset of the one partition in `list` without the lookups (and allocations) of
+/// `TopicPartitionList::set_partition_offset`. Fails unless `list` holds exactly one partition.
+pub fn set_only_offset(list: &mut TopicPartitionList, offset: i64) -> Result<(), KafkaError> {
+    if list.count() != 1 {
+        return Err(KafkaError::SetPartitionOffset(
+            rdkafka::types::RDKafkaErrorCode::InvalidArgument,
+        ));
+    }
+    // SAFETY: the list is ours and holds one element, so `elems` points at a valid element;
+    // only its offset field is written.
+    unsafe {
+        let native = list.ptr();
+        (*(*native).elems).offset = offset;
+    }
+    Ok(())
 }
 
 /// A change of assignment, seen by the poll loop right after the consumer saw it.

@@ -9,7 +9,8 @@ use std::hash::Hash;
 /// Keys in flight per partition, and what waits behind each.
 #[derive(Debug)]
 pub struct KeyGate<P, T> {
-    busy: HashMap<(P, Vec<u8>), VecDeque<T>>,
+    /// Per partition, so that a key is looked up by its bytes without copying them.
+    busy: HashMap<P, HashMap<Vec<u8>, VecDeque<T>>>,
     waiting: usize,
 }
 
@@ -28,31 +29,59 @@ impl<P: Hash + Eq + Copy, T> KeyGate<P, T> {
         let Some(key) = key else {
             return Some(item);
         };
-        match self.busy.get_mut(&(partition, key.to_vec())) {
+        match self.queue_if_busy(partition, key) {
             Some(queue) => {
                 queue.push_back(item);
                 self.waiting += 1;
                 None
             }
-            None => {
-                self.busy.insert((partition, key.to_vec()), VecDeque::new());
-                Some(item)
+            None => Some(item),
+        }
+    }
+
+    /// [`KeyGate::admit`] with the key read from the item itself (no copy of the key needed).
+    pub fn admit_with(
+        &mut self,
+        partition: P,
+        item: T,
+        key_of: impl Fn(&T) -> Option<&[u8]>,
+    ) -> Option<T> {
+        let Some(key) = key_of(&item) else {
+            return Some(item);
+        };
+        match self.queue_if_busy(partition, key) {
+            Some(queue) => {
+                queue.push_back(item);
+                self.waiting += 1;
+                None
             }
+            None => Some(item),
+        }
+    }
+
+    /// The queue behind `key` when it is in flight; otherwise marks it in flight.
+    fn queue_if_busy(&mut self, partition: P, key: &[u8]) -> Option<&mut VecDeque<T>> {
+        let keys = self.busy.entry(partition).or_default();
+        if keys.contains_key(key) {
+            keys.get_mut(key)
+        } else {
+            keys.insert(key.to_vec(), VecDeque::new());
+            None
         }
     }
 
     /// The message with `key` finished; returns the next one with that key, which may start now.
     pub fn release(&mut self, partition: P, key: Option<&[u8]>) -> Option<T> {
         let key = key?;
-        let slot = (partition, key.to_vec());
-        let next = self.busy.get_mut(&slot)?.pop_front();
+        let keys = self.busy.get_mut(&partition)?;
+        let next = keys.get_mut(key)?.pop_front();
         match next {
             Some(item) => {
                 self.waiting -= 1;
                 Some(item)
             }
             None => {
-                self.busy.remove(&slot);
+                keys.remove(key);
                 None
             }
         }
@@ -60,15 +89,13 @@ impl<P: Hash + Eq + Copy, T> KeyGate<P, T> {
 
     /// Drops everything of `partition` (revoked): waiting items are returned, unstarted.
     pub fn remove_partition(&mut self, partition: P) -> Vec<T> {
-        let mut out = Vec::new();
-        self.busy.retain(|(p, _), queue| {
-            if *p == partition {
-                out.extend(queue.drain(..));
-                false
-            } else {
-                true
-            }
-        });
+        let out: Vec<T> = self
+            .busy
+            .remove(&partition)
+            .into_iter()
+            .flat_map(|keys| keys.into_values())
+            .flatten()
+            .collect();
         self.waiting -= out.len();
         out
     }

@@ -17,16 +17,20 @@
 //!   assignment is committed or resumed in a new one.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -69,12 +73,31 @@ struct State {
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
-    draining: bool,
-    /// Partitions that finished work whose offset is not stored yet.
+    /// Jobs that finished on their first, inline poll, not yet accounted for.
+    finished: Vec<Completion>,
+    /// Jobs to spawn without an inline poll first, because a recent inline poll took long.
+    spawn_only: u32,
+    /// Jobs started so far (inline polls are timed for one in [`TIME_EVERY`]).
+    started: u64,
+    /// One single-entry list per partition, so that storing its offset allocates nothing.
+    store_lists: HashMap<Tp, TopicPartitionList>,
+    /// Partitions whose committable offset may have moved since offsets were last stored.
     unstored: Vec<Tp>,
     /// A pause, resume or revoke happened since the paused gauges were last set.
     paused_changed: bool,
+    draining: bool,
 }
+
+/// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
+/// real work on the loop's thread) sends the next [`SPAWN_ONLY_AFTER_SLOW_POLL`] jobs straight to
+/// their own tasks, so that such handlers still run in parallel.
+const SLOW_INLINE_POLL: Duration = Duration::from_micros(200);
+const SPAWN_ONLY_AFTER_SLOW_POLL: u32 = 1000;
+/// Inline polls are timed for one job in this many (reading the clock costs per message).
+const TIME_EVERY: u64 = 16;
+
+/// Messages taken from the consumer in one loop turn when they are already there.
+const RECV_BATCH: usize = 256;
 
 /// The consumer and its loop.
 pub struct Pipeline {
@@ -107,9 +130,13 @@ impl Pipeline {
                 breaker: Breaker::new(limits.breaker),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
-                draining: false,
+                finished: Vec::new(),
+                spawn_only: 0,
+                started: 0,
+                store_lists: HashMap::new(),
                 unstored: Vec::new(),
                 paused_changed: true,
+                draining: false,
             },
         }
     }
@@ -119,38 +146,50 @@ impl Pipeline {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut commit = tokio::time::interval(self.state.limits.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        // One timer for the earliest held head, moved only when that due time changes.
+        let mut timer = DueTimer::default();
         let mut recv_errors = 0u32;
         loop {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
             }
+            // Before anything polls the consumer (a revoke callback commits what is stored).
             self.state.store_finished(&self.consumer);
-            let wake = self.state.delays.next_due().map(instant_for);
+            let wake = timer.wake_for(self.state.delays.next_due());
             let breaker_wake = self.state.breaker.wakes_at().map(Instant::from_std);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut stopped => break,
                 Some(joined) = state.jobs.join_next(), if !state.jobs.is_empty() => {
                     if let Ok(done) = joined {
-                        state.on_completion(consumer, done);
+                        state.finished.push(done);
                     }
                     // Whatever else has finished meanwhile, in the same turn.
                     while let Some(joined) = state.jobs.try_join_next() {
                         if let Ok(done) = joined {
-                            state.on_completion(consumer, done);
+                            state.finished.push(done);
                         }
                     }
+                    state.settle(consumer);
                 }
-                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                _ = timer.sleep(), if wake => {
+                    timer.fired();
                     state.release_due(consumer);
+                    state.settle(consumer);
                 }
-                _ = tokio::time::sleep_until(breaker_wake.unwrap_or_else(Instant::now)), if breaker_wake.is_some() => {
+                _ = sleep_until(breaker_wake) => {
                     state.breaker_tick(consumer);
+                    state.settle(consumer);
                 }
-                _ = commit.tick() => commit_offsets(consumer, CommitMode::Async),
+                _ = commit.tick() => {
+                    state.store_finished(consumer);
+                    commit_offsets(consumer, CommitMode::Async);
+                }
                 received = consumer.recv(), if room => match received {
                     Ok(m) => {
                         recv_errors = 0;
@@ -159,6 +198,25 @@ impl Pipeline {
                             state.on_rebalance(consumer, event);
                         }
                         state.on_message(consumer, &m);
+                        drop(m);
+                        state.settle(consumer);
+                        // More are often there already: take them in this turn while there is
+                        // room, storing finished offsets before each poll as the loop does.
+                        for _ in 1..RECV_BATCH {
+                            if state.buffered() >= state.limits.max_in_flight {
+                                break;
+                            }
+                            state.store_finished(consumer);
+                            let Some(Ok(m)) = consumer.recv().now_or_never() else {
+                                break;
+                            };
+                            while let Ok(event) = self.events.try_recv() {
+                                state.on_rebalance(consumer, event);
+                            }
+                            state.on_message(consumer, &m);
+                            drop(m);
+                            state.settle(consumer);
+                        }
                     }
                     Err(e) => {
                         recv_errors += 1;
@@ -193,10 +251,14 @@ impl Pipeline {
             paused = held,
             "stopping: no more fetching; finishing in-flight work"
         );
+        state.settle(&self.consumer);
         let deadline = Instant::now() + state.limits.shutdown_timeout;
         while !state.jobs.is_empty() {
             match tokio::time::timeout_at(deadline, state.jobs.join_next()).await {
-                Ok(Some(Ok(done))) => state.on_completion(&self.consumer, done),
+                Ok(Some(Ok(done))) => {
+                    state.finished.push(done);
+                    state.settle(&self.consumer);
+                }
                 Ok(Some(Err(_))) => {}
                 Ok(None) => break,
                 Err(_) => {
@@ -207,7 +269,8 @@ impl Pipeline {
                     state.router.abandon.cancel();
                     while let Some(joined) = state.jobs.join_next().await {
                         if let Ok(done) = joined {
-                            state.on_completion(&self.consumer, done);
+                            state.finished.push(done);
+                            state.settle(&self.consumer);
                         }
                     }
                 }
@@ -217,6 +280,9 @@ impl Pipeline {
         state.store_finished(&self.consumer);
         commit_offsets(&self.consumer, CommitMode::Sync);
         tracing::info!("offsets committed; leaving the group");
+        // A list that went through `store_offsets` holds a reference to librdkafka's partition
+        // object, and the client does not finish closing while one is alive.
+        state.store_lists.clear();
         close_consumer(self.consumer, Duration::from_secs(10));
     }
 }
@@ -257,6 +323,7 @@ impl State {
                     let tp = Tp { stage, partition };
                     self.epochs.remove(&tp);
                     self.offsets.remove(&tp);
+                    self.store_lists.remove(&tp);
                     handed_back += self.delays.remove(&tp).len();
                     handed_back += self.gate.remove_partition(tp).len();
                     let before = self.parked.len();
@@ -331,8 +398,13 @@ impl State {
             Intake::Retry(state) => Some(state.process_after),
             _ => None,
         };
-        let now = Utc::now();
         let held = self.delays.is_held(&tp);
+        // Only tier messages need the clock.
+        let now = if held || due.is_some() {
+            Utc::now()
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        };
         if held || due.is_some_and(|d| d > now) {
             // Not due, or behind a held head (partition order is kept): park it.
             let offset = job.message.offset;
@@ -379,9 +451,11 @@ impl State {
             if self.epochs.get(&job.tp) != Some(&job.epoch) {
                 continue;
             }
-            let key = job.message.key.clone();
-            if let Some(job) = self.gate.admit(job.tp, key.as_deref(), job) {
-                self.jobs.spawn(self.router.clone().process(job));
+            if let Some(job) = self
+                .gate
+                .admit_with(job.tp, job, |j| j.message.key.as_deref())
+            {
+                self.start(job);
             }
         }
     }
@@ -458,12 +532,44 @@ impl State {
         }
     }
 
+    /// Starts a job. Its first poll runs right here: a handler that answers without waiting (the
+    /// common case for in-process handlers) then costs no task, no wake-up of another thread and
+    /// no trip through the loop. A job that has to wait is moved into its own task, which polls it
+    /// again at once, so nothing registered with the throw-away waker is lost.
+    fn start(&mut self, job: Job) {
+        let mut job = Box::pin(self.router.clone().process(job));
+        self.started += 1;
+        if self.spawn_only > 0 {
+            self.spawn_only = self.spawn_only.saturating_sub(1);
+        } else {
+            let began = (self.started % TIME_EVERY == 0).then(std::time::Instant::now);
+            let polled = job
+                .as_mut()
+                .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
+            if began.is_some_and(|b| b.elapsed() > SLOW_INLINE_POLL) {
+                self.spawn_only = SPAWN_ONLY_AFTER_SLOW_POLL;
+            }
+            if let Poll::Ready(done) = polled {
+                self.finished.push(done);
+                return;
+            }
+        }
+        self.jobs.spawn(job);
+    }
+
+    /// Accounts for every finished job, including those that finishing ones let start.
+    fn settle(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        while let Some(done) = self.finished.pop() {
+            self.on_completion(consumer, done);
+        }
+    }
+
     fn on_completion(&mut self, consumer: &StreamConsumer<TopologyContext>, done: Completion) {
         if let Some(next) = self.gate.release(done.tp, done.key.as_deref()) {
             if self.draining {
                 // Not started: handed back, its offset stays uncommitted.
             } else {
-                self.jobs.spawn(self.router.clone().process(next));
+                self.start(next);
             }
         }
         if let Some(signal) = done.signal {
@@ -478,17 +584,16 @@ impl State {
             return;
         };
         offsets.finish(done.offset);
-        self.unstored.push(done.tp);
+        if !self.unstored.contains(&done.tp) {
+            self.unstored.push(done.tp);
+        }
     }
 
-    /// Stores the committable offset of every partition that finished work since the last call,
-    /// in one call. Runs before anything polls the consumer (a revoke callback inside the poll
-    /// commits what is stored), before each commit and at shutdown.
+    /// Stores the committable offset of every partition whose finished work moved it. Runs
+    /// before anything polls the consumer (a revoke callback inside the poll commits what is
+    /// stored), before each commit and at shutdown, so stored offsets are as fresh as with a
+    /// store per completion. The list per partition is kept, so a store allocates nothing.
     fn store_finished(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        if self.unstored.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::with_capacity(self.unstored.len());
         for tp in self.unstored.drain(..) {
             let Some(next) = self
                 .offsets
@@ -498,11 +603,15 @@ impl State {
                 continue;
             };
             let topic = self.router.topology.topic(tp.stage);
-            let _ = tpl.add_partition_offset(topic, tp.partition, Offset::Offset(next));
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.store_offsets(&tpl) {
-                tracing::debug!(error = %e, "offsets not stored");
+            let list = self.store_lists.entry(tp).or_insert_with(|| {
+                let mut list = TopicPartitionList::with_capacity(1);
+                list.add_partition(topic, tp.partition);
+                list
+            });
+            let stored =
+                kafka::set_only_offset(list, next).and_then(|()| consumer.store_offsets(list));
+            if let Err(e) = stored {
+                tracing::debug!(topic, partition = tp.partition, error = %e, "offset not stored");
             }
         }
     }
@@ -526,6 +635,56 @@ impl State {
                 .with_label_values(&[&topology.tiers[i].label])
                 .set(n);
         }
+    }
+}
+
+/// The loop's one timer for held heads. It is moved only when the earliest due time changes, so
+/// that a loop turn does not register and cancel a timer.
+struct DueTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The due time the timer is set for, while it is armed.
+    armed_for: Option<DateTime<Utc>>,
+}
+
+impl Default for DueTimer {
+    fn default() -> Self {
+        DueTimer {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            armed_for: None,
+        }
+    }
+}
+
+impl DueTimer {
+    /// Sets the timer for `due` unless it already is; returns whether there is a timer to await.
+    fn wake_for(&mut self, due: Option<DateTime<Utc>>) -> bool {
+        let Some(due) = due else {
+            self.armed_for = None;
+            return false;
+        };
+        if self.armed_for != Some(due) {
+            self.sleep.as_mut().reset(instant_for(due));
+            self.armed_for = Some(due);
+        }
+        true
+    }
+
+    fn sleep(&mut self) -> &mut Pin<Box<tokio::time::Sleep>> {
+        &mut self.sleep
+    }
+
+    /// The timer went off: the next turn sets it again, even for the same due time (if the wall
+    /// clock still says "not due", the loop simply sleeps again).
+    fn fired(&mut self) {
+        self.armed_for = None;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -160,8 +160,10 @@ impl Router {
         );
         let started = Instant::now();
         // At the shutdown deadline a call still running is handed back, not waited for: its
-        // offset stays uncommitted and the message is handled again after the restart.
+        // offset stays uncommitted and the message is handled again after the restart. The
+        // call is polled first, so one that answers at once never touches the cancellation.
         let outcome = tokio::select! {
+            biased;
             outcome = handler::call(&self.handler, message, self.handler_timeout) => outcome,
             _ = self.abandon.cancelled() => return (Finish::HandedBack, None),
         };
@@ -175,8 +177,16 @@ impl Router {
             _ => Signal::Ok,
         };
 
-        let now = Utc::now();
-        let unit = rand::rng().random_range(-1.0..=1.0);
+        // A success goes nowhere and needs no clock (`route` does not look at `now` for it).
+        let now = match outcome {
+            Outcome::Success => DateTime::<Utc>::MIN_UTC,
+            _ => Utc::now(),
+        };
+        let unit = if self.topology.jitter > 0.0 {
+            rand::rng().random_range(-1.0..=1.0)
+        } else {
+            0.0
+        };
         let route = self
             .topology
             .route(&outcome, prior, first_failed_at, now, unit);

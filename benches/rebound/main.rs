@@ -10,7 +10,9 @@
 //!
 //! Environment: `REBOUND_BENCH_SCALE` (default 1: the counts of the issue), `REBOUND_BENCH_RUNS`
 //! (default 3; medians are reported), `REBOUND_BENCH_ONLY` (comma-separated scenario numbers;
-//! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`.
+//! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
+//! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
+//! `KEY=VALUE` librdkafka properties for rebound, not the baselines).
 
 mod scenarios;
 mod support;

@@ -105,9 +105,20 @@ impl Embedded {
 
 fn rebound_config(ctx: &Ctx, topology: Topology, group: &str) -> Config {
     let mut c = Config::new(&ctx.brokers, group, topology);
-    c.cluster.kafka = KafkaProps(client_props());
+    c.cluster.kafka = KafkaProps(client_props().into_iter().chain(extra_props()).collect());
     c.shutdown_timeout = Duration::from_secs(20);
     c
+}
+
+/// Extra librdkafka properties for rebound (not the baselines), from `REBOUND_BENCH_X`
+/// (comma-separated `KEY=VALUE`), e.g. to compare fetch sizes.
+fn extra_props() -> Vec<(String, String)> {
+    std::env::var("REBOUND_BENCH_X")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A handler that counts calls and answers `outcome`.
@@ -128,6 +139,15 @@ impl Handler for Count {
 // baselines: plain rdkafka
 
 fn baseline_consumer(ctx: &Ctx, group: &str, topic: &str) -> StreamConsumer {
+    baseline_consumer_with(ctx, group, topic, &[])
+}
+
+fn baseline_consumer_with(
+    ctx: &Ctx,
+    group: &str,
+    topic: &str,
+    extra: &[(&str, &str)],
+) -> StreamConsumer {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &ctx.brokers)
         .set("group.id", group)
@@ -139,13 +159,11 @@ fn baseline_consumer(ctx: &Ctx, group: &str, topic: &str) -> StreamConsumer {
             c.set(k, v);
         }
     }
-    let consumer: StreamConsumer = c.create().expect("baseline consumer");
-    if std::env::var_os("XTIER").is_some() {
-        let tier = format!("{topic}.retry-1h");
-        consumer.subscribe(&[topic, &tier]).expect("subscribe");
-    } else {
-        consumer.subscribe(&[topic]).expect("subscribe");
+    for (k, v) in extra {
+        c.set(*k, *v);
     }
+    let consumer: StreamConsumer = c.create().expect("baseline consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
 
@@ -460,122 +478,253 @@ impl Handler for Lateness {
     }
 }
 
+/// Who handles the due messages of scenario 3.
+#[derive(Clone, Copy, PartialEq)]
+enum Waiter {
+    Rebound,
+    /// A plain rdkafka loop that waits the same way (pause the partition, keep its head, resume
+    /// when due) with nothing else: what the broker and client allow with that design.
+    PlainHoldHead,
+}
+
+/// One run of scenario 3: seeds `n` messages due over `window` across 12 tier partitions and
+/// returns the lateness of each handling in ms (negative = early) and the broker's CPU use over
+/// the window (share of one core).
+async fn precision_run(
+    ctx: &Ctx,
+    waiter: Waiter,
+    n: usize,
+    window: Duration,
+    run: usize,
+) -> (Vec<f64>, f64) {
+    let partitions = 12;
+    let name = "3 retry precision";
+    let side = match waiter {
+        Waiter::Rebound => "rebound",
+        Waiter::PlainHoldHead => "plain hold-the-head",
+    };
+    let main = support::unique("s3");
+    let topology = Topology::new(&main, &[Duration::from_secs(60)]);
+    let tier = topology.tiers[0].topic.clone();
+    support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
+    let handler = Arc::new(Lateness::default());
+    let group = support::unique("s3-g");
+    let stop = CancellationToken::new();
+    let mut running = None;
+    let mut plain = None;
+    match waiter {
+        Waiter::Rebound => {
+            let r = Embedded::start(
+                rebound_config(ctx, topology.clone(), &group),
+                handler.clone(),
+            );
+            let assigned = r.metrics.clone();
+            let until = Instant::now() + Duration::from_secs(30);
+            while !assigned.health.assigned.load(Ordering::Relaxed) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            running = Some(r);
+        }
+        Waiter::PlainHoldHead => {
+            // The fetch size rebound's consumer uses by default.
+            let consumer =
+                baseline_consumer_with(ctx, &group, &tier, &[("fetch.max.bytes", "4194304")]);
+            plain = Some(tokio::spawn(hold_head_loop(
+                consumer,
+                handler.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    // Seeding must end before the first message is due; one record per batch on Tansu.
+    let lead = Duration::from_secs_f64(5.0 + n as f64 / 4000.0);
+    let start = Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
+    let step_us = window.as_micros() as i64 / n as i64;
+    let seeding_began = Instant::now();
+    eprintln!(
+        "[{name}] run {run} {side}: seeding {n} messages due over {} s across {partitions} tier partitions",
+        window.as_secs()
+    );
+    support::seed(&ctx.brokers, &tier, n, Batching::OnePerBatch, |i| {
+        let due = start + chrono::Duration::microseconds(step_us * i as i64);
+        Seed {
+            partition: Some((i % partitions as usize) as i32),
+            key: Some(format!("k{i}").into_bytes()),
+            payload: support::payload(i, 200),
+            headers: vec![
+                Header::new(headers::PROCESS_AFTER, headers::format_time(due)),
+                Header::new(headers::ATTEMPT, "1"),
+            ],
+        }
+    })
+    .await;
+    let seeded_in = seeding_began.elapsed();
+    if seeded_in > lead {
+        eprintln!(
+            "[{name}] run {run} {side}: WARNING seeding took {:.1} s, longer than the {:.1} s lead: early messages were late because they did not exist yet",
+            seeded_in.as_secs_f64(),
+            lead.as_secs_f64()
+        );
+    }
+    let w = support::watch(
+        || handler.calls.load(Ordering::Relaxed),
+        n as u64,
+        ctx.broker_pid,
+        lead + window + Duration::from_secs(60),
+        side,
+    )
+    .await;
+    if let Some(r) = running {
+        r.stop().await;
+    }
+    stop.cancel();
+    if let Some(task) = plain {
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
+    let w = w.unwrap_or_else(|e| panic!("{e}"));
+    let broker_share = w.broker_cpu / (w.last - w.first).as_secs_f64();
+    let late: Vec<f64> = handler
+        .late_us
+        .lock()
+        .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
+        .unwrap_or_default();
+    if let Ok(mut t) = handler.trace.lock() {
+        if !t.is_empty() {
+            // Lateness by second of the window, and the worst calls.
+            let mut by_sec: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
+            for (due, _, l) in t.iter() {
+                let sec = (*due - start).num_seconds();
+                let e = by_sec.entry(sec).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(*l);
+            }
+            for (sec, (n, worst)) in by_sec {
+                eprintln!(
+                    "  second {sec}: {n} calls, worst {:.1} ms",
+                    worst as f64 / 1000.0
+                );
+            }
+            t.sort_by_key(|(_, _, l)| -l);
+            for (due, p, l) in t.iter().take(15) {
+                eprintln!(
+                    "  late {:.1} ms: partition {p}, due at +{} ms",
+                    *l as f64 / 1000.0,
+                    (*due - start).num_milliseconds()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "[{name}] run {run} {side}: lateness p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, early {} of {}; broker CPU {:.0}% of a core",
+        quantile(&late, 0.5),
+        quantile(&late, 0.99),
+        quantile(&late, 1.0),
+        late.iter().filter(|l| **l < 0.0).count(),
+        late.len(),
+        broker_share * 100.0
+    );
+    (late, broker_share)
+}
+
+/// Scenario 3's reference: consume the tier; a message not yet due pauses its partition and is
+/// kept; when it is due it is handled and the partition resumed. Offsets are stored as handled
+/// and committed every second.
+async fn hold_head_loop(consumer: StreamConsumer, handler: Arc<Lateness>, stop: CancellationToken) {
+    use std::collections::BTreeMap;
+    // (due, partition) → (topic, offset, message)
+    let mut held: BTreeMap<(chrono::DateTime<Utc>, i32), (String, i64, Message)> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    loop {
+        let next = held.keys().next().map(|(due, _)| *due);
+        let wait = next
+            .map(|due| (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1));
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+                let now = Utc::now();
+                while let Some(entry) = held.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let (topic, offset, m) = entry.remove();
+                    handler.handle(&m).await;
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    let _ = tpl.add_partition_offset(&topic, m.partition, rdkafka::Offset::Offset(offset + 1));
+                    let _ = consumer.store_offsets(&tpl);
+                    let mut one = rdkafka::TopicPartitionList::new();
+                    one.add_partition(&topic, m.partition);
+                    let _ = consumer.resume(&one);
+                }
+            }
+            m = consumer.recv() => {
+                let Ok(m) = m else { continue };
+                let message = Message {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: None,
+                    payload: None,
+                    headers: rebound::kafka::read_headers(m.headers()),
+                    timestamp: None,
+                    attempt: 1,
+                };
+                let due = headers::last(&message.headers, headers::PROCESS_AFTER)
+                    .and_then(|h| headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok())
+                    .unwrap_or_else(Utc::now);
+                if due > Utc::now() {
+                    let mut one = rdkafka::TopicPartitionList::new();
+                    one.add_partition(m.topic(), m.partition());
+                    let _ = consumer.pause(&one);
+                    held.insert((due, m.partition()), (m.topic().to_string(), m.offset(), message));
+                } else {
+                    handler.handle(&message).await;
+                    let _ = consumer.store_offset_from_message(&m);
+                }
+            }
+        }
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            let _ = consumer.commit_consumer_state(CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    close(consumer);
+}
+
 pub async fn precision(ctx: &Ctx) -> Vec<Row> {
     let n = ctx.n(100_000, 1000);
     let window = Duration::from_secs_f64((60.0 * ctx.scale).clamp(10.0, 60.0));
     let partitions = 12;
     let name = "3 retry precision";
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    let mut maxes = Vec::new();
-    let mut early_total = 0usize;
-    let mut handled_total = 0usize;
+    let (mut p50s, mut p99s, mut maxes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut b50s, mut b99s, mut bmaxes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut early_total, mut handled_total, mut b_early) = (0usize, 0usize, 0usize);
+    let (mut cpu, mut bcpu) = (Vec::new(), Vec::new());
     for run in 0..ctx.runs {
-        let main = support::unique("s3");
-        let topology = Topology::new(&main, &[Duration::from_secs(60)]);
-        let tier = topology.tiers[0].topic.clone();
-        support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
-        let handler = Arc::new(Lateness::default());
-        let group = support::unique("s3-g");
-        let running = Embedded::start(
-            rebound_config(ctx, topology.clone(), &group),
-            handler.clone(),
-        );
-        let assigned = running.metrics.clone();
-        let until = Instant::now() + Duration::from_secs(30);
-        while !assigned.health.assigned.load(Ordering::Relaxed) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Seeding must end before the first message is due; one record per batch on Tansu.
-        let lead = Duration::from_secs_f64(5.0 + n as f64 / 4000.0);
-        let start = Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
-        let step_us = window.as_micros() as i64 / n as i64;
-        let seeding_began = Instant::now();
-        eprintln!(
-            "[{name}] run {run}: seeding {n} messages due over {} s across {partitions} tier partitions",
-            window.as_secs()
-        );
-        support::seed(&ctx.brokers, &tier, n, Batching::OnePerBatch, |i| {
-            let due = start + chrono::Duration::microseconds(step_us * i as i64);
-            Seed {
-                partition: Some((i % partitions as usize) as i32),
-                key: Some(format!("k{i}").into_bytes()),
-                payload: support::payload(i, 200),
-                headers: vec![
-                    Header::new(headers::PROCESS_AFTER, headers::format_time(due)),
-                    Header::new(headers::ATTEMPT, "1"),
-                ],
-            }
-        })
-        .await;
-        let seeded_in = seeding_began.elapsed();
-        if seeded_in > lead {
-            eprintln!(
-                "[{name}] run {run}: WARNING seeding took {:.1} s, longer than the {:.1} s lead: early messages were late because they did not exist yet",
-                seeded_in.as_secs_f64(),
-                lead.as_secs_f64()
+        for waiter in [Waiter::Rebound, Waiter::PlainHoldHead] {
+            let (late, broker_share) = precision_run(ctx, waiter, n, window, run).await;
+            let early = late.iter().filter(|l| **l < 0.0).count();
+            let figures = (
+                quantile(&late, 0.5),
+                quantile(&late, 0.99),
+                quantile(&late, 1.0),
             );
-        }
-        let w = support::watch(
-            || handler.calls.load(Ordering::Relaxed),
-            n as u64,
-            None,
-            lead + window + Duration::from_secs(60),
-            "rebound",
-        )
-        .await;
-        running.stop().await;
-        if let Err(e) = w {
-            panic!("{e}");
-        }
-        let late: Vec<f64> = handler
-            .late_us
-            .lock()
-            .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
-            .unwrap_or_default();
-        let early = late.iter().filter(|l| **l < 0.0).count();
-        if let Ok(mut t) = handler.trace.lock() {
-            if !t.is_empty() {
-                // Lateness by second of the window, and the worst calls.
-                let mut by_sec: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
-                for (due, _, l) in t.iter() {
-                    let sec = (*due - start).num_seconds();
-                    let e = by_sec.entry(sec).or_default();
-                    e.0 += 1;
-                    e.1 = e.1.max(*l);
-                }
-                for (sec, (n, worst)) in by_sec {
-                    eprintln!(
-                        "  second {sec}: {n} calls, worst {:.1} ms",
-                        worst as f64 / 1000.0
-                    );
-                }
-                t.sort_by_key(|(_, _, l)| -l);
-                for (due, p, l) in t.iter().take(15) {
-                    eprintln!(
-                        "  late {:.1} ms: partition {p}, due at +{} ms",
-                        *l as f64 / 1000.0,
-                        (*due - start).num_milliseconds()
-                    );
-                }
+            if waiter == Waiter::Rebound {
+                p50s.push(figures.0);
+                p99s.push(figures.1);
+                maxes.push(figures.2);
+                early_total += early;
+                handled_total += late.len();
+                cpu.push(broker_share * 100.0);
+            } else {
+                b50s.push(figures.0);
+                b99s.push(figures.1);
+                bmaxes.push(figures.2);
+                b_early += early;
+                bcpu.push(broker_share * 100.0);
             }
         }
-        let (p50, p99, max) = (
-            quantile(&late, 0.5),
-            quantile(&late, 0.99),
-            quantile(&late, 1.0),
-        );
-        eprintln!(
-            "[{name}] run {run}: lateness p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, early {early} of {}",
-            late.len()
-        );
-        p50s.push(p50);
-        p99s.push(p99);
-        maxes.push(max);
-        early_total += early;
-        handled_total += late.len();
     }
-    let ideal = "0 ms (ideal)".to_string();
+    let reference = |v: &[f64]| format!("{:.1} ms (plain hold-the-head)", median(v));
     vec![
         Row {
             scenario: name.into(),
@@ -584,7 +733,7 @@ pub async fn precision(ctx: &Ctx) -> Vec<Row> {
                 window.as_secs()
             ),
             rebound: format!("{early_total} of {handled_total}"),
-            baseline: "0".into(),
+            baseline: format!("{b_early} (plain hold-the-head)"),
             ratio: "—".into(),
             bar: "0".into(),
             met: Some(early_total == 0),
@@ -592,33 +741,55 @@ pub async fn precision(ctx: &Ctx) -> Vec<Row> {
         },
         Row {
             scenario: name.into(),
-            metric: "lateness p50 (handler start − process_after)".into(),
+            metric: "lateness p50 (handler start − process_after; ideal 0)".into(),
             rebound: format!("{:.1} ms", median(&p50s)),
-            baseline: ideal.clone(),
+            baseline: reference(&b50s),
             ratio: "—".into(),
             bar: "≤ 20 ms".into(),
             met: Some(median(&p50s) <= 20.0),
-            detail: format!("runs [{}] ms", list(&p50s, 1)),
+            detail: format!(
+                "runs [{}] ms, plain [{}] ms",
+                list(&p50s, 1),
+                list(&b50s, 1)
+            ),
         },
         Row {
             scenario: name.into(),
             metric: "lateness p99".into(),
             rebound: format!("{:.1} ms", median(&p99s)),
-            baseline: ideal.clone(),
+            baseline: reference(&b99s),
             ratio: "—".into(),
             bar: "≤ 100 ms".into(),
             met: Some(median(&p99s) <= 100.0),
-            detail: format!("runs [{}] ms", list(&p99s, 1)),
+            detail: format!(
+                "runs [{}] ms, plain [{}] ms",
+                list(&p99s, 1),
+                list(&b99s, 1)
+            ),
         },
         Row {
             scenario: name.into(),
             metric: "lateness max".into(),
             rebound: format!("{:.1} ms", median(&maxes)),
-            baseline: ideal,
+            baseline: reference(&bmaxes),
             ratio: "—".into(),
             bar: "report".into(),
             met: None,
-            detail: format!("runs [{}] ms", list(&maxes, 1)),
+            detail: format!(
+                "runs [{}] ms, plain [{}] ms",
+                list(&maxes, 1),
+                list(&bmaxes, 1)
+            ),
+        },
+        Row {
+            scenario: name.into(),
+            metric: "broker CPU while handling (% of one core)".into(),
+            rebound: format!("{:.0}%", median(&cpu)),
+            baseline: format!("{:.0}% (plain hold-the-head)", median(&bcpu)),
+            ratio: "—".into(),
+            bar: "report".into(),
+            met: None,
+            detail: format!("runs [{}] %, plain [{}] %", list(&cpu, 0), list(&bcpu, 0)),
         },
     ]
 }
@@ -645,6 +816,9 @@ async fn rss_with_backlog(ctx: &Ctx, topology: &Topology, partitions: i32) -> (f
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     for (k, v) in client_props() {
+        cmd.arg("-X").arg(format!("{k}={v}"));
+    }
+    for (k, v) in extra_props() {
         cmd.arg("-X").arg(format!("{k}={v}"));
     }
     let mut child = cmd.spawn().expect("starting the rebound binary");
