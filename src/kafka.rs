@@ -42,6 +42,9 @@ fn apply_user(c: &mut ClientConfig, cluster: &ClusterConfig, role: Role) {
     }
 }
 
+/// The consumer's `fetch.max.bytes` unless the user sets it (librdkafka's default is 50 MB).
+pub const DEFAULT_FETCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The consumer of the whole topology. Offsets are stored by rebound only when work is done and
 /// committed by rebound on an interval, on revoke and on shutdown.
 pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
@@ -54,8 +57,19 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
         // grew with the backlog parked in the tiers (a broker that does not honour
         // max.partition.fetch.bytes, like Tansu 0.6, fills the whole fetch). 4 MiB keeps it
         // flat and costs the main topic little (BENCHMARKS.md). `-X fetch.max.bytes=` overrides.
-        .set("fetch.max.bytes", "4194304");
+        .set("fetch.max.bytes", DEFAULT_FETCH_MAX_BYTES.to_string());
     apply_user(&mut c, cluster, Role::Consumer);
+    // librdkafka refuses a fetch.max.bytes below message.max.bytes: a user who raised the
+    // latter for large records gets a fetch size to match, unless they chose one.
+    let user = |k: &str| cluster.kafka.0.iter().rev().find(|(key, _)| key == k);
+    if user("fetch.max.bytes").is_none() {
+        if let Some(max) = user("message.max.bytes").and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        {
+            if max > DEFAULT_FETCH_MAX_BYTES {
+                c.set("fetch.max.bytes", max.to_string());
+            }
+        }
+    }
     c.set("group.id", &cluster.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -341,7 +355,56 @@ impl ConsumerContext for LoggingContext {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KafkaProps;
+    use crate::topology::Topology;
+    use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::Headers;
+    use std::time::Duration;
+
+    fn cluster(props: &[(&str, &str)]) -> ClusterConfig {
+        ClusterConfig {
+            brokers: "127.0.0.1:1".into(),
+            group: "g".into(),
+            kafka: KafkaProps(
+                props
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            topology: Topology::new("t", &[Duration::from_secs(60)]),
+        }
+    }
+
+    #[test]
+    fn the_fetch_size_defaults_to_4_mib_and_follows_a_larger_message_size() {
+        let fetch = |props: &[(&str, &str)]| {
+            consumer_config(&cluster(props))
+                .get("fetch.max.bytes")
+                .map(str::to_string)
+        };
+        assert_eq!(fetch(&[]).as_deref(), Some("4194304"));
+        assert_eq!(
+            fetch(&[("message.max.bytes", "8000000")]).as_deref(),
+            Some("8000000")
+        );
+        assert_eq!(
+            fetch(&[("message.max.bytes", "100000")]).as_deref(),
+            Some("4194304")
+        );
+        assert_eq!(
+            fetch(&[
+                ("fetch.max.bytes", "1048576"),
+                ("message.max.bytes", "8000000")
+            ])
+            .as_deref(),
+            Some("1048576"),
+            "the user's own choice is kept (librdkafka then names the conflict)"
+        );
+        // librdkafka accepts the result (creating a consumer does not connect).
+        let consumer: Result<BaseConsumer, _> =
+            consumer_config(&cluster(&[("message.max.bytes", "8000000")])).create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
 
     proptest::proptest! {
         /// Any header list survives librdkafka byte for byte, names included, as long as no

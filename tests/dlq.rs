@@ -23,6 +23,14 @@ const T: Duration = Duration::from_secs(30);
 type Position = (i64, i64);
 
 /// A DLQ record as rebound writes it, plus the user's own `trace` header.
+/// The first-failure time most DLQ fixtures share.
+const T10: &str = "2026-11-24T10:00:00.000Z";
+
+/// A first-failure time on the fixtures' day.
+fn at(hour: u32, minute: u32) -> String {
+    format!("2026-11-24T{hour:02}:{minute:02}:00.000Z")
+}
+
 fn dead(
     id: &str,
     partition: i32,
@@ -133,46 +141,11 @@ async fn stats_count_what_was_put_in() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "a",
-                0,
-                "exhausted",
-                "http_503",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
-            dead(
-                "b",
-                1,
-                "exhausted",
-                "http_503",
-                "2026-11-24T09:00:00.000Z",
-                main,
-            ),
-            dead(
-                "c",
-                0,
-                "exhausted",
-                "timeout",
-                "2026-11-24T11:00:00.000Z",
-                main,
-            ),
-            dead(
-                "d",
-                1,
-                "permanent",
-                "http_400",
-                "2026-11-24T12:30:00.000Z",
-                "other",
-            ),
-            dead(
-                "e",
-                0,
-                "expired",
-                "http_503",
-                "2026-11-24T08:15:00.000Z",
-                main,
-            ),
+            dead("a", 0, "exhausted", "http_503", T10, main),
+            dead("b", 1, "exhausted", "http_503", &at(9, 0), main),
+            dead("c", 0, "exhausted", "timeout", &at(11, 0), main),
+            dead("d", 1, "permanent", "http_400", &at(12, 30), "other"),
+            dead("e", 0, "expired", "http_503", &at(8, 15), main),
             Out::new("bare", "no headers at all").partition(1),
         ],
     )
@@ -234,62 +207,13 @@ async fn each_filter_selects_exactly_the_right_messages() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "p0o0",
-                0,
-                "exhausted",
-                "http_503",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
-            dead(
-                "p0o1",
-                0,
-                "permanent",
-                "http_400",
-                "2026-11-24T11:00:00.000Z",
-                main,
-            ),
-            dead(
-                "p0o2",
-                0,
-                "expired",
-                "timeout",
-                "2026-11-24T12:00:00.000Z",
-                main,
-            ),
-            dead(
-                "p0o3",
-                0,
-                "exhausted",
-                "timeout",
-                "2026-11-24T13:00:00.000Z",
-                main,
-            ),
-            dead(
-                "p1o0",
-                1,
-                "invalid",
-                "invalid_header",
-                "2026-11-24T10:30:00.000Z",
-                main,
-            ),
-            dead(
-                "p1o1",
-                1,
-                "exhausted",
-                "http_503",
-                "2026-11-24T11:30:00.000Z",
-                main,
-            ),
-            dead(
-                "p1o2",
-                1,
-                "permanent",
-                "http_400",
-                "2026-11-24T12:30:00.000Z",
-                main,
-            ),
+            dead("p0o0", 0, "exhausted", "http_503", T10, main),
+            dead("p0o1", 0, "permanent", "http_400", &at(11, 0), main),
+            dead("p0o2", 0, "expired", "timeout", &at(12, 0), main),
+            dead("p0o3", 0, "exhausted", "timeout", &at(13, 0), main),
+            dead("p1o0", 1, "invalid", "invalid_header", &at(10, 30), main),
+            dead("p1o1", 1, "exhausted", "http_503", &at(11, 30), main),
+            dead("p1o2", 1, "permanent", "http_400", &at(12, 30), main),
         ],
     )
     .await;
@@ -421,30 +345,9 @@ async fn dry_run_prints_but_sends_and_commits_nothing() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "a",
-                0,
-                "exhausted",
-                "http_503",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
-            dead(
-                "b",
-                0,
-                "permanent",
-                "http_400",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
-            dead(
-                "c",
-                0,
-                "exhausted",
-                "timeout",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
+            dead("a", 0, "exhausted", "http_503", T10, main),
+            dead("b", 0, "permanent", "http_400", T10, main),
+            dead("c", 0, "exhausted", "timeout", T10, main),
         ],
     )
     .await;
@@ -483,16 +386,7 @@ async fn a_replay_reaches_the_main_topic_clean_is_processed_and_is_not_repeated(
     let topo = new_topology("dlq-replay", 2).await;
     let main = topo.main.clone();
     let records: Vec<Out> = (0..6)
-        .map(|i| {
-            dead(
-                &format!("m{i}"),
-                i % 2,
-                "exhausted",
-                "http_503",
-                "2026-11-24T10:00:00.000Z",
-                &main,
-            )
-        })
+        .map(|i| dead(&format!("m{i}"), i % 2, "exhausted", "http_503", T10, &main))
         .collect();
     produce(&topo.dlq, &records).await;
 
@@ -621,16 +515,7 @@ async fn limit_stops_and_the_next_run_resumes_where_it_stopped() {
     let topo = new_topology("dlq-limit", 2).await;
     let main = topo.main.as_str();
     let records: Vec<Out> = (0..7)
-        .map(|i| {
-            dead(
-                &format!("m{i}"),
-                i % 2,
-                "exhausted",
-                "c",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            )
-        })
+        .map(|i| dead(&format!("m{i}"), i % 2, "exhausted", "c", T10, main))
         .collect();
     produce(&topo.dlq, &records).await;
 
@@ -660,32 +545,9 @@ async fn messages_at_the_replay_limit_are_skipped_unless_forced() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "fresh",
-                0,
-                "exhausted",
-                "c",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            ),
-            dead(
-                "twice",
-                0,
-                "exhausted",
-                "c",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            )
-            .header(h::REPLAY_COUNT, "2"),
-            dead(
-                "looping",
-                0,
-                "exhausted",
-                "c",
-                "2026-11-24T10:00:00.000Z",
-                main,
-            )
-            .header(h::REPLAY_COUNT, "3"),
+            dead("fresh", 0, "exhausted", "c", T10, main),
+            dead("twice", 0, "exhausted", "c", T10, main).header(h::REPLAY_COUNT, "2"),
+            dead("looping", 0, "exhausted", "c", T10, main).header(h::REPLAY_COUNT, "3"),
         ],
     )
     .await;
@@ -764,16 +626,7 @@ async fn an_interrupted_replay_resumes_without_loss_or_more_than_one_repeat() {
     let topo = new_topology("dlq-stop", 1).await;
     let main = topo.main.clone();
     let records: Vec<Out> = (0..8)
-        .map(|i| {
-            dead(
-                &format!("m{i}"),
-                0,
-                "exhausted",
-                "c",
-                "2026-11-24T10:00:00.000Z",
-                &main,
-            )
-        })
+        .map(|i| dead(&format!("m{i}"), 0, "exhausted", "c", T10, &main))
         .collect();
     produce(&topo.dlq, &records).await;
 
@@ -815,22 +668,8 @@ async fn show_finds_one_message_by_partition_and_offset() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "x",
-                1,
-                "permanent",
-                "http_400",
-                "2026-11-24T10:00:00.000Z",
-                &topo.main,
-            ),
-            dead(
-                "y",
-                1,
-                "permanent",
-                "http_400",
-                "2026-11-24T10:00:00.000Z",
-                &topo.main,
-            ),
+            dead("x", 1, "permanent", "http_400", T10, &topo.main),
+            dead("y", 1, "permanent", "http_400", T10, &topo.main),
         ],
     )
     .await;
@@ -926,24 +765,9 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     produce(
         &topo.dlq,
         &[
-            dead(
-                "a",
-                0,
-                "exhausted",
-                "http_503",
-                "2026-11-24T09:00:00.000Z",
-                &main,
-            ),
+            dead("a", 0, "exhausted", "http_503", &at(9, 0), &main),
             binary,
-            dead(
-                "c",
-                0,
-                "exhausted",
-                "http_503",
-                "2026-11-24T11:00:00.000Z",
-                &main,
-            )
-            .header(h::REPLAY_COUNT, "3"),
+            dead("c", 0, "exhausted", "http_503", &at(11, 0), &main).header(h::REPLAY_COUNT, "3"),
         ],
     )
     .await;
@@ -997,32 +821,22 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     );
 
     let group = unique("g");
-    let (code, out, err) = output(
-        rebound_quiet()
-            .args(["replay-dlq", "--group", &group])
-            .args(base),
-    );
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains(
-            "replayed 2, skipped by filter 0, skipped at replay limit 1, failed 0 (3 read)"
-        ),
-        "{out}"
-    );
+    let replay = |expected: &str| {
+        let (code, out, err) = output(
+            rebound_quiet()
+                .args(["replay-dlq", "--group", &group])
+                .args(base),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(expected), "{out}");
+        err
+    };
+    let err =
+        replay("replayed 2, skipped by filter 0, skipped at replay limit 1, failed 0 (3 read)");
     assert!(
         err.contains("replayed too often"),
         "the skip is warned about: {err}"
     );
-    let (code, out, err) = output(
-        rebound_quiet()
-            .args(["replay-dlq", "--group", &group])
-            .args(base),
-    );
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains(
-            "replayed 0, skipped by filter 0, skipped at replay limit 0, failed 0 (0 read)"
-        ),
-        "{out}"
-    );
+    // The same group again: everything was decided, nothing is read twice.
+    replay("replayed 0, skipped by filter 0, skipped at replay limit 0, failed 0 (0 read)");
 }

@@ -24,13 +24,12 @@ async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {
     create_topics_at(&brokers, &topo.topics(), 2).await;
 
     let mix = [("ok", 55), ("fail-1", 30), ("fail-2", 5), ("permanent", 10)];
-    let messages = plan("b", 300 * scale(), &mix, &mut rng);
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("b", 300 * scale(), &mix, topo.max_retries, &mut rng);
     let (before, after) = messages.split_at(messages.len() / 2);
-    let fates = fates_of(&messages, topo.max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
     produce_many(&brokers, &main, before).await;
 
     let sink = Sink::start().await;

@@ -49,12 +49,11 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
         ("permanent", 8),
         ("wait-8", 3),
     ];
-    let messages = plan("c", 2000 * scale(), &mix, &mut rng);
-    let fates = fates_of(&messages, topo.max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("c", 2000 * scale(), &mix, topo.max_retries, &mut rng);
 
     let sink = Sink::start().await;
     let dir = workdir("crash");

@@ -28,12 +28,11 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
     topo.max_retries = 2;
     create_topology(&topo, 6).await;
     let mix = [("ok", 50), ("fail-1", 35), ("fail-2", 10), ("permanent", 5)];
-    let messages = plan("r", 1200 * scale(), &mix, &mut rng);
-    let fates = fates_of(&messages, topo.max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("r", 1200 * scale(), &mix, topo.max_retries, &mut rng);
 
     let sink = Sink::start().await;
     sink.delay_ms.store(5, std::sync::atomic::Ordering::Relaxed);

@@ -38,12 +38,11 @@ async fn soak_steady_mixed_traffic_memory_stays_flat_and_nothing_is_lost() {
         ("always", 2),
         ("permanent", 8),
     ];
-    let messages = plan("k", secs as usize * rate, &mix, &mut rng);
-    let fates = fates_of(&messages, topo.max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("k", secs as usize * rate, &mix, topo.max_retries, &mut rng);
 
     let sink = Sink::start().await;
     let dir = workdir("soak");

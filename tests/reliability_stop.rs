@@ -70,12 +70,11 @@ async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothin
         ("always", 3),
         ("permanent", 7),
     ];
-    let messages = plan("s", 1500 * scale(), &mix, &mut rng);
-    let fates = fates_of(&messages, topo.max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("s", 1500 * scale(), &mix, topo.max_retries, &mut rng);
 
     let sink = Sink::start().await;
     // A little latency per call keeps several calls in flight at every stop.

@@ -292,6 +292,35 @@ pub fn plan(prefix: &str, count: usize, mix: &[(&str, u32)], rng: &mut impl rand
         .collect()
 }
 
+/// A planned run: the messages to produce, what must become of each, and how many of them must
+/// end in the DLQ.
+pub struct Traffic {
+    pub messages: Vec<Out>,
+    pub fates: HashMap<String, Fate>,
+    pub dead_expected: usize,
+}
+
+/// [`plan`] and [`fates_of`] together.
+pub fn traffic(
+    prefix: &str,
+    count: usize,
+    mix: &[(&str, u32)],
+    max_retries: u32,
+    rng: &mut impl rand::Rng,
+) -> Traffic {
+    let messages = plan(prefix, count, mix, rng);
+    let fates = fates_of(&messages, max_retries);
+    let dead_expected = fates
+        .values()
+        .filter(|f| matches!(f, Fate::Dead(_)))
+        .count();
+    Traffic {
+        messages,
+        fates,
+        dead_expected,
+    }
+}
+
 /// What must become of each message of `messages` (payloads `ID:BEHAVIOUR`).
 pub fn fates_of(messages: &[Out], max_retries: u32) -> HashMap<String, Fate> {
     messages
