@@ -44,6 +44,8 @@ fn apply_user(c: &mut ClientConfig, cluster: &ClusterConfig, role: Role) {
 
 /// The consumer's `fetch.max.bytes` unless the user sets it (librdkafka's default is 50 MB).
 pub const DEFAULT_FETCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// The consumer's `fetch.wait.max.ms` unless the user sets it (librdkafka's default is 500).
+pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 20;
 
 /// The consumer of the whole topology. Offsets are stored by rebound only when work is done and
 /// committed by rebound on an interval, on revoke and on shutdown.
@@ -57,7 +59,14 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
         // grew with the backlog parked in the tiers (a broker that does not honour
         // max.partition.fetch.bytes, like Tansu 0.6, fills the whole fetch). 4 MiB keeps it
         // flat and costs the main topic little (BENCHMARKS.md). `-X fetch.max.bytes=` overrides.
-        .set("fetch.max.bytes", DEFAULT_FETCH_MAX_BYTES.to_string());
+        .set("fetch.max.bytes", DEFAULT_FETCH_MAX_BYTES.to_string())
+        // librdkafka keeps one fetch request in flight per broker, and a broker holds it up to
+        // fetch.wait.max.ms while the partitions in it have no new data (idle main topic). A
+        // tier partition resumed meanwhile waits for that request to come back before its own
+        // fetch is sent, so what sits behind its head is late by up to this wait: with
+        // librdkafka's 500 ms, retries were handled 264 ms late at the median (BENCHMARKS.md).
+        // 20 ms costs an idle consumer 50 small requests per second and broker.
+        .set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MAX_MS.to_string());
     apply_user(&mut c, cluster, Role::Consumer);
     // librdkafka refuses a fetch.max.bytes below message.max.bytes: a user who raised the
     // latter for large records gets a fetch size to match, unless they chose one.
@@ -376,13 +385,23 @@ mod tests {
     }
 
     #[test]
-    fn the_fetch_size_defaults_to_4_mib_and_follows_a_larger_message_size() {
+    fn fetch_defaults_are_rebounds_own_and_the_user_can_override_them() {
         let fetch = |props: &[(&str, &str)]| {
             consumer_config(&cluster(props))
                 .get("fetch.max.bytes")
                 .map(str::to_string)
         };
         assert_eq!(fetch(&[]).as_deref(), Some("4194304"));
+        let wait = |props: &[(&str, &str)]| {
+            consumer_config(&cluster(props))
+                .get("fetch.wait.max.ms")
+                .map(str::to_string)
+        };
+        assert_eq!(wait(&[]).as_deref(), Some("20"));
+        assert_eq!(
+            wait(&[("fetch.wait.max.ms", "500")]).as_deref(),
+            Some("500")
+        );
         assert_eq!(
             fetch(&[("message.max.bytes", "8000000")]).as_deref(),
             Some("8000000")

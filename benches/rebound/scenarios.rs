@@ -529,11 +529,17 @@ async fn precision_run(
             // The fetch size rebound's consumer uses by default.
             let consumer =
                 baseline_consumer_with(ctx, &group, &tier, &[("fetch.max.bytes", "4194304")]);
+            let assigned = Arc::new(std::sync::atomic::AtomicBool::new(false));
             plain = Some(tokio::spawn(hold_head_loop(
                 consumer,
                 handler.clone(),
+                assigned.clone(),
                 stop.clone(),
             )));
+            let until = Instant::now() + Duration::from_secs(30);
+            while !assigned.load(Ordering::Relaxed) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
     // Seeding must end before the first message is due; one record per batch on Tansu.
@@ -629,31 +635,65 @@ async fn precision_run(
 /// Scenario 3's reference: consume the tier; a message not yet due pauses its partition and is
 /// kept; when it is due it is handled and the partition resumed. Offsets are stored as handled
 /// and committed every second.
-async fn hold_head_loop(consumer: StreamConsumer, handler: Arc<Lateness>, stop: CancellationToken) {
-    use std::collections::BTreeMap;
-    // (due, partition) → (topic, offset, message)
-    let mut held: BTreeMap<(chrono::DateTime<Utc>, i32), (String, i64, Message)> = BTreeMap::new();
+async fn hold_head_loop(
+    consumer: StreamConsumer,
+    handler: Arc<Lateness>,
+    assigned: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    use std::collections::{BTreeSet, HashMap, VecDeque};
+    type Due = chrono::DateTime<Utc>;
+    // Per paused partition, its head and whatever was read behind it (in order); one timer
+    // entry per paused partition, for its head.
+    let mut held: HashMap<i32, VecDeque<(Due, String, Message)>> = HashMap::new();
+    let mut timers: BTreeSet<(Due, i32)> = BTreeSet::new();
     let mut last_commit = Instant::now();
+    let handle = |consumer: &StreamConsumer, topic: &str, m: &Message| {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let _ = tpl.add_partition_offset(topic, m.partition, rdkafka::Offset::Offset(m.offset + 1));
+        let _ = consumer.store_offsets(&tpl);
+    };
     loop {
-        let next = held.keys().next().map(|(due, _)| *due);
-        let wait = next
-            .map(|due| (due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1));
+        let wait = timers.first().map(|(due, _)| {
+            (*due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)
+        });
+        let joining = !assigned.load(Ordering::Relaxed);
         tokio::select! {
             _ = stop.cancelled() => break,
+            // Until the group has assigned the partitions (the run waits for that, as it does
+            // for rebound, so that joining the group is not counted as lateness).
+            _ = tokio::time::sleep(Duration::from_millis(20)), if joining => {
+                if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    assigned.store(true, Ordering::Relaxed);
+                }
+            }
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
                 let now = Utc::now();
-                while let Some(entry) = held.first_entry() {
-                    if entry.key().0 > now {
+                while let Some((due, partition)) = timers.first().copied() {
+                    if due > now {
                         break;
                     }
-                    let (topic, offset, m) = entry.remove();
-                    handler.handle(&m).await;
-                    let mut tpl = rdkafka::TopicPartitionList::new();
-                    let _ = tpl.add_partition_offset(&topic, m.partition, rdkafka::Offset::Offset(offset + 1));
-                    let _ = consumer.store_offsets(&tpl);
-                    let mut one = rdkafka::TopicPartitionList::new();
-                    one.add_partition(&topic, m.partition);
-                    let _ = consumer.resume(&one);
+                    timers.remove(&(due, partition));
+                    let Some(queue) = held.get_mut(&partition) else { continue };
+                    let mut topic = String::new();
+                    while queue.front().is_some_and(|(d, _, _)| *d <= now) {
+                        if let Some((_, t, m)) = queue.pop_front() {
+                            handler.handle(&m).await;
+                            handle(&consumer, &t, &m);
+                            topic = t;
+                        }
+                    }
+                    match queue.front() {
+                        Some((next, _, _)) => {
+                            timers.insert((*next, partition));
+                        }
+                        None => {
+                            held.remove(&partition);
+                            let mut one = rdkafka::TopicPartitionList::new();
+                            one.add_partition(&topic, partition);
+                            let _ = consumer.resume(&one);
+                        }
+                    }
                 }
             }
             m = consumer.recv() => {
@@ -671,14 +711,18 @@ async fn hold_head_loop(consumer: StreamConsumer, handler: Arc<Lateness>, stop: 
                 let due = headers::last(&message.headers, headers::PROCESS_AFTER)
                     .and_then(|h| headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok())
                     .unwrap_or_else(Utc::now);
-                if due > Utc::now() {
+                if let Some(queue) = held.get_mut(&m.partition()) {
+                    // Read behind a held head (before the pause took effect): wait behind it.
+                    queue.push_back((due, m.topic().to_string(), message));
+                } else if due > Utc::now() {
                     let mut one = rdkafka::TopicPartitionList::new();
                     one.add_partition(m.topic(), m.partition());
                     let _ = consumer.pause(&one);
-                    held.insert((due, m.partition()), (m.topic().to_string(), m.offset(), message));
+                    timers.insert((due, m.partition()));
+                    held.insert(m.partition(), VecDeque::from([(due, m.topic().to_string(), message)]));
                 } else {
                     handler.handle(&message).await;
-                    let _ = consumer.store_offset_from_message(&m);
+                    handle(&consumer, m.topic(), &message);
                 }
             }
         }
