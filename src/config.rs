@@ -372,15 +372,11 @@ impl crate::demo::DemoConfig {
             };
         // The demo runs against the local Tansu broker: one record per produce batch (Tansu 0.6
         // skips a batch when a fetch starts inside it, which a resumed tier partition does; see
-        // docs/broker-compat.md) and short fetch waits. -X overrides them.
-        let mut kafka: Vec<(String, String)> = [
-            ("linger.ms", "0"),
-            ("batch.num.messages", "1"),
-            ("fetch.wait.max.ms", "50"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        // docs/broker-compat.md). -X overrides them.
+        let mut kafka: Vec<(String, String)> = [("linger.ms", "0"), ("batch.num.messages", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for item in &args.kafka {
             let (k, v) = item
                 .split_once('=')
