@@ -24,23 +24,9 @@ impl<P, T> Default for KeyGate<P, T> {
 }
 
 impl<P: Hash + Eq + Copy, T> KeyGate<P, T> {
-    /// Returns `Some(item)` when it may start now; otherwise it waits behind its key.
-    pub fn admit(&mut self, partition: P, key: Option<&[u8]>, item: T) -> Option<T> {
-        let Some(key) = key else {
-            return Some(item);
-        };
-        match self.queue_if_busy(partition, key) {
-            Some(queue) => {
-                queue.push_back(item);
-                self.waiting += 1;
-                None
-            }
-            None => Some(item),
-        }
-    }
-
-    /// [`KeyGate::admit`] with the key read from the item itself (no copy of the key needed).
-    pub fn admit_with(
+    /// Returns `Some(item)` when it may start now; otherwise it waits behind its key. The key is
+    /// read from the item (`key_of`), so it is copied only when it becomes busy.
+    pub fn admit(
         &mut self,
         partition: P,
         item: T,
@@ -110,37 +96,53 @@ impl<P: Hash + Eq + Copy, T> KeyGate<P, T> {
 mod tests {
     use super::*;
 
+    type Item = (Option<&'static [u8]>, i32);
+
+    fn admit(
+        g: &mut KeyGate<i32, Item>,
+        p: i32,
+        key: Option<&'static [u8]>,
+        n: i32,
+    ) -> Option<i32> {
+        g.admit(p, (key, n), |item| item.0).map(|(_, n)| n)
+    }
+
+    fn release(g: &mut KeyGate<i32, Item>, p: i32, key: &[u8]) -> Option<i32> {
+        g.release(p, Some(key)).map(|(_, n)| n)
+    }
+
     #[test]
     fn same_key_waits_other_keys_and_no_key_pass() {
         let mut g = KeyGate::default();
-        assert_eq!(g.admit(0, Some(b"a"), 1), Some(1));
-        assert_eq!(g.admit(0, Some(b"a"), 2), None);
-        assert_eq!(g.admit(0, Some(b"a"), 3), None);
-        assert_eq!(g.admit(0, Some(b"b"), 4), Some(4));
+        assert_eq!(admit(&mut g, 0, Some(b"a"), 1), Some(1));
+        assert_eq!(admit(&mut g, 0, Some(b"a"), 2), None);
+        assert_eq!(admit(&mut g, 0, Some(b"a"), 3), None);
+        assert_eq!(admit(&mut g, 0, Some(b"b"), 4), Some(4));
         assert_eq!(
-            g.admit(1, Some(b"a"), 5),
+            admit(&mut g, 1, Some(b"a"), 5),
             Some(5),
             "other partition, independent"
         );
-        assert_eq!(g.admit(0, None, 6), Some(6));
+        assert_eq!(admit(&mut g, 0, None, 6), Some(6));
         assert_eq!(g.waiting(), 2);
-        assert_eq!(g.release(0, Some(b"a")), Some(2));
-        assert_eq!(g.release(0, Some(b"a")), Some(3));
-        assert_eq!(g.release(0, Some(b"a")), None);
-        assert_eq!(g.admit(0, Some(b"a"), 7), Some(7), "key free again");
+        assert_eq!(release(&mut g, 0, b"a"), Some(2));
+        assert_eq!(release(&mut g, 0, b"a"), Some(3));
+        assert_eq!(release(&mut g, 0, b"a"), None);
+        assert_eq!(admit(&mut g, 0, Some(b"a"), 7), Some(7), "key free again");
         assert_eq!(g.waiting(), 0);
     }
 
     #[test]
     fn removing_a_partition_returns_its_waiting_items() {
         let mut g = KeyGate::default();
-        g.admit(0, Some(b"a"), 1);
-        g.admit(0, Some(b"a"), 2);
-        g.admit(1, Some(b"a"), 3);
-        g.admit(1, Some(b"a"), 4);
-        assert_eq!(g.remove_partition(0), vec![2]);
+        admit(&mut g, 0, Some(b"a"), 1);
+        admit(&mut g, 0, Some(b"a"), 2);
+        admit(&mut g, 1, Some(b"a"), 3);
+        admit(&mut g, 1, Some(b"a"), 4);
+        let removed: Vec<i32> = g.remove_partition(0).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(removed, vec![2]);
         assert_eq!(g.waiting(), 1);
-        assert_eq!(g.release(0, Some(b"a")), None);
-        assert_eq!(g.release(1, Some(b"a")), Some(4));
+        assert_eq!(release(&mut g, 0, b"a"), None);
+        assert_eq!(release(&mut g, 1, b"a"), Some(4));
     }
 }

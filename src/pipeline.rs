@@ -451,10 +451,7 @@ impl State {
             if self.epochs.get(&job.tp) != Some(&job.epoch) {
                 continue;
             }
-            if let Some(job) = self
-                .gate
-                .admit_with(job.tp, job, |j| j.message.key.as_deref())
-            {
+            if let Some(job) = self.gate.admit(job.tp, job, |j| j.message.key.as_deref()) {
                 self.start(job);
             }
         }
