@@ -25,7 +25,7 @@ impl<P, T> Default for KeyGate<P, T> {
 
 impl<P: Hash + Eq + Copy, T> KeyGate<P, T> {
     /// Returns `Some(item)` when it may start now; otherwise it waits behind its key. The key is
-    /// read from the item (`key_of`), so it is copied only when it becomes busy.
+    /// read from the item (`key_of`) and copied once, when the key is marked in flight.
     pub fn admit(
         &mut self,
         partition: P,
