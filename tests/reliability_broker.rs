@@ -86,17 +86,7 @@ async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {
     let ready_again_after = t_up.elapsed();
 
     produce_many(&brokers, &main, after).await;
-    let s = sink.clone();
-    let f = fates.clone();
-    eventually(
-        "every id handled to its end",
-        Duration::from_secs(120),
-        || {
-            let (s, f) = (s.clone(), f.clone());
-            async move { finished(&s, &f, 2) }
-        },
-    )
-    .await;
+    wait_finished(&sink, &fates, 2, Duration::from_secs(120)).await;
     let dlq = read_all(
         &brokers,
         &topo.dlq,

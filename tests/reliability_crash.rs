@@ -161,19 +161,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     // 3. The last start runs to the end.
     p = start(&args, &log);
     feed.await.unwrap();
-    let s = sink.clone();
-    let f = fates.clone();
-    let max_retries = topo.max_retries;
-    eventually(
-        "every id handled to its end",
-        Duration::from_secs(120),
-        || {
-            let s = s.clone();
-            let f = f.clone();
-            async move { finished(&s, &f, max_retries) }
-        },
-    )
-    .await;
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
     let dlq = read_all(
         &brokers,
         &topo.dlq,

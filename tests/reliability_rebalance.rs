@@ -112,18 +112,7 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
     }
 
     feed.await.unwrap();
-    let s = sink.clone();
-    let f = fates.clone();
-    let max_retries = topo.max_retries;
-    eventually(
-        "every id handled to its end",
-        Duration::from_secs(120),
-        || {
-            let (s, f) = (s.clone(), f.clone());
-            async move { finished(&s, &f, max_retries) }
-        },
-    )
-    .await;
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
     // Nothing stays paused: every held head was released wherever its partition went.
     let until = Instant::now() + Duration::from_secs(10);
     while running.iter().any(|(_, r)| paused(r) > 0.0) {

@@ -77,17 +77,7 @@ async fn soak_steady_mixed_traffic_memory_stays_flat_and_nothing_is_lost() {
         assert!(p.running(), "rebound exited:\n{}", p.log_text());
     }
     feed.await.unwrap();
-    let s = sink.clone();
-    let f = fates.clone();
-    eventually(
-        "every id handled to its end",
-        Duration::from_secs(180),
-        || {
-            let (s, f) = (s.clone(), f.clone());
-            async move { finished(&s, &f, 3) }
-        },
-    )
-    .await;
+    wait_finished(&sink, &fates, 3, Duration::from_secs(180)).await;
     let dlq = read_all(
         &brokers,
         &topo.dlq,

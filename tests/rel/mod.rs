@@ -333,6 +333,21 @@ pub fn fates_of(messages: &[Out], max_retries: u32) -> HashMap<String, Fate> {
         .collect()
 }
 
+/// Waits (at most `within`) until the sink has seen every id of `fates` reach its end.
+pub async fn wait_finished(
+    sink: &Sink,
+    fates: &HashMap<String, Fate>,
+    max_retries: u32,
+    within: Duration,
+) {
+    let (s, f) = (sink.clone(), fates.clone());
+    eventually("every id handled to its end", within, || {
+        let (s, f) = (s.clone(), f.clone());
+        async move { finished(&s, &f, max_retries) }
+    })
+    .await;
+}
+
 /// Whether the sink has seen every id reach its end: an answer 200 for the ones that succeed,
 /// the final failing answer for the ones bound for the DLQ.
 pub fn finished(sink: &Sink, fates: &HashMap<String, Fate>, max_retries: u32) -> bool {
