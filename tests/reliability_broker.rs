@@ -87,13 +87,7 @@ async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {
 
     produce_many(&brokers, &main, after).await;
     wait_finished(&sink, &fates, 2, Duration::from_secs(120)).await;
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
     assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
     let log_text = p.log_text();
     let (status, took) = p.term(Duration::from_secs(30));

@@ -148,10 +148,7 @@ async fn hangs_panics_random_answers_and_slow_calls_lose_nothing_and_readiness_h
             (id, expected(seed, &p, topo.max_retries))
         })
         .collect();
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let dead_expected = dead_count(&fates);
     produce_many(&brokers(), &main, &messages).await;
 
     let recording = Recording::new(Arc::new(Chaos { seed }));
@@ -175,13 +172,7 @@ async fn hangs_panics_random_answers_and_slow_calls_lose_nothing_and_readiness_h
         move || chaos_finished(&rec.records(), &f, max_retries),
     )
     .await;
-    let dlq = read_all(
-        &brokers(),
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dlq = read_dlq(&brokers(), &topo, dead_expected, Duration::from_secs(60));
     stop_sampling.store(true, Ordering::Relaxed);
     let (samples, not_ready, circuit) = sampler.await.unwrap();
     svc.stop().await;
@@ -279,17 +270,8 @@ exit 4"#;
         move || chaos_finished(&rec.records(), &f, 2),
     )
     .await;
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
-    let dlq = read_all(
-        &brokers(),
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dead_expected = dead_count(&fates);
+    let dlq = read_dlq(&brokers(), &topo, dead_expected, Duration::from_secs(60));
     stop_sampling.store(true, Ordering::Relaxed);
     let (samples, not_ready, _) = sampler.await.unwrap();
     svc.stop().await;
@@ -306,7 +288,7 @@ exit 4"#;
         assert_eq!(class, want, "{payload}");
     }
     // The first calls of `crash` and `hang` failed transiently, with these classes in the tier.
-    let tier = read_all(
+    let tier = read_at(
         &brokers(),
         &topo.tiers[0].topic,
         1,

@@ -140,17 +140,16 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     for k in 0..3 * scale() {
         p = start(&args, &log);
         wait_readyz(&p, Duration::from_secs(60)).await;
-        let before = sink.count();
-        let s = sink.clone();
-        let f = fates.clone();
-        let max_retries = topo.max_retries;
         // Progress — unless the feed is over and every id already reached its end before the
         // kill (then there is nothing left to handle, and nothing was lost).
-        eventually("progress after restart", Duration::from_secs(30), || {
-            let s = s.clone();
-            let f = f.clone();
-            async move { s.count() > before || finished(&s, &f, max_retries) }
-        })
+        let before = sink.count();
+        wait_progress(
+            "progress after restart",
+            &sink,
+            before,
+            &fates,
+            topo.max_retries,
+        )
         .await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
         p.kill9();
@@ -162,13 +161,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     p = start(&args, &log);
     feed.await.unwrap();
     wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
     assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
     let (status, took) = p.term(Duration::from_secs(30));
     assert!(

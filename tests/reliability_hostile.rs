@@ -320,27 +320,21 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(30));
     let paused = metric_sum(&svc.metrics.render(), "rebound_paused_partitions");
     let held_paused = metric_sum(&held_svc.metrics.render(), "rebound_paused_partitions");
     let ready = svc.metrics.health.ready() && held_svc.metrics.health.ready();
     svc.stop().await;
     held_svc.stop().await;
     let held_committed = committed(&brokers, &held_group, &held_topo.tiers[0].topic, 1);
-    let held_dlq = read_all(
+    let held_dlq = read_at(
         &brokers,
         &held_topo.dlq,
         0,
         Duration::from_secs(1),
         Duration::from_secs(5),
     );
-    let tier_copies = read_all(
+    let tier_copies = read_at(
         &brokers,
         &tier,
         tier_cases.len(),

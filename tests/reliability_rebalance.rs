@@ -129,13 +129,7 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
     for (_, r) in &running {
         assert!(r.metrics.health.ready(), "an instance is not ready");
     }
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
     for (_, r) in running {
         r.stop().await;
     }

@@ -78,13 +78,7 @@ async fn soak_steady_mixed_traffic_memory_stays_flat_and_nothing_is_lost() {
     }
     feed.await.unwrap();
     wait_finished(&sink, &fates, 3, Duration::from_secs(180)).await;
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(120),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(120));
     let (status, took) = p.term(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -96,17 +96,9 @@ async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothin
     for _ in 0..3 * scale() {
         let mut p = start(&args, &log);
         wait_readyz(&p, Duration::from_secs(60)).await;
-        let before = sink.count();
-        let s = sink.clone();
-        let f = fates.clone();
-        let max_retries = topo.max_retries;
         // Progress — unless every id already reached its end (nothing is left to handle).
-        eventually("progress", Duration::from_secs(30), || {
-            let s = s.clone();
-            let f = f.clone();
-            async move { s.count() > before + 20 || finished(&s, &f, max_retries) }
-        })
-        .await;
+        let before = sink.count();
+        wait_progress("progress", &sink, before + 20, &fates, topo.max_retries).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
         let in_flight = get(p.metrics, "/metrics")
             .await
@@ -135,13 +127,7 @@ async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothin
         }
     })
     .await;
-    let dlq = read_all(
-        &brokers,
-        &topo.dlq,
-        dead_expected,
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    );
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
     let last = stop(&mut p, SHUTDOWN_TIMEOUT);
 
     let a = account(&fates, &sink.records(), &dlq, &topo);

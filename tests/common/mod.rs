@@ -102,6 +102,22 @@ impl Out {
         }
     }
 
+    /// The record to produce to `topic`.
+    pub fn record<'a>(&'a self, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+        let mut fr: FutureRecord<'a, [u8], [u8]> =
+            FutureRecord::to(topic).headers(rebound::kafka::to_owned_headers(&self.headers));
+        if let Some(k) = &self.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = &self.payload {
+            fr = fr.payload(v);
+        }
+        if let Some(part) = self.partition {
+            fr = fr.partition(part);
+        }
+        fr
+    }
+
     pub fn partition(mut self, p: i32) -> Out {
         self.partition = Some(p);
         self
@@ -127,18 +143,7 @@ pub fn producer() -> FutureProducer {
 pub async fn produce(topic: &str, records: &[Out]) {
     let p = producer();
     for r in records {
-        let mut fr: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).headers(rebound::kafka::to_owned_headers(&r.headers));
-        if let Some(k) = &r.key {
-            fr = fr.key(k);
-        }
-        if let Some(v) = &r.payload {
-            fr = fr.payload(v);
-        }
-        if let Some(part) = r.partition {
-            fr = fr.partition(part);
-        }
-        p.send(fr, Duration::from_secs(10))
+        p.send(r.record(topic), Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)
             .expect("produce");

@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rebound::headers::{self as h, Header};
 use rebound::Topology;
@@ -310,15 +310,20 @@ pub fn traffic(
 ) -> Traffic {
     let messages = plan(prefix, count, mix, rng);
     let fates = fates_of(&messages, max_retries);
-    let dead_expected = fates
-        .values()
-        .filter(|f| matches!(f, Fate::Dead(_)))
-        .count();
+    let dead_expected = dead_count(&fates);
     Traffic {
         messages,
         fates,
         dead_expected,
     }
+}
+
+/// How many of `fates` end in the DLQ.
+pub fn dead_count(fates: &HashMap<String, Fate>) -> usize {
+    fates
+        .values()
+        .filter(|f| matches!(f, Fate::Dead(_)))
+        .count()
 }
 
 /// What must become of each message of `messages` (payloads `ID:BEHAVIOUR`).
@@ -344,6 +349,23 @@ pub async fn wait_finished(
     eventually("every id handled to its end", within, || {
         let (s, f) = (s.clone(), f.clone());
         async move { finished(&s, &f, max_retries) }
+    })
+    .await;
+}
+
+/// Waits (at most 30 s) until the sink has seen more than `beyond` calls, unless every id has
+/// already reached its end (then nothing is left to handle).
+pub async fn wait_progress(
+    what: &str,
+    sink: &Sink,
+    beyond: usize,
+    fates: &HashMap<String, Fate>,
+    max_retries: u32,
+) {
+    let (s, f) = (sink.clone(), fates.clone());
+    eventually(what, Duration::from_secs(30), || {
+        let (s, f) = (s.clone(), f.clone());
+        async move { s.count() > beyond || finished(&s, &f, max_retries) }
     })
     .await;
 }
@@ -547,18 +569,7 @@ pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
     let p = producer_at(brokers, &[("message.max.bytes", "8000000")]);
     let mut pending = Vec::with_capacity(records.len());
     for r in records {
-        let mut fr: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).headers(rebound::kafka::to_owned_headers(&r.headers));
-        if let Some(k) = &r.key {
-            fr = fr.key(k);
-        }
-        if let Some(v) = &r.payload {
-            fr = fr.payload(v);
-        }
-        if let Some(part) = r.partition {
-            fr = fr.partition(part);
-        }
-        pending.push(p.send(fr, Duration::from_secs(30)));
+        pending.push(p.send(r.record(topic), Duration::from_secs(30)));
     }
     for (i, result) in futures::future::join_all(pending)
         .await
@@ -571,16 +582,16 @@ pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
     }
 }
 
-/// Reads `topic` from the beginning until at least `min` records arrived and nothing more came
-/// for `idle`, or `deadline` passed.
-pub fn read_all(
-    brokers: &str,
-    topic: &str,
-    min: usize,
-    idle: Duration,
-    deadline: Duration,
-) -> Vec<Got> {
-    crate::common::read_at(brokers, topic, min, idle, deadline)
+/// The DLQ of `topo` once at least `expected` records are there and nothing more came for 1 s
+/// (or `deadline` passed).
+pub fn read_dlq(brokers: &str, topo: &Topology, expected: usize, deadline: Duration) -> Vec<Got> {
+    crate::common::read_at(
+        brokers,
+        &topo.dlq,
+        expected,
+        Duration::from_secs(1),
+        deadline,
+    )
 }
 
 /// The group's committed offset of each partition of `topic` (`None`: nothing committed).
