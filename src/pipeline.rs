@@ -537,7 +537,7 @@ impl State {
         let mut job = Box::pin(self.router.clone().process(job));
         self.started += 1;
         if self.spawn_only > 0 {
-            self.spawn_only = self.spawn_only.saturating_sub(1);
+            self.spawn_only -= 1;
         } else {
             let began = (self.started % TIME_EVERY == 0).then(std::time::Instant::now);
             let polled = job
