@@ -1,4 +1,5 @@
-# Shared by scripts/test and scripts/demo: install and start a local Tansu broker.
+# Shared by scripts/test, scripts/demo, scripts/bench and scripts/soak: install and start a local
+# broker, Apache Kafka (scripts/lib/kafka-node) where Java 17+ and Maven are present, else Tansu.
 # Source it; it defines functions and changes nothing until they are called.
 
 TANSU_FEATURES="dynostore,libsql"
@@ -40,34 +41,90 @@ free_port() {
   fi
 }
 
-# start_broker PORT LOGFILE [STORAGE]: starts Tansu in the background, waits until it accepts
-# connections, and sets BROKER_PID.
+KAFKA_NODE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka-node"
+
+# Which broker to start: REBOUND_BROKER=kafka|tansu|auto (default auto: Apache Kafka when Java 17+
+# and Maven are present, else Tansu). Prints kafka or tansu.
+choose_broker() {
+  case "${REBOUND_BROKER:-auto}" in
+  kafka)
+    if ! "$KAFKA_NODE" available; then
+      echo "error: REBOUND_BROKER=kafka needs Java 17 or newer and Maven (mvn) on PATH" >&2
+      return 1
+    fi
+    echo kafka
+    ;;
+  tansu) echo tansu ;;
+  auto) if "$KAFKA_NODE" available; then echo kafka; else echo tansu; fi ;;
+  *)
+    echo "error: REBOUND_BROKER must be kafka, tansu or auto, not ${REBOUND_BROKER}" >&2
+    return 1
+    ;;
+  esac
+}
+
+# Installs what the chosen broker needs (Tansu: cargo install; Kafka: the Maven jars).
+ensure_broker() {
+  case "$1" in
+  kafka) "$KAFKA_NODE" resolve >/dev/null ;;
+  tansu) ensure_tansu ;;
+  esac
+}
+
+# start_broker KIND PORT LOGFILE [STORAGE]: starts Apache Kafka (KIND=kafka, data in a fresh temp
+# directory) or Tansu (KIND=tansu, STORAGE defaults to memory) on 127.0.0.1:PORT in the
+# background, waits until it answers a Metadata request, and sets BROKER_PID, BROKER_KIND and
+# BROKER_NAME (e.g. "Apache Kafka 4.4.0").
 start_broker() {
-  local port=$1 log=$2 storage=${3:-memory://tansu/}
-  tansu broker \
-    --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$storage" >"$log" 2>&1 &
-  BROKER_PID=$!
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  local kind=$1 port=$2 log=$3 storage=${4:-memory://tansu/}
+  BROKER_KIND=$kind
+  case "$kind" in
+  kafka)
+    BROKER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/rebound-kafka.XXXXXX")
+    "$KAFKA_NODE" prepare "$BROKER_DIR" "$port" "$(free_port)"
+    "$KAFKA_NODE" exec "$BROKER_DIR" >"$log" 2>&1 &
+    BROKER_PID=$!
+    BROKER_NAME="Apache Kafka $("$KAFKA_NODE" version)"
+    ;;
+  tansu)
+    tansu broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "$storage" >"$log" 2>&1 &
+    BROKER_PID=$!
+    BROKER_NAME="Tansu $(tansu --version | awk '{print $2}')"
+    ;;
+  esac
+  local i
+  for ((i = 0; i < 120; i++)); do
+    if "$KAFKA_NODE" wait "$port" 1 2>/dev/null; then
       return 0
     fi
     if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-      echo "error: the broker exited at start-up; its log:" >&2
-      cat "$log" >&2
+      echo "error: the broker ($BROKER_NAME) exited at start-up; its log ($log):" >&2
+      tail -n 40 "$log" >&2
       return 1
     fi
-    sleep 0.1
   done
-  echo "error: the broker did not accept connections on port $port within 10 s" >&2
+  echo "error: the broker ($BROKER_NAME) did not answer a Metadata request on port $port within 120 s; log: $log" >&2
   return 1
 }
 
+# Stops the broker started by start_broker (SIGTERM, SIGKILL after 20 s) and removes Kafka's
+# temporary data directory.
 stop_broker() {
   if [ -n "${BROKER_PID:-}" ] && kill -0 "$BROKER_PID" 2>/dev/null; then
     kill "$BROKER_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 200; i++)); do
+      kill -0 "$BROKER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$BROKER_PID" 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
+  fi
+  if [ -n "${BROKER_DIR:-}" ]; then
+    rm -rf "$BROKER_DIR"
   fi
 }
 
