@@ -555,16 +555,14 @@ pub fn account(
 
 pub fn producer_at(brokers: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1");
-    for (k, v) in extra {
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in crate::common::one_record_per_batch().iter().chain(extra) {
         c.set(*k, *v);
     }
     c.create().expect("producer")
 }
 
-/// Produces every record (one record per batch), many in flight at once, and waits for all acks.
+/// Produces every record (batched as `producer_at` does), many in flight at once, and waits for all acks.
 pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
     let p = producer_at(brokers, &[("message.max.bytes", "8000000")]);
     let mut pending = Vec::with_capacity(records.len());
@@ -621,7 +619,8 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
 // The rebound binary as a child process
 
 /// `rebound run` arguments for `topology` with the HTTP sink as handler. Tiers are given in the
-/// short syntax; Tansu needs one record per batch from rebound's producer too.
+/// short syntax; rebound's own librdkafka defaults, except that Tansu needs one record per batch
+/// from rebound's producer too.
 pub fn run_args(
     brokers: &str,
     topology: &Topology,
@@ -634,7 +633,7 @@ pub fn run_args(
         .iter()
         .map(|t| rebound::duration::format(t.delay))
         .collect();
-    [
+    let mut args: Vec<String> = [
         "run",
         "--brokers",
         brokers,
@@ -654,16 +653,14 @@ pub fn run_args(
         "process_after",
         "--metrics-addr",
         &format!("127.0.0.1:{metrics_port}"),
-        "-X",
-        "fetch.wait.max.ms=20",
-        "-X",
-        "linger.ms=0",
-        "-X",
-        "batch.num.messages=1",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    for (k, v) in crate::common::one_record_per_batch() {
+        args.extend(["-X".to_string(), format!("{k}={v}")]);
+    }
+    args
 }
 
 /// A running `rebound` process; killed when dropped.
