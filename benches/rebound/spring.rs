@@ -230,6 +230,16 @@ impl Peer {
         peer
     }
 
+    /// Starts a peer on the three [`TIERS`] that reports every handler call, and waits for it.
+    async fn recording(ctx: &Ctx, side: Side, main: &str) -> Peer {
+        let spec = Spec {
+            main,
+            tiers: &TIERS,
+            record_all: true,
+        };
+        Peer::start(ctx, side, &spec).await
+    }
+
     /// Starts a peer without waiting for it.
     fn spawn(ctx: &Ctx, side: Side, spec: &Spec<'_>) -> Peer {
         let dir = peers_dir();
@@ -450,6 +460,31 @@ fn ratio(r: f64, s: f64) -> String {
     format!("{:.2}", r / s)
 }
 
+/// A "report" row from each side's figure per run: medians, their ratio, and every run.
+fn figure_row(
+    scenario: &str,
+    metric: String,
+    r: &[f64],
+    s: &[f64],
+    digits: usize,
+    unit: &str,
+) -> Row {
+    Row {
+        scenario: scenario.into(),
+        metric,
+        rebound: format!("{:.digits$}{unit}", median(r)),
+        baseline: format!("{:.digits$}{unit}", median(s)),
+        ratio: ratio(median(r), median(s)),
+        bar: "report".into(),
+        met: None,
+        detail: format!(
+            "rebound [{}], Spring [{}]{unit}",
+            list(r, digits),
+            list(s, digits)
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1 + 2: lateness at rising rates, end-to-end time of a message that fails twice
 
@@ -467,16 +502,7 @@ struct RetryRun {
 async fn retry_run(ctx: &Ctx, side: Side, run: usize) -> RetryRun {
     let main = support::unique(&format!("sp1-{}", side.name()));
     create_for(ctx, side, &main, &TIERS).await;
-    let peer = Peer::start(
-        ctx,
-        side,
-        &Spec {
-            main: &main,
-            tiers: &TIERS,
-            record_all: true,
-        },
-    )
-    .await;
+    let peer = Peer::recording(ctx, side, &main).await;
     let p = producer(ctx);
     let mut result = RetryRun {
         rss_idle: support::rss_mib(peer.pid()).0,
@@ -648,16 +674,14 @@ async fn retries(ctx: &Ctx) -> Vec<Row> {
         let name = format!("S1 lateness, {rate} due/s");
         for (label, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
             let (r, s) = (per_run(ours, q), per_run(theirs, q));
-            rows.push(Row {
-                scenario: name.clone(),
-                metric: format!("retry lateness {label} (start − due; lower is better)"),
-                rebound: format!("{:.1} ms", median(&r)),
-                baseline: format!("{:.1} ms", median(&s)),
-                ratio: ratio(median(&r), median(&s)),
-                bar: "report".into(),
-                met: None,
-                detail: format!("rebound [{}] ms, Spring [{}] ms", list(&r, 1), list(&s, 1)),
-            });
+            rows.push(figure_row(
+                &name,
+                format!("retry lateness {label} (start − due; lower is better)"),
+                &r,
+                &s,
+                1,
+                " ms",
+            ));
         }
         let ((re, rn), (se, sn)) = (early(ours), early(theirs));
         let (ra, sa) = (achieved(ours), achieved(theirs));
@@ -680,33 +704,29 @@ async fn retries(ctx: &Ctx) -> Vec<Row> {
         ours.iter().map(|r| r.rss_idle).collect(),
         theirs.iter().map(|r| r.rss_idle).collect(),
     );
-    rows.push(Row {
-        scenario: "S4 RSS".into(),
-        metric: "idle after start-up, 3 tiers, MiB (lower is better)".into(),
-        rebound: format!("{:.0} MiB", median(&r)),
-        baseline: format!("{:.0} MiB", median(&s)),
-        ratio: ratio(median(&r), median(&s)),
-        bar: "report".into(),
-        met: None,
-        detail: format!("rebound [{}], Spring [{}] MiB", list(&r, 0), list(&s, 0)),
-    });
+    rows.push(figure_row(
+        "S4 RSS",
+        "idle after start-up, 3 tiers (lower is better)".into(),
+        &r,
+        &s,
+        0,
+        " MiB",
+    ));
     let e2e = |runs: &[RetryRun], q: f64| -> Vec<f64> {
         runs.iter().map(|r| quantile(&r.e2e_over, q)).collect()
     };
     for (label, q) in [("p50", 0.5), ("max", 1.0)] {
         let (r, s) = (e2e(ours, q), e2e(theirs, q));
-        rows.push(Row {
-            scenario: "S2 fail twice, then succeed".into(),
-            metric: format!(
+        rows.push(figure_row(
+            "S2 fail twice, then succeed",
+            format!(
                 "end-to-end {label} beyond the 1 s + 2 s of back-off (send → successful call; lower is better)"
             ),
-            rebound: format!("{:.1} ms", median(&r)),
-            baseline: format!("{:.1} ms", median(&s)),
-            ratio: ratio(median(&r), median(&s)),
-            bar: "report".into(),
-            met: None,
-            detail: format!("rebound [{}] ms, Spring [{}] ms", list(&r, 1), list(&s, 1)),
-        });
+            &r,
+            &s,
+            1,
+            " ms",
+        ));
     }
     rows
 }
@@ -909,20 +929,7 @@ async fn throughput(ctx: &Ctx) -> Vec<Row> {
             } else {
                 " µs"
             };
-            rows.push(Row {
-                scenario: scenario.into(),
-                metric,
-                rebound: format!("{:.digits$}{unit}", median(&r)),
-                baseline: format!("{:.digits$}{unit}", median(&s)),
-                ratio: ratio(median(&r), median(&s)),
-                bar: "report".into(),
-                met: None,
-                detail: format!(
-                    "rebound [{}], Spring [{}]",
-                    list(&r, digits),
-                    list(&s, digits)
-                ),
-            });
+            rows.push(figure_row(scenario, metric, &r, &s, digits, unit));
         }
     }
     rows
@@ -978,16 +985,7 @@ async fn ordering(ctx: &Ctx) -> Vec<Row> {
                 },
             )
             .await;
-            let peer = Peer::start(
-                ctx,
-                side,
-                &Spec {
-                    main: &main,
-                    tiers: &TIERS,
-                    record_all: true,
-                },
-            )
-            .await;
+            let peer = Peer::recording(ctx, side, &main).await;
             let total = (keys * per_key) as usize;
             wait_until(
                 || peer.seen.successes_of(|_| true) >= total,
