@@ -130,7 +130,15 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
     let main = unique("hostile");
     let mut topo = topology(&main, &[300, 600]);
     topo.max_retries = 2;
-    create_topology(&topo, 3).await;
+    // Topics that take 8 MiB records (Kafka's default is 1 MiB): the cases are about records
+    // larger than rebound's own producer may send, so the broker must accept them from the test.
+    create_topics_with(
+        &brokers,
+        &topo.topics(),
+        3,
+        &[("max.message.bytes", "8388608")],
+    )
+    .await;
     let tier = topo.tiers[0].topic.clone();
 
     let now = h::format_time(Utc::now());
@@ -194,7 +202,13 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
     // a topology of their own, with its own service.
     let held_main = unique("hostile-held");
     let held_topo = topology(&held_main, &[300]);
-    create_topology(&held_topo, 1).await;
+    create_topics_with(
+        &brokers,
+        &held_topo.topics(),
+        1,
+        &[("max.message.bytes", "8388608")],
+    )
+    .await;
     let held_cases = vec![
         case("pa-far-future", Held).routing(Some("2999-01-01T00:00:00.000Z"), Some("1")),
         case("behind-far-future", Held).routing(Some(&now), Some("1")),
