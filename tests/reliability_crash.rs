@@ -253,6 +253,12 @@ async fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
 /// through; committing on "sent" instead of "acknowledged" fails this test on any broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
+    if broker_kind() == "tansu" {
+        // Seen 2026-11-30: after DeleteTopics of a subscribed tier, Tansu 0.6 delivers nothing
+        // more to the group, so the set-up cannot be made there (docs/broker-compat.md).
+        eprintln!("skipped on Tansu: a deleted subscribed topic stops the group's deliveries");
+        return;
+    }
     let brokers = brokers();
     let main = unique("unacked");
     let topo = topology(&main, &[200]);
