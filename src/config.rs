@@ -67,6 +67,7 @@ pub struct FileConfig {
     pub dlq: Option<String>,
     pub max_age: Option<String>,
     pub jitter: Option<f64>,
+    pub max_delay: Option<String>,
     pub handler: Option<String>,
     pub url: Option<String>,
     pub command: Option<String>,
@@ -406,6 +407,8 @@ pub struct TopicsConfig {
     pub partitions: Option<i32>,
     pub replication_factor: Option<i32>,
     pub create_main: bool,
+    /// `apply` accepts a topology with hazards instead of refusing it.
+    pub force: bool,
 }
 
 impl TopicsConfig {
@@ -431,6 +434,7 @@ impl TopicsConfig {
             partitions,
             replication_factor,
             create_main: args.create_main,
+            force: args.force,
         })
     }
 }
@@ -849,6 +853,27 @@ fn resolve_cluster(args: &TopologyArgs, file: &FileConfig) -> Result<ClusterConf
             "must be from 0 to 0.5 (a fraction of the tier delay)",
         ));
     }
+    if let Some(s) = args.max_delay.as_deref().or(file.max_delay.as_deref()) {
+        topology.max_delay = positive_duration("--max-delay", Some(s), "")?;
+    }
+    // rebound's own copies must pass the check on read: the last tier, stretched by jitter.
+    let longest = delays
+        .last()
+        .copied()
+        .unwrap_or_default()
+        .mul_f64(1.0 + topology.jitter);
+    if topology.max_delay < longest {
+        return Err(bad(
+            "--max-delay",
+            format!(
+                "{} is shorter than the last tier with its jitter ({}); rebound would dead-letter its own retries. Raise it or leave it out (default: {} x the last tier, at least {})",
+                duration::format(topology.max_delay),
+                duration::format(longest),
+                crate::topology::MAX_DELAY_FACTOR,
+                duration::format(crate::topology::MAX_DELAY_FLOOR),
+            ),
+        ));
+    }
     let mut kafka = Vec::new();
     for (k, v) in &file.kafka {
         let value = match v {
@@ -911,6 +936,7 @@ impl fmt::Display for Config {
             None => writeln!(f, "max-age          = off")?,
         }
         writeln!(f, "jitter           = {}", t.jitter)?;
+        writeln!(f, "max-delay        = {}", duration::Short(t.max_delay))?;
         match &self.handler {
             Some(HandlerSpec::Http {
                 url,
