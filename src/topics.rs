@@ -376,7 +376,11 @@ pub fn decide(
                     main_partitions,
                 ));
                 let raise = match (target, seen.retention_ms) {
-                    (Some(t), Some(r)) if r >= 0 && (t < 0 || r < t) && needs_raise(role, topology, r) => Some(t),
+                    (Some(t), Some(r))
+                        if r >= 0 && (t < 0 || r < t) && needs_raise(role, topology, r) =>
+                    {
+                        Some(t)
+                    }
                     _ => None,
                 };
                 let mut after = seen.clone();
@@ -758,7 +762,10 @@ mod tests {
         assert_eq!(of("orders", Severity::Note), 0);
         let text = plan.to_string();
         assert!(text.contains("cleanup.policy=delete"), "{text}");
-        assert!(text.contains("copies are deleted before they are due"), "{text}");
+        assert!(
+            text.contains("copies are deleted before they are due"),
+            "{text}"
+        );
         // apply raises the short retention (to delay + 7 days, above the broker's week) but
         // does not change the compaction: it refuses.
         let raise = plan.rows.iter().find(|r| r.topic == "orders.retry-5m");
@@ -794,13 +801,22 @@ mod tests {
         assert_eq!(dlq(WEEK - 1, "delete"), vec![Severity::Risk]);
         assert_eq!(dlq(WEEK, "delete"), vec![]);
         assert_eq!(dlq(WEEK, "compact,delete"), vec![Severity::Loss]);
-        assert_eq!(tier_retention_target(Duration::from_secs(60), Some(WEEK)), WEEK + 60_000);
-        assert_eq!(tier_retention_target(Duration::from_secs(60), Some(30 * WEEK)), 30 * WEEK);
+        assert_eq!(
+            tier_retention_target(Duration::from_secs(60), Some(WEEK)),
+            WEEK + 60_000
+        );
+        assert_eq!(
+            tier_retention_target(Duration::from_secs(60), Some(30 * WEEK)),
+            30 * WEEK
+        );
         assert_eq!(tier_retention_target(Duration::from_secs(60), Some(-1)), -1);
         assert_eq!(dlq_retention_target(Some(3_600_000)), WEEK);
         assert_eq!(broker_retention_ms(None, None, Some("168")), Some(WEEK));
         assert_eq!(broker_retention_ms(Some("-1"), None, Some("168")), Some(-1));
-        assert_eq!(broker_retention_ms(None, Some("10"), Some("168")), Some(600_000));
+        assert_eq!(
+            broker_retention_ms(None, Some("10"), Some("168")),
+            Some(600_000)
+        );
     }
 
     #[test]
@@ -817,7 +833,10 @@ mod tests {
                 .map(|(_, _, s)| s.to_vec())
                 .unwrap()
         };
-        assert!(settings("orders").is_empty(), "the main topic is the user's");
+        assert!(
+            settings("orders").is_empty(),
+            "the main topic is the user's"
+        );
         assert_eq!(
             settings("orders.retry-5m"),
             vec![

@@ -42,7 +42,10 @@ async fn a_far_future_tier_message_is_dead_lettered_and_the_due_one_behind_it_is
     )
     .await;
     let recorder = Recorder::default();
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(recorder.clone()));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        Arc::new(recorder.clone()),
+    );
     let r = recorder.clone();
     wait_until("the due message behind the far one", T, move || {
         r.by_id().contains_key("due:ok")
@@ -100,14 +103,21 @@ async fn max_retries_260_tries_261_times_then_exhausts_with_attempt_261() {
     create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "m:always")]).await;
     let recorder = Recorder::default();
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(recorder.clone()));
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        Arc::new(recorder.clone()),
+    );
     let dlq = read_topic(&topo.dlq, 1, Duration::from_secs(120));
     svc.stop().await;
 
     let mut attempts: Vec<u32> = recorder.calls().iter().map(|c| c.attempt).collect();
     attempts.sort_unstable();
     attempts.dedup();
-    assert_eq!(attempts, (0..=260).collect::<Vec<u32>>(), "every try, once each");
+    assert_eq!(
+        attempts,
+        (0..=260).collect::<Vec<u32>>(),
+        "every try, once each"
+    );
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].header(h::DLQ_REASON).as_deref(), Some("exhausted"));
     assert_eq!(dlq[0].header(h::ATTEMPT).as_deref(), Some("261"));
@@ -192,4 +202,162 @@ async fn a_tombstone_stays_null_through_a_tier_the_dlq_and_a_replay() {
         seen.iter().all(|(_, _, null)| *null),
         "the handler saw a null payload every time: {seen:?}"
     );
+}
+
+/// `retention.ms` and `cleanup.policy` of `topic`, as the broker describes them.
+async fn topic_settings(topic: &str) -> (String, String) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let res = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .expect("describe");
+    let r = res.into_iter().next().unwrap().expect("described");
+    let get = |n: &str| r.get(n).and_then(|e| e.value.clone()).unwrap_or_default();
+    (get("retention.ms"), get("cleanup.policy"))
+}
+
+/// Creates `topic` with `partitions` partitions and these topic settings.
+async fn create_with(topic: &str, partitions: i32, settings: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let t = settings.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
+    for r in admin
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .expect("create")
+    {
+        r.expect("created");
+    }
+}
+
+/// The operator-created topology of issue 14: `orders` with 6 partitions, `orders.retry-1m`
+/// with 2 and `cleanup.policy=compact`, `orders.retry-5m` with `retention.ms=60000`,
+/// `orders.dlq` with 3. `plan` names every hazard with its fix; `apply` refuses and changes
+/// nothing; `run` refuses with exit 2 and the fix; `apply --force` raises the short retention
+/// (never touching the compaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through() {
+    let main = unique("ops");
+    let (r1, r5, dlq) = (
+        format!("{main}.retry-1m"),
+        format!("{main}.retry-5m"),
+        format!("{main}.dlq"),
+    );
+    create_with(&main, 6, &[]).await;
+    create_with(&r1, 2, &[("cleanup.policy", "compact")]).await;
+    create_with(&r5, 6, &[("retention.ms", "60000")]).await;
+    create_with(&dlq, 3, &[]).await;
+    let b = brokers();
+    let args = [
+        "--brokers",
+        b.as_str(),
+        "--topic",
+        &main,
+        "--tiers",
+        "1m,5m",
+    ];
+
+    let (code, out, err) = output(rebound().args(["topics", "plan"]).args(args));
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        format!("LOSES MESSAGES {r1}: cleanup.policy=compact"),
+        format!("--entity-name {r1} --add-config cleanup.policy=delete"),
+        format!("LOSES MESSAGES {r5}: retention.ms=60000"),
+        "copies are deleted before they are due".to_string(),
+        format!("note {r1}: 2 partitions, the main topic has 6"),
+        format!("note {dlq}: 3 partitions, the main topic has 6"),
+    ] {
+        assert!(out.contains(&want), "plan lacks {want:?}:\n{out}");
+    }
+
+    let (code, _, err) = output(rebound().args(["topics", "apply"]).args(args));
+    assert_eq!(code, 2, "apply refuses: {err}");
+    assert!(
+        err.contains("refusing to apply") && err.contains("cleanup.policy=delete"),
+        "{err}"
+    );
+    assert_eq!(
+        topic_settings(&r5).await.0,
+        "60000",
+        "a refused apply changes nothing"
+    );
+
+    let (code, _, err) = output(
+        rebound()
+            .args(["run", "--handler", "command", "--command", "cat"])
+            .args(["--metrics-addr", "off"])
+            .args(args),
+    );
+    assert_eq!(code, 2, "run refuses: {err}");
+    assert!(
+        err.contains(&format!("LOSES MESSAGES {r1}"))
+            && err.contains(&format!("LOSES MESSAGES {r5}"))
+            && err.contains("kafka-configs.sh"),
+        "{err}"
+    );
+
+    let (code, out, err) = output(rebound().args(["topics", "apply", "--force"]).args(args));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert!(out.contains("apply raises retention"), "{out}");
+    let (retention, _) = topic_settings(&r5).await;
+    let retention: i64 = retention.parse().unwrap();
+    assert!(
+        retention >= 300_000 + 7 * 86_400_000,
+        "raised to the delay plus 7 days at least: {retention}"
+    );
+    assert_eq!(
+        topic_settings(&r1).await.1,
+        "compact",
+        "apply never changes an existing cleanup.policy"
+    );
+}
+
+/// `apply` creates tiers and the DLQ with `cleanup.policy=delete` and a retention of at least
+/// the tier delay plus 7 days (the DLQ: 7 days), whatever the broker's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_creates_tiers_that_keep_their_copies() {
+    let main = unique("safe");
+    create_with(&main, 2, &[]).await;
+    let b = brokers();
+    let (code, out, err) = output(rebound().args([
+        "topics",
+        "apply",
+        "--brokers",
+        &b,
+        "--topic",
+        &main,
+        "--tiers",
+        "1s,8d",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("created, 2 partitions").count(), 3, "{out}");
+    let (r, policy) = topic_settings(&format!("{main}.retry-8d")).await;
+    assert_eq!(policy, "delete");
+    assert!(r.parse::<i64>().unwrap() >= 15 * 86_400_000, "{r}");
+    let (r, policy) = topic_settings(&format!("{main}.dlq")).await;
+    assert_eq!(policy, "delete");
+    assert!(r.parse::<i64>().unwrap() >= 7 * 86_400_000, "{r}");
+    let (code, out, err) = output(rebound().args([
+        "topics",
+        "plan",
+        "--brokers",
+        &b,
+        "--topic",
+        &main,
+        "--tiers",
+        "1s,8d",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("hazards:"), "{out}");
 }

@@ -318,8 +318,7 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
         .render()
         .lines()
         .filter(|l| {
-            l.starts_with("rebound_invalid_total{")
-                && l.contains("class=\"process_after_too_far\"")
+            l.starts_with("rebound_invalid_total{") && l.contains("class=\"process_after_too_far\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
