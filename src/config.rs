@@ -1202,6 +1202,31 @@ mod tests {
     }
 
     #[test]
+    fn max_delay_defaults_to_four_last_tiers_and_must_cover_the_last_tier_with_jitter() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(
+            c.cluster.topology.max_delay,
+            Duration::from_secs(4 * 32 * 60)
+        );
+        let mut a = run_args("orders");
+        a.topology.tiers = Some("1s".into());
+        let c = Config::for_run(&a).unwrap();
+        assert_eq!(c.cluster.topology.max_delay, Duration::from_secs(3600));
+        a.topology.max_delay = Some("90s".into());
+        assert_eq!(
+            Config::for_run(&a).unwrap().cluster.topology.max_delay,
+            Duration::from_secs(90)
+        );
+        a.topology.tiers = Some("1m,2m".into());
+        a.topology.jitter = Some("0.5".into());
+        let e = err(&a);
+        assert_eq!(e.field, "--max-delay");
+        assert!(e.problem.contains("3m"), "{e}");
+        a.topology.max_delay = Some("0s".into());
+        assert_eq!(err(&a).field, "--max-delay");
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "topic = \"t\"\nteirs = \"1s\"").unwrap();
