@@ -220,6 +220,13 @@ async fn topic_settings(topic: &str) -> (String, String) {
     (get("retention.ms"), get("cleanup.policy"))
 }
 
+/// `--brokers B --topic MAIN --tiers TIERS`.
+fn topology_args(main: &str, tiers: &str) -> Vec<String> {
+    ["--brokers", &brokers(), "--topic", main, "--tiers", tiers]
+        .map(String::from)
+        .to_vec()
+}
+
 /// Creates `topic` with `partitions` partitions and these topic settings.
 async fn create_with(topic: &str, partitions: i32, settings: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -257,17 +264,9 @@ async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through
     create_with(&r1, 2, &[("cleanup.policy", "compact")]).await;
     create_with(&r5, 6, &[("retention.ms", "60000")]).await;
     create_with(&dlq, 3, &[]).await;
-    let b = brokers();
-    let args = [
-        "--brokers",
-        b.as_str(),
-        "--topic",
-        &main,
-        "--tiers",
-        "1m,5m",
-    ];
+    let args = topology_args(&main, "1m,5m");
 
-    let (code, out, err) = output(rebound().args(["topics", "plan"]).args(args));
+    let (code, out, err) = output(rebound().args(["topics", "plan"]).args(&args));
     assert_eq!(code, 0, "{err}");
     for want in [
         format!("LOSES MESSAGES {r1}: cleanup.policy=compact"),
@@ -280,7 +279,7 @@ async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through
         assert!(out.contains(&want), "plan lacks {want:?}:\n{out}");
     }
 
-    let (code, _, err) = output(rebound().args(["topics", "apply"]).args(args));
+    let (code, _, err) = output(rebound().args(["topics", "apply"]).args(&args));
     assert_eq!(code, 2, "apply refuses: {err}");
     assert!(
         err.contains("refusing to apply") && err.contains("cleanup.policy=delete"),
@@ -296,7 +295,7 @@ async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through
         rebound()
             .args(["run", "--handler", "command", "--command", "cat"])
             .args(["--metrics-addr", "off"])
-            .args(args),
+            .args(&args),
     );
     assert_eq!(code, 2, "run refuses: {err}");
     assert!(
@@ -306,7 +305,7 @@ async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through
         "{err}"
     );
 
-    let (code, out, err) = output(rebound().args(["topics", "apply", "--force"]).args(args));
+    let (code, out, err) = output(rebound().args(["topics", "apply", "--force"]).args(&args));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--force"), "{err}");
     assert!(out.contains("apply raises retention"), "{out}");
@@ -329,17 +328,8 @@ async fn an_unsafe_operator_topology_is_reported_refused_and_only_forced_through
 async fn apply_creates_tiers_that_keep_their_copies() {
     let main = unique("safe");
     create_with(&main, 2, &[]).await;
-    let b = brokers();
-    let (code, out, err) = output(rebound().args([
-        "topics",
-        "apply",
-        "--brokers",
-        &b,
-        "--topic",
-        &main,
-        "--tiers",
-        "1s,8d",
-    ]));
+    let args = topology_args(&main, "1s,8d");
+    let (code, out, err) = output(rebound().args(["topics", "apply"]).args(&args));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches("created, 2 partitions").count(), 3, "{out}");
     let (r, policy) = topic_settings(&format!("{main}.retry-8d")).await;
@@ -348,16 +338,7 @@ async fn apply_creates_tiers_that_keep_their_copies() {
     let (r, policy) = topic_settings(&format!("{main}.dlq")).await;
     assert_eq!(policy, "delete");
     assert!(r.parse::<i64>().unwrap() >= 7 * 86_400_000, "{r}");
-    let (code, out, err) = output(rebound().args([
-        "topics",
-        "plan",
-        "--brokers",
-        &b,
-        "--topic",
-        &main,
-        "--tiers",
-        "1s,8d",
-    ]));
+    let (code, out, err) = output(rebound().args(["topics", "plan"]).args(&args));
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("hazards:"), "{out}");
 }
