@@ -159,7 +159,12 @@ impl Service {
 /// describe topic configurations (or refuses to) gets a warning, not a refusal.
 async fn check_topic_settings(cluster: &ClusterConfig) -> Result<(), ServiceError> {
     let hazards = match crate::topics::check(cluster).await {
-        Ok(h) => h,
+        Ok(plan) => {
+            if let Some(why) = plan.unreadable {
+                tracing::warn!(error = %why, "cannot read the topics' settings (cleanup.policy, retention.ms); not checked");
+            }
+            plan.hazards
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the topics' settings (cleanup.policy, retention.ms); starting anyway");
             return Ok(());

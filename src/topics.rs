@@ -48,8 +48,6 @@ pub enum TopicsError {
     CreateFailed(Vec<(String, String)>),
     #[error("could not raise retention.ms of {}", .0.iter().map(|(t, e)| format!("{t} ({e})")).collect::<Vec<_>>().join(", "))]
     AlterFailed(Vec<(String, String)>),
-    #[error("cannot read the configuration of {topic}: {error}")]
-    Describe { topic: String, error: String },
     /// `apply` without `--force` on a topology that would still lose messages or dead letters.
     #[error("refusing to apply: the topology is unsafe, and apply does not change cleanup.policy of existing topics.\n{plan}Fix the hazards above, or pass --force to accept them.")]
     Unsafe { plan: Box<Plan> },
@@ -310,6 +308,9 @@ pub struct Plan {
     pub hazards: Vec<Hazard>,
     /// Hazards still there after `apply` did what it does (creates, raises retention).
     pub after_apply: Vec<Hazard>,
+    /// Why the topics' settings could not be read (a broker without `DescribeConfigs`, or an
+    /// ACL): then only partition counts are checked.
+    pub unreadable: Option<String>,
 }
 
 impl Plan {
@@ -426,6 +427,7 @@ pub fn decide(
         rows,
         hazards,
         after_apply,
+        unreadable: None,
     }
 }
 
@@ -481,6 +483,9 @@ impl fmt::Display for Plan {
             }
             writeln!(f, "{:<9} {:<width$}  {state}", r.label, r.topic)?;
         }
+        if let Some(why) = &self.unreadable {
+            writeln!(f, "note: the topics' settings could not be read ({why}); cleanup.policy and retention.ms are not checked")?;
+        }
         if !self.hazards.is_empty() {
             writeln!(f, "hazards:")?;
             for h in &self.hazards {
@@ -499,12 +504,23 @@ fn admin(cluster: &ClusterConfig) -> Result<AdminClient<DefaultClientContext>, K
     c.create()
 }
 
+/// What the cluster says about the topology.
+pub struct Inspected {
+    /// Every existing topic of the topology.
+    pub observed: HashMap<String, Observed>,
+    /// The broker's default retention in ms (-1 unlimited).
+    pub broker_default_ms: Option<i64>,
+    /// Why the settings could not be read, if they could not.
+    pub unreadable: Option<String>,
+}
+
 /// What the cluster says: every existing topic of the topology (partitions, and its
-/// configuration from `DescribeConfigs`) and the broker's default retention.
+/// configuration from `DescribeConfigs`) and the broker's default retention. Settings that
+/// cannot be read are left out and the reason kept; only unreachable brokers are an error.
 pub async fn inspect(
     admin: &AdminClient<DefaultClientContext>,
     cluster: &ClusterConfig,
-) -> Result<(HashMap<String, Observed>, Option<i64>), TopicsError> {
+) -> Result<Inspected, TopicsError> {
     let md = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(15))
@@ -537,14 +553,20 @@ pub async fn inspect(
     }
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
     let mut broker_default = None;
-    for result in admin.describe_configs(&specs, &opts).await? {
+    let mut unreadable = None;
+    let results = match admin.describe_configs(&specs, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            unreadable = Some(kafka::Shown(&e).to_string());
+            Vec::new()
+        }
+    };
+    for result in results {
         let resource = match result {
             Ok(r) => r,
             Err(code) => {
-                return Err(TopicsError::Describe {
-                    topic: "a topic of the topology".into(),
-                    error: code.to_string(),
-                })
+                unreadable = Some(code.to_string());
+                continue;
             }
         };
         let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
@@ -571,7 +593,11 @@ pub async fn inspect(
             _ => {}
         }
     }
-    Ok((observed, broker_default))
+    Ok(Inspected {
+        observed,
+        broker_default_ms: broker_default,
+        unreadable,
+    })
 }
 
 /// The broker's default retention in ms, by Kafka's precedence: `log.retention.ms`, else
@@ -593,12 +619,22 @@ pub fn broker_retention_ms(
 /// Reads the cluster and works out what `apply` would do, and which hazards there are.
 pub async fn plan(cfg: &TopicsConfig) -> Result<Plan, TopicsError> {
     let admin = admin(&cfg.cluster)?;
-    let (observed, default) = inspect(&admin, &cfg.cluster).await?;
-    Ok(decide(cfg, &observed, default))
+    plan_with(&admin, cfg).await
 }
 
-/// The hazards of an existing topology, for `rebound run` at start.
-pub async fn check(cluster: &ClusterConfig) -> Result<Vec<Hazard>, TopicsError> {
+async fn plan_with(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &TopicsConfig,
+) -> Result<Plan, TopicsError> {
+    let seen = inspect(admin, &cfg.cluster).await?;
+    let mut plan = decide(cfg, &seen.observed, seen.broker_default_ms);
+    plan.unreadable = seen.unreadable;
+    Ok(plan)
+}
+
+/// The plan of an existing topology, for `rebound run` at start: its hazards, and whether the
+/// settings could be read at all.
+pub async fn check(cluster: &ClusterConfig) -> Result<Plan, TopicsError> {
     let cfg = TopicsConfig {
         cluster: cluster.clone(),
         partitions: None,
@@ -606,7 +642,7 @@ pub async fn check(cluster: &ClusterConfig) -> Result<Vec<Hazard>, TopicsError> 
         create_main: false,
         force: false,
     };
-    Ok(plan(&cfg).await?.hazards)
+    plan(&cfg).await
 }
 
 /// Creates every missing topic (tiers and DLQ with `cleanup.policy=delete` and a sufficient
@@ -615,8 +651,7 @@ pub async fn check(cluster: &ClusterConfig) -> Result<Vec<Hazard>, TopicsError> 
 /// fine.
 pub async fn apply(cfg: &TopicsConfig) -> Result<Plan, TopicsError> {
     let admin = admin(&cfg.cluster)?;
-    let (observed, default) = inspect(&admin, &cfg.cluster).await?;
-    let mut plan = decide(cfg, &observed, default);
+    let mut plan = plan_with(&admin, cfg).await?;
     if plan.unsafe_after_apply() && !cfg.force {
         return Err(TopicsError::Unsafe {
             plan: Box::new(plan),
