@@ -128,7 +128,15 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
     let main = unique("hostile");
     let mut topo = topology(&main, &[300, 600]);
     topo.max_retries = 2;
-    create_topology(&topo, 3).await;
+    // Topics that take 8 MiB records (Kafka's default is 1 MiB): the cases are about records
+    // larger than rebound's own producer may send, so the broker must accept them from the test.
+    create_topics_with(
+        &brokers,
+        &topo.topics(),
+        3,
+        &[("max.message.bytes", "8388608")],
+    )
+    .await;
     let tier = topo.tiers[0].topic.clone();
 
     let now = h::format_time(Utc::now());
