@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use crate::delay::DelayQueue;
 use crate::handler::Message;
-use crate::headers;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
@@ -380,7 +379,8 @@ impl State {
         self.offsets.entry(tp).or_default().begin(m.offset());
         let intake = match stage {
             Stage::Main => Intake::Fresh,
-            Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
+            // A due time beyond --max-delay is refused here, before it could pause the partition.
+            Stage::Tier(_) => match topology.read_tier_message(&message.headers, Utc::now()) {
                 Ok(state) => {
                     message.attempt = state.attempt;
                     Intake::Retry(state)
