@@ -515,7 +515,10 @@ fn member(group: &str, protocol: &str, session_ms: Option<u64>) -> BaseConsumer 
         .set("group.protocol", protocol)
         .set("enable.auto.commit", "false");
     if let Some(s) = session_ms {
-        cfg.set("session.timeout.ms", s.to_string());
+        // A third of the session, as Kafka recommends: librdkafka's default heartbeat (3 s)
+        // would expel a live member of a 3 s session at the first late heartbeat.
+        cfg.set("session.timeout.ms", s.to_string())
+            .set("heartbeat.interval.ms", (s / 3).to_string());
     }
     cfg.create().expect("member")
 }
