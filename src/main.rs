@@ -139,11 +139,7 @@ async fn dispatch(command: Command) -> ExitCode {
                     let _ = task.await;
                     ExitCode::SUCCESS
                 }
-                Err(e) if e.is_usage() => usage_error(e),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => usage_error(e),
             }
         }
         Command::ReplayDlq(args) => {

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -175,7 +175,7 @@ pub fn parse_instances(s: Option<&str>) -> Result<Vec<String>, ConfigError> {
         .collect()
 }
 
-/// Why the console could not start.
+/// Why the console could not start; each is fixed on the command line (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     #[error("{0}")]
@@ -185,13 +185,6 @@ pub enum ConsoleError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-}
-
-impl ConsoleError {
-    /// Whether fixing the command line is what is needed: exit code 2.
-    pub fn is_usage(&self) -> bool {
-        true
-    }
 }
 
 /// The redrive under way or last finished.
@@ -450,11 +443,7 @@ impl ReplayProgress for JobProgress {
 }
 
 /// `POST /redrive`: checks the safety rules, then starts the redrive in the background.
-async fn redrive_start(
-    State(app): State<Arc<App>>,
-    RawQuery(_q): RawQuery,
-    body: Bytes,
-) -> Response {
+async fn redrive_start(State(app): State<Arc<App>>, body: Bytes) -> Response {
     if !app.cfg.allow_replay {
         return pages::forbidden(
             &app,
