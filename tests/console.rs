@@ -20,6 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(30);
 
+/// Runs rebound (default settings) on `topo` with its metrics server on a free port: the service
+/// and the server's base URL, once assigned.
+async fn serve(topo: &rebound::Topology, group: &str) -> (Running, String) {
+    let mut cfg = config(topo.clone(), group);
+    cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let svc = start(cfg, Arc::new(Recorder::default()));
+    wait_ready(&svc).await;
+    let m = svc.metrics.clone();
+    wait_until("the metrics server is bound", T, || {
+        m.health.bound.get().is_some()
+    })
+    .await;
+    let url = format!("http://{}", m.health.bound.get().unwrap());
+    (svc, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_each_partition_held_heads_and_the_breaker_but_no_message_data() {
     let topo = topology(&unique("status"), &[60_000]);
@@ -34,16 +50,8 @@ async fn status_shows_each_partition_held_heads_and_the_breaker_but_no_message_d
             .header("user-header", "secret-header-value")],
     )
     .await;
-    let mut cfg = config(topo.clone(), &unique("svc"));
-    cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let svc = start(cfg, Arc::new(Recorder::default()));
-    wait_ready(&svc).await;
-    let m = svc.metrics.clone();
-    wait_until("the metrics server is bound", T, || {
-        m.health.bound.get().is_some()
-    })
-    .await;
-    let url = format!("http://{}/status", m.health.bound.get().unwrap());
+    let (svc, base) = serve(&topo, &unique("svc")).await;
+    let url = format!("{base}/status");
 
     let deadline = std::time::Instant::now() + T;
     let (status, last): (serde_json::Value, String) = loop {
@@ -88,18 +96,10 @@ async fn status_shows_each_partition_held_heads_and_the_breaker_but_no_message_d
 async fn every_page_shows_what_the_topics_hold_and_no_secret() {
     let topo = populated("console-pages").await;
     // A running instance whose /status the topology page shows.
-    let mut svc_cfg = config(topo.clone(), &unique("svc"));
-    svc_cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let group = svc_cfg.cluster.group.clone();
-    let svc = start(svc_cfg, Arc::new(Recorder::default()));
-    wait_ready(&svc).await;
-    let m = svc.metrics.clone();
-    wait_until("the metrics server is bound", T, || {
-        m.health.bound.get().is_some()
-    })
-    .await;
+    let group = unique("svc");
+    let (svc, instance) = serve(&topo, &group).await;
     let mut cfg = console_cfg(&topo, &group);
-    cfg.instances = vec![format!("http://{}", m.health.bound.get().unwrap())];
+    cfg.instances = vec![instance];
     let console = start_console(cfg).await;
     let base = &console.url;
 
@@ -385,29 +385,23 @@ async fn a_token_guards_every_page_and_a_loopback_console_refuses_foreign_host_n
 
 #[test]
 fn the_binary_refuses_a_non_loopback_bind_without_a_token_and_never_logs_the_token() {
-    let (code, _, err) = output(rebound().args([
+    let brokers = brokers();
+    let open_to_all = [
         "console",
         "--topic",
         "orders",
         "--listen",
         "0.0.0.0:0",
         "--brokers",
-        &brokers(),
-    ]));
+        &brokers,
+    ];
+    let (code, _, err) = output(rebound().args(open_to_all));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--listen") && err.contains("--token"), "{err}");
 
     let token = "tok-never-logged-0123456789";
     let mut child = rebound()
-        .args([
-            "console",
-            "--topic",
-            "orders",
-            "--listen",
-            "0.0.0.0:0",
-            "--brokers",
-            &brokers(),
-        ])
+        .args(open_to_all)
         .env("REBOUND_CONSOLE_TOKEN", token)
         .env("RUST_LOG", "debug")
         .stderr(Stdio::piped())

@@ -112,22 +112,6 @@ async fn listed(topo: &Topology, filter: Filter) -> BTreeSet<Position> {
         .collect()
 }
 
-/// The ids (payload before `:`) read back from `topic`.
-fn ids_in(topic: &str, want: usize, deadline: Duration) -> Vec<String> {
-    let mut ids: Vec<String> = read_topic(topic, want, deadline)
-        .iter()
-        .map(|g| {
-            g.payload_str()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    ids.sort();
-    ids
-}
-
 async fn new_topology(prefix: &str, partitions: i32) -> Topology {
     let topo = topology(&unique(prefix), &[300, 600]);
     create_topology(&topo, partitions).await;

@@ -519,23 +519,35 @@ fn counts(
     table(id, &[title, "messages"], &rows)
 }
 
+/// The fields of query string `q` and the selection they make, or the 400 page saying what is
+/// wrong with it (with a fresh filter form).
+#[allow(clippy::result_large_err)]
+fn selection(
+    app: &App,
+    title: &str,
+    q: Option<&str>,
+) -> Result<(Vec<(String, String)>, Selection), Response> {
+    let form = fields(q.unwrap_or("").as_bytes());
+    match Selection::from_fields(&form) {
+        Ok(sel) => Ok((form, sel)),
+        Err(e) => Err(html(
+            StatusCode::BAD_REQUEST,
+            app,
+            title,
+            &format!(
+                "<p class=\"err\">{}</p>{}",
+                esc(&e),
+                filter_form(&Selection::default())
+            ),
+        )),
+    }
+}
+
 /// `GET /dlq`: counts, the filter, one page of the filtered list.
 pub(crate) async fn dead_letters(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Response {
-    let form = fields(q.as_deref().unwrap_or("").as_bytes());
-    let sel = match Selection::from_fields(&form) {
+    let (form, sel) = match selection(&app, "Dead letters", q.as_deref()) {
         Ok(s) => s,
-        Err(e) => {
-            return html(
-                StatusCode::BAD_REQUEST,
-                &app,
-                "Dead letters",
-                &format!(
-                    "<p class=\"err\">{}</p>{}",
-                    esc(&e),
-                    filter_form(&Selection::default())
-                ),
-            )
-        }
+        Err(bad) => return bad,
     };
     let page: u64 = form
         .iter()
@@ -731,17 +743,9 @@ pub(crate) async fn redrive_preview(
     State(app): State<Arc<App>>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let form = fields(q.as_deref().unwrap_or("").as_bytes());
-    let sel = match Selection::from_fields(&form) {
+    let (form, sel) = match selection(&app, "Redrive", q.as_deref()) {
         Ok(s) => s,
-        Err(e) => {
-            return html(
-                StatusCode::BAD_REQUEST,
-                &app,
-                "Redrive",
-                &format!("<p class=\"err\">{}</p>", esc(&e)),
-            )
-        }
+        Err(bad) => return bad,
     };
     let everything = form.iter().any(|(n, v)| n == "all" && v == "yes");
     if sel.is_everything() && !everything {

@@ -155,19 +155,3 @@ pub fn by_id(page: &str, id: &str) -> String {
     let start = rest.find('>').unwrap() + 1;
     rest[start..start + rest[start..].find('<').unwrap()].to_string()
 }
-
-/// The payload ids (before `:`) read back from `topic`, sorted.
-pub fn ids_in(topic: &str, want: usize, deadline: Duration) -> Vec<String> {
-    let mut ids: Vec<String> = read_topic(topic, want, deadline)
-        .iter()
-        .map(|g| {
-            g.payload_str()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    ids.sort();
-    ids
-}
