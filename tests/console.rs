@@ -395,8 +395,28 @@ fn the_binary_refuses_a_non_loopback_bind_without_a_token_and_never_logs_the_tok
         "--brokers",
         &brokers,
     ];
-    let (code, _, err) = output(rebound().args(open_to_all));
-    assert_eq!(code, 2, "{err}");
+    // Bounded: a console that wrongly starts would serve forever.
+    let mut child = rebound()
+        .args(open_to_all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("the console started on 0.0.0.0 without a token");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--listen") && err.contains("--token"), "{err}");
 
     let token = "tok-never-logged-0123456789";
