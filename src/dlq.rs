@@ -1,5 +1,5 @@
 //! `rebound dlq stats|list|show` and `rebound replay-dlq`: looking into the dead-letter topic and
-//! sending its messages back.
+//! sending its messages back (also the engine of the console's redrive, [`replay_with`]).
 //!
 //! The decisions are pure, in the submodules, and unit-tested without a broker: what a message
 //! says about itself and which messages a [`Filter`] selects (`select`), what [`Stats`] count
@@ -10,10 +10,14 @@
 //! Invariants:
 //! * `stats`, `list` and `show` never commit: their consumers are assigned partitions, never
 //!   subscribed, and never call commit.
-//! * `replay` commits an offset only after the copy of its message was acknowledged by the
-//!   broker, or after the message was deliberately skipped (by a filter or the replay limit).
-//!   It never commits past a message whose copy failed: that partition stops there for the run,
-//!   and the next run starts at the failed message.
+//! * `replay` commits an offset only over an unbroken run of messages that are dealt with: the
+//!   copy acknowledged and recorded in the replay ledger (`ledger`), found in the ledger
+//!   (replayed before), or skipped at the replay limit. A message the filter did not choose is
+//!   left for later replays, so nothing after it in its partition is committed by this run; the
+//!   ledger keeps what was sent after it from being sent again. It never commits past a
+//!   message whose copy failed: that partition stops there for the run, and the next run starts
+//!   at the failed message.
+//! * Every replay reads its group's ledger entries first and never sends a recorded message.
 //! * `--dry-run` sends nothing and commits nothing.
 //! * Nothing is ever replayed into the DLQ being read.
 
@@ -726,6 +730,8 @@ pub async fn replay_with(
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
+            // A ledger record fetched before the ledger was unassigned is not a dead letter.
+            Ok(Ok(m)) if m.topic() != dlq => continue,
             Ok(Ok(m)) => {
                 let e = entry_of(&m);
                 drop(m);

@@ -139,6 +139,30 @@ async fn every_page_shows_what_the_topics_hold_and_no_secret() {
     assert_eq!(by_id(&page, "matched"), "3");
     assert_eq!(page.matches("class=\"msg\"").count(), 3, "{page}");
     assert!(!page.contains("http_400: upstream"), "{page}");
+    // Pages: 2 a page over the 3 http_503 messages.
+    let (_, first) = get(&format!("{base}/dlq?error_class=http_503&size=2")).await;
+    assert_eq!(first.matches("class=\"msg\"").count(), 2, "{first}");
+    assert!(
+        first.contains("id=\"next\" href=\"/dlq?error_class=http_503&amp;page=1&amp;size=2\""),
+        "{first}"
+    );
+    assert!(!first.contains("id=\"previous\""), "{first}");
+    let (_, second) = get(&format!("{base}/dlq?error_class=http_503&size=2&page=1")).await;
+    assert_eq!(second.matches("class=\"msg\"").count(), 1, "{second}");
+    assert!(
+        second.contains("id=\"previous\"") && !second.contains("id=\"next\""),
+        "{second}"
+    );
+    let positions = |p: &str| -> Vec<String> {
+        p.split("class=\"msg\" href=\"/dlq/message/")
+            .skip(1)
+            .map(|s| s[..s.find('"').unwrap()].to_string())
+            .collect()
+    };
+    let mut both = positions(&first);
+    both.extend(positions(&second));
+    both.sort();
+    assert_eq!(both, vec!["0/0", "0/2", "1/0"], "each message on one page");
     let (_, page) = get(&format!("{base}/dlq?reason=permanent&partition=1")).await;
     assert_eq!(by_id(&page, "matched"), "1");
     assert!(page.contains("key-b1"), "{page}");

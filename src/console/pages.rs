@@ -19,8 +19,9 @@ use crate::dlq::{self, Entry, Filter};
 use crate::headers;
 use crate::kafka::{self, LoggingContext};
 
-/// Messages per page of the dead-letter list.
+/// Messages per page of the dead-letter list, unless `size=N` (at most [`MAX_PAGE_SIZE`]) says.
 pub const PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
 /// Dry-run lines shown at most.
 const DRY_RUN_LINES: usize = 200;
 
@@ -549,16 +550,18 @@ pub(crate) async fn dead_letters(State(app): State<Arc<App>>, RawQuery(q): RawQu
         Ok(s) => s,
         Err(bad) => return bad,
     };
-    let page: u64 = form
-        .iter()
-        .find(|(k, _)| k == "page")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+    let number = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let page = number("page").unwrap_or(0);
+    let size = number("size").map_or(PAGE_SIZE, |s| (s as usize).clamp(1, MAX_PAGE_SIZE));
     let browse = match dlq::browse(
         &app.cfg.cluster,
         &sel.filter,
-        page * PAGE_SIZE as u64,
-        PAGE_SIZE,
+        page.saturating_mul(size as u64),
+        size,
     )
     .await
     {
@@ -606,7 +609,7 @@ pub(crate) async fn dead_letters(State(app): State<Arc<App>>, RawQuery(q): RawQu
     ));
     body.push_str("</div><h2>Messages</h2>");
     body.push_str(&filter_form(&sel));
-    let first = page * PAGE_SIZE as u64;
+    let first = page.saturating_mul(size as u64);
     let _ = write!(
         body,
         "<p><span id=\"matched\">{}</span> selected ({}); showing {} to {}.</p>",
@@ -641,15 +644,23 @@ pub(crate) async fn dead_letters(State(app): State<Arc<App>>, RawQuery(q): RawQu
         if q.is_empty() { "all=yes".to_string() } else { esc(&q) },
         browse.matched
     );
-    let nav = |p: u64, label: &str| {
+    let nav = |p: u64, id: &str, label: &str| {
         let sep = if q.is_empty() { "" } else { "&" };
-        format!("<a href=\"/dlq?{}{sep}page={p}\">{label}</a> ", esc(&q))
+        let size = if size == PAGE_SIZE {
+            String::new()
+        } else {
+            format!("&size={size}")
+        };
+        format!(
+            "<a id=\"{id}\" href=\"{}\">{label}</a> ",
+            esc(&format!("/dlq?{q}{sep}page={p}{size}"))
+        )
     };
     if page > 0 {
-        body.push_str(&nav(page - 1, "← previous"));
+        body.push_str(&nav(page - 1, "previous", "← previous"));
     }
     if first + (browse.page.len() as u64) < browse.matched {
-        body.push_str(&nav(page + 1, "next →"));
+        body.push_str(&nav(page + 1, "next", "next →"));
     }
     html(StatusCode::OK, &app, "Dead letters", &body)
 }
