@@ -52,6 +52,9 @@ use crate::headers;
 use crate::kafka::{self, LoggingContext};
 use crate::produce::{ProduceError, Producer, Record};
 
+/// The progress bar: messages read of those between the start and the end, rate, time left.
+const BAR: &str = "replay {bar:30} {pos}/{len} read  {per_sec}  ETA {eta}  {msg}";
+
 /// Replay's progress on stderr: a bar with rate and ETA on a terminal, else a plain line every
 /// `every` messages.
 struct Progress {
@@ -67,10 +70,8 @@ impl Progress {
                 indicatif::ProgressDrawTarget::stderr_with_hz(5),
             );
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "replay {bar:30} {pos}/{len} read  {per_sec}  ETA {eta}  {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(BAR)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar
         });
@@ -938,5 +939,13 @@ async fn record_replayed(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(unrecorded(e.to_string())),
         Err(_) => Err(unrecorded("no acknowledgement in 30 s".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_progress_bar_template_is_valid() {
+        assert!(indicatif::ProgressStyle::with_template(super::BAR).is_ok());
     }
 }
