@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use crate::delay::DelayQueue;
 use crate::handler::Message;
-use crate::headers;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
@@ -386,7 +385,8 @@ impl State {
         self.offsets.entry(tp).or_default().begin(m.offset());
         let intake = match stage {
             Stage::Main => Intake::Fresh,
-            Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
+            // A due time beyond --max-delay is refused here, before it could pause the partition.
+            Stage::Tier(_) => match topology.read_tier_message(&message.headers, Utc::now()) {
                 Ok(state) => {
                     message.attempt = state.attempt;
                     Intake::Retry(state)
@@ -670,7 +670,7 @@ impl State {
                     partition: tp.partition,
                     paused: paused_for.is_some(),
                     paused_for,
-                    head_due: head.map(|(due, _)| headers::format_time(due)),
+                    head_due: head.map(|(due, _)| crate::headers::format_time(due)),
                     buffered: head.map_or(0, |(_, n)| n),
                     in_flight: offsets.map_or(0, PartitionOffsets::outstanding),
                     committed_offset: offsets.and_then(PartitionOffsets::stored),
@@ -679,7 +679,7 @@ impl State {
             .collect();
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         self.metrics.status.send_replace(Snapshot {
-            updated_at: Some(headers::format_time(Utc::now())),
+            updated_at: Some(crate::headers::format_time(Utc::now())),
             breaker: self.breaker.state().as_str(),
             in_flight: partitions.iter().map(|p| p.in_flight).sum(),
             partitions,
