@@ -41,7 +41,8 @@ async fn status_shows_each_partition_held_heads_and_the_breaker_but_no_message_d
     let topo = topology(&unique("status"), &[60_000]);
     create_topology(&topo, 1).await;
     // A retry due in ten minutes: its tier partition is paused with the head held.
-    let due = "2099-01-01T00:00:00.000Z";
+    let due = h::format_time(chrono::Utc::now() + chrono::Duration::minutes(10));
+    let due = due.as_str();
     produce(
         &topo.tiers[0].topic,
         &[Out::new("secret-key", "secret-payload")
