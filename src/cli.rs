@@ -42,6 +42,8 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Republish DLQ messages to their original topic (or --to), resuming where the last run stopped.
     ReplayDlq(ReplayArgs),
+    /// A web console: topology state, the dead letters, and (with --allow-replay) redrive.
+    Console(ConsoleArgs),
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -361,6 +363,40 @@ pub struct ReplayArgs {
     /// Replay messages even when they reached --max-replays.
     #[arg(long, env = "REBOUND_FORCE")]
     pub force: bool,
+}
+
+/// `rebound console`. `--group` is the service's group (its offsets and lag are shown); redrive
+/// uses the replay group `<group>.replay`, the same as `replay-dlq`'s default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+
+    /// Address to serve on; anything but a loopback address needs --token [default: 127.0.0.1:9465].
+    #[arg(long, env = "REBOUND_CONSOLE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Base URLs of running instances' metrics servers, whose /status the topology page shows.
+    #[arg(long, env = "REBOUND_INSTANCES", value_name = "URL,...")]
+    pub instances: Option<String>,
+
+    /// Allow redriving dead letters; without it the console is read-only.
+    #[arg(long, env = "REBOUND_ALLOW_REPLAY")]
+    pub allow_replay: bool,
+
+    /// Require this token (`Authorization: Bearer`, or the login form); needed off loopback.
+    /// Prefer the env var, so that it does not show in the process list. Never logged.
+    #[arg(
+        long,
+        env = "REBOUND_CONSOLE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Skip (with a note) messages already replayed this many times [default: 3].
+    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N")]
+    pub max_replays: Option<String>,
 }
 
 #[cfg(test)]

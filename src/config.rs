@@ -164,6 +164,14 @@ pub struct ClusterConfig {
     pub topology: Topology,
 }
 
+impl ClusterConfig {
+    /// Resolves the topology flags (and the `--config` file they name) as every command does.
+    pub fn resolve(args: &TopologyArgs) -> Result<ClusterConfig, ConfigError> {
+        let file = load_file(args)?;
+        resolve_cluster(args, &file)
+    }
+}
+
 /// A validated configuration for `rebound run`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -685,6 +693,7 @@ pub fn resolve_filter(a: &DlqFilterArgs) -> Result<Filter, ConfigError> {
             .transpose()?,
         from_offset,
         to_offset,
+        ..Filter::default()
     })
 }
 

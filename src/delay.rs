@@ -111,6 +111,12 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         queue.into_iter().map(|(_, item)| item).collect()
     }
 
+    /// When `partition`'s held head is due, and how many messages it holds (head included).
+    pub fn head(&self, partition: &P) -> Option<(DateTime<Utc>, usize)> {
+        let queue = self.held.get(partition)?;
+        queue.front().map(|(due, _)| (*due, queue.len()))
+    }
+
     /// Every held partition.
     pub fn partitions(&self) -> Vec<P> {
         self.held.keys().copied().collect()

@@ -270,10 +270,29 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
     ));
     if !cfg.keep {
         delete_topics(&cluster, &topology).await;
+        report.push_str(&format!(
+            "\nthe console shows a topology and its dead letters on http://{}/ : run the demo \
+             with --keep, then the `rebound console` command it prints\n",
+            crate::console::DEFAULT_LISTEN
+        ));
     } else {
         report.push_str(&format!(
             "  topics kept: {}\n",
             topology.topics().join(", ")
+        ));
+        let tiers: Vec<String> = topology
+            .tiers
+            .iter()
+            .map(|t| crate::duration::format(t.delay))
+            .collect();
+        report.push_str(&format!(
+            "\nsee them in the console: rebound console --brokers {} --topic {} --tiers {} --group {}\n\
+             then open http://{}/ (add --allow-replay to redrive dead letters)\n",
+            cluster.brokers,
+            topology.main,
+            tiers.join(","),
+            cluster.group,
+            crate::console::DEFAULT_LISTEN
         ));
     }
     if !accounted || missing > 0 {

@@ -1,5 +1,5 @@
 //! `rebound dlq stats|list|show` and `rebound replay-dlq`: looking into the dead-letter topic and
-//! sending its messages back.
+//! sending its messages back (also the engine of the console's redrive, [`replay_with`]).
 //!
 //! The decisions are pure, in the submodules, and unit-tested without a broker: what a message
 //! says about itself and which messages a [`Filter`] selects (`select`), what [`Stats`] count
@@ -10,26 +10,32 @@
 //! Invariants:
 //! * `stats`, `list` and `show` never commit: their consumers are assigned partitions, never
 //!   subscribed, and never call commit.
-//! * `replay` commits an offset only after the copy of its message was acknowledged by the
-//!   broker, or after the message was deliberately skipped (by a filter or the replay limit).
-//!   It never commits past a message whose copy failed: that partition stops there for the run,
-//!   and the next run starts at the failed message.
+//! * `replay` commits an offset only over an unbroken run of messages that are dealt with: the
+//!   copy acknowledged and recorded in the replay ledger (`ledger`), found in the ledger
+//!   (replayed before), or skipped at the replay limit. A message the filter did not choose is
+//!   left for later replays, so nothing after it in its partition is committed by this run; the
+//!   ledger keeps what was sent after it from being sent again. It never commits past a
+//!   message whose copy failed: that partition stops there for the run, and the next run starts
+//!   at the failed message.
+//! * Every replay reads its group's ledger entries first and never sends a recorded message.
 //! * `--dry-run` sends nothing and commits nothing.
 //! * Nothing is ever replayed into the DLQ being read.
 
 mod decide;
+mod ledger;
 mod reading;
 mod render;
 mod select;
 mod stats;
 
 pub use decide::{came_back, decide, replay_headers, Decision, ReplayRules, ReplaySummary};
+pub use ledger::{ledger_key, ledger_topic, parse_ledger_key, Decided, Ledger};
 pub use reading::{EndOfLog, Pacer, GRACE, QUIET, STALL};
 pub use render::{as_text, hex_dump, list_json, list_line, one_line, quoted_lossy, render_show};
 pub use select::{Entry, Filter};
 pub use stats::{render_stats, ErrorCount, Located, Stats, StatsBuilder, NONE, TOP_ERRORS};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -46,43 +52,72 @@ use crate::headers;
 use crate::kafka::{self, LoggingContext};
 use crate::produce::{ProduceError, Producer, Record};
 
-/// Progress lines on stderr: one every `every` messages, or a self-overwriting line on a terminal.
+/// The progress bar: messages read of those between the start and the end, rate, time left.
+const BAR: &str = "replay {bar:30} {pos}/{len} read  {per_sec}  ETA {eta}  {msg}";
+
+/// Replay's progress on stderr: a bar with rate and ETA on a terminal, else a plain line every
+/// `every` messages.
 struct Progress {
     every: u64,
-    terminal: bool,
-    last_draw: Instant,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn new(every: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr_with_hz(5),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(BAR)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
         Progress {
             every: every.max(1),
-            terminal: std::io::stderr().is_terminal(),
-            last_draw: Instant::now(),
+            bar,
+        }
+    }
+}
+
+impl ReplayProgress for Progress {
+    fn start(&mut self, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
         }
     }
 
     fn update(&mut self, s: &ReplaySummary) {
-        let line = format!(
-            "replay: {} read, {} replayed, {} skipped, {} failed",
-            s.read,
-            s.replayed,
-            s.skipped(),
-            s.failed
-        );
-        if self.terminal {
-            if self.last_draw.elapsed() >= Duration::from_millis(200) {
-                eprint!("\r\x1b[2K{line}");
-                self.last_draw = Instant::now();
+        match &self.bar {
+            Some(bar) => {
+                // The end may lie past the watermarks read at the start (see EndOfLog).
+                if bar.length().is_some_and(|l| s.read > l) {
+                    bar.set_length(s.read);
+                }
+                bar.set_position(s.read);
+                bar.set_message(format!(
+                    "{} replayed, {} skipped, {} failed",
+                    s.replayed,
+                    s.skipped(),
+                    s.failed
+                ));
             }
-        } else if s.read % self.every == 0 {
-            eprintln!("{line}");
+            None if s.read % self.every == 0 => eprintln!(
+                "replay: {} read, {} replayed, {} skipped, {} failed",
+                s.read,
+                s.replayed,
+                s.skipped(),
+                s.failed
+            ),
+            None => {}
         }
     }
 
-    fn finish(&self) {
-        if self.terminal {
-            eprint!("\r\x1b[2K");
+    fn finish(&mut self, _s: &ReplaySummary) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
@@ -112,6 +147,8 @@ pub enum DlqError {
     Incomplete,
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Ledger(String),
 }
 
 impl DlqError {
@@ -331,6 +368,47 @@ pub async fn stats(cfg: &DlqReadConfig) -> Result<Stats, DlqError> {
     Ok(stats)
 }
 
+/// One page of the console's dead-letter list, and the counts of the whole DLQ beside it.
+#[derive(Debug, Clone)]
+pub struct Browse {
+    /// Counts over every message of the DLQ (not only the filtered ones).
+    pub stats: Stats,
+    /// How many messages the filter selects.
+    pub matched: u64,
+    /// The selected messages from number `skip` on, at most `take` of them.
+    pub page: Vec<Entry>,
+}
+
+/// Reads the whole DLQ once: counts everything, and keeps one page of what `filter` selects.
+pub async fn browse(
+    cluster: &ClusterConfig,
+    filter: &Filter,
+    skip: u64,
+    take: usize,
+) -> Result<Browse, DlqError> {
+    let mut builder = StatsBuilder::new(&cluster.topology.dlq);
+    let mut matched = 0u64;
+    let mut page = Vec::new();
+    let complete = scan(cluster, &Filter::default(), |e| {
+        builder.add(&e);
+        if filter.matches(&e) {
+            if matched >= skip && page.len() < take {
+                page.push(e);
+            }
+            matched += 1;
+        }
+        Ok(true)
+    })
+    .await?;
+    let mut stats = builder.finish(TOP_ERRORS);
+    stats.incomplete = !complete;
+    Ok(Browse {
+        stats,
+        matched,
+        page,
+    })
+}
+
 /// `rebound dlq list`: writes one line (or JSON object) per selected message; returns how many.
 pub async fn list(cfg: &DlqReadConfig, out: &mut (dyn Write + Send)) -> Result<u64, DlqError> {
     let mut n = 0u64;
@@ -411,40 +489,94 @@ pub async fn show(cfg: &DlqShowConfig) -> Result<Entry, DlqError> {
     found.ok_or_else(not_found)
 }
 
-/// Replay's own bookkeeping of what may be committed: per partition, the offset after the
-/// last message that was decided (copy acknowledged, or deliberately skipped).
-#[derive(Debug, Default)]
-struct Decided {
-    next: BTreeMap<i32, i64>,
-    committed: BTreeMap<i32, i64>,
+/// Commits whatever moved since the last commit (synchronously).
+fn commit_decided(
+    decided: &mut Decided,
+    consumer: &StreamConsumer<LoggingContext>,
+    dlq: &str,
+) -> Result<(), KafkaError> {
+    let changed = decided.to_commit();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &(p, next) in &changed {
+        tpl.add_partition_offset(dlq, p, Offset::Offset(next))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    decided.committed(&changed);
+    Ok(())
 }
 
-impl Decided {
-    fn mark(&mut self, partition: i32, offset: i64) {
-        self.next.insert(partition, offset + 1);
-    }
+/// Where replay reports how far it got: a progress bar, plain lines, or the console's page.
+pub trait ReplayProgress: Send {
+    /// Reading starts; at most `total` messages lie between the start offsets and the ends.
+    fn start(&mut self, _total: u64) {}
+    /// Called after each message read.
+    fn update(&mut self, summary: &ReplaySummary);
+    /// The replay is over (whatever the outcome).
+    fn finish(&mut self, _summary: &ReplaySummary) {}
+}
 
-    /// Commits whatever moved since the last commit (synchronously).
-    fn commit(
-        &mut self,
-        consumer: &StreamConsumer<LoggingContext>,
-        dlq: &str,
-    ) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        let mut changed = Vec::new();
-        for (&p, &next) in &self.next {
-            if self.committed.get(&p) != Some(&next) {
-                tpl.add_partition_offset(dlq, p, Offset::Offset(next))?;
-                changed.push((p, next));
+/// Reads every record of `topic` from its start to its end (as [`EndOfLog`] decides) and
+/// hands each to `each`. Used for the ledger; `Ok(false)` when the end was not reached.
+async fn read_whole(
+    consumer: &StreamConsumer<LoggingContext>,
+    topic: &str,
+    partitions: &[i32],
+    mut each: impl FnMut(&Entry),
+) -> Result<bool, DlqError> {
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &p in partitions {
+        let (low, high) = watermarks(consumer, topic, p)?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        ends.push((p, low, high));
+    }
+    consumer.assign(&tpl)?;
+    let mut end = EndOfLog::new(&ends, None, Instant::now());
+    while !end.done(Instant::now()) {
+        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Ok(Ok(m)) if m.topic() == topic => {
+                let e = entry_of(&m);
+                drop(m);
+                end.seen(e.partition, e.offset, Instant::now());
+                each(&e);
+            }
+            Ok(Err(e)) => tracing::warn!(topic, error = %e, "consumer error"),
+            _ => {}
+        }
+    }
+    consumer.unassign()?;
+    Ok(!end.incomplete())
+}
+
+/// Creates the ledger topic (compacted, one partition) unless it exists.
+async fn create_ledger(cluster: &ClusterConfig, ledger: &str) -> Result<(), DlqError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut c = kafka::base_config(cluster);
+    for (k, v) in &cluster.kafka.0 {
+        c.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let topic =
+        NewTopic::new(ledger, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics([&topic], &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(DlqError::Ledger(format!(
+                    "cannot create the replay ledger topic {ledger} ({code}); create it \
+                     (compacted, cleanup.policy=compact) or grant this client CREATE"
+                )))
             }
         }
-        if changed.is_empty() {
-            return Ok(());
-        }
-        consumer.commit(&tpl, CommitMode::Sync)?;
-        self.committed.extend(changed);
-        Ok(())
     }
+    tracing::info!(ledger, "replay ledger topic created");
+    Ok(())
 }
 
 /// `rebound replay-dlq`: republishes the selected DLQ messages (see the module invariants).
@@ -453,6 +585,17 @@ pub async fn replay(
     cfg: &ReplayConfig,
     stop: &CancellationToken,
     out: &mut (dyn Write + Send),
+) -> Result<ReplaySummary, DlqError> {
+    let mut progress = Progress::new(cfg.progress_every);
+    replay_with(cfg, stop, out, &mut progress).await
+}
+
+/// [`replay`], reporting progress to `progress`: the engine of `replay-dlq` and of the console.
+pub async fn replay_with(
+    cfg: &ReplayConfig,
+    stop: &CancellationToken,
+    out: &mut (dyn Write + Send),
+    progress: &mut dyn ReplayProgress,
 ) -> Result<ReplaySummary, DlqError> {
     let cluster = &cfg.cluster;
     let dlq = cluster.topology.dlq.as_str();
@@ -499,8 +642,33 @@ pub async fn replay(
         assignment.add_partition_offset(dlq, p, Offset::Offset(start))?;
         ends.push((p, start, high));
     }
-    tracing::info!(dlq, group = %cluster.group, partitions = ?ends, dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
+
+    // What was replayed already, out of order, by earlier replays (of other selections).
+    let ledger_name = ledger_topic(dlq);
+    let mut ledger = Ledger::new(&cluster.group, ends.iter().map(|&(p, start, _)| (p, start)));
+    match partitions_of(&md, &ledger_name) {
+        Some(ledger_parts) => {
+            let complete = read_whole(&consumer, &ledger_name, &ledger_parts, |e| {
+                ledger.read(e.key.as_deref(), e.payload.is_some())
+            })
+            .await?;
+            if !complete {
+                return Err(DlqError::Ledger(format!(
+                    "the replay ledger {ledger_name} could not be read to its end; try again"
+                )));
+            }
+        }
+        None if !cfg.dry_run => create_ledger(cluster, &ledger_name).await?,
+        None => {}
+    }
+    tracing::info!(dlq, group = %cluster.group, partitions = ?ends, replayed_ahead = ledger.len(),
+        dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
     consumer.assign(&assignment)?;
+    progress.start(
+        ends.iter()
+            .map(|&(_, start, high)| (high - start).max(0) as u64)
+            .sum(),
+    );
 
     let producer = if cfg.dry_run {
         None
@@ -522,7 +690,6 @@ pub async fn replay(
     let started = Utc::now();
     let mut decided = Decided::default();
     let mut pacer = Pacer::new(cfg.rate);
-    let mut progress = Progress::new(cfg.progress_every);
     let mut last_commit = Instant::now();
     let mut missing: HashSet<String> = HashSet::new();
     let mut output_error = None;
@@ -537,7 +704,7 @@ pub async fn replay(
 
     loop {
         if !cfg.dry_run && last_commit.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = decided.commit(&consumer, dlq) {
+            if let Err(e) = commit_decided(&mut decided, &consumer, dlq) {
                 tracing::warn!(error = %e, "commit failed; retrying in a second");
             }
             last_commit = Instant::now();
@@ -564,6 +731,8 @@ pub async fn replay(
                 tracing::warn!(error = %e, "consumer error");
                 continue;
             }
+            // A ledger record fetched before the ledger was unassigned is not a dead letter.
+            Ok(Ok(m)) if m.topic() != dlq => continue,
             Ok(Ok(m)) => {
                 let e = entry_of(&m);
                 drop(m);
@@ -592,6 +761,18 @@ pub async fn replay(
         }
         end.seen(entry.partition, entry.offset, Instant::now());
         summary.read += 1;
+        if ledger.contains(entry.partition, entry.offset) {
+            // Replayed by an earlier replay (of another selection): dealt with.
+            if cfg.filter.matches(&entry) {
+                summary.skipped_already_replayed += 1;
+            } else {
+                summary.skipped_by_filter += 1;
+            }
+            decided.mark(entry.partition, entry.offset);
+            progress.update(&summary);
+            end.touch(Instant::now());
+            continue;
+        }
         let decision = decide(&entry, &rules, Utc::now());
         let decision = match decision {
             Decision::Send { topic, .. } if !topics.contains(&topic) => {
@@ -614,8 +795,9 @@ pub async fn replay(
         };
         match decision {
             Decision::Filtered => {
+                // Not chosen: left for later replays, so nothing from here on is committed.
                 summary.skipped_by_filter += 1;
-                decided.mark(entry.partition, entry.offset);
+                decided.leave(entry.partition);
             }
             Decision::AtReplayLimit { count } => {
                 summary.skipped_at_replay_limit += 1;
@@ -683,7 +865,21 @@ pub async fn replay(
                     Ok((p, o)) => {
                         tracing::debug!(from = %entry.position(), to = %topic, partition = p, offset = o, "replayed");
                         summary.replayed += 1;
-                        decided.mark(entry.partition, entry.offset);
+                        match record_replayed(
+                            producer,
+                            &cluster.group,
+                            &ledger_name,
+                            &entry,
+                            &topic,
+                        )
+                        .await
+                        {
+                            Ok(()) => {
+                                ledger.insert(entry.partition, entry.offset);
+                                decided.mark(entry.partition, entry.offset);
+                            }
+                            Err(why) => fail(&mut summary, &mut end, &entry, why),
+                        }
                     }
                     Err(ProduceError::Cancelled) => {
                         summary.interrupted = true;
@@ -698,13 +894,13 @@ pub async fn replay(
         progress.update(&summary);
         end.touch(Instant::now());
     }
-    progress.finish();
     if !cfg.dry_run {
-        if let Err(e) = decided.commit(&consumer, dlq) {
+        if let Err(e) = commit_decided(&mut decided, &consumer, dlq) {
             tracing::error!(error = %e, "final commit failed");
             summary.commit_failed = true;
         }
     }
+    progress.finish(&summary);
     if let Some(p) = producer {
         p.flush(Duration::from_secs(5));
     }
@@ -712,5 +908,44 @@ pub async fn replay(
     match output_error {
         Some(e) => Err(e.into()),
         None => Ok(summary),
+    }
+}
+
+/// How long recording a replayed message in the ledger may take; it is not cut short by a stop
+/// signal, since the copy was already sent.
+const LEDGER_WRITE: Duration = Duration::from_secs(30);
+
+/// Records in the ledger that the message at `entry` was replayed to `to` (acknowledged).
+async fn record_replayed(
+    producer: &Producer,
+    group: &str,
+    ledger: &str,
+    entry: &Entry,
+    to: &str,
+) -> Result<(), String> {
+    let key = ledger_key(group, entry.partition, entry.offset);
+    let value = ledger::ledger_value(to, Utc::now());
+    let record = Record {
+        topic: ledger,
+        key: Some(key.as_bytes()),
+        payload: Some(value.as_bytes()),
+        headers: Vec::new(),
+    };
+    let never = CancellationToken::new();
+    let unrecorded = |why: String| {
+        format!("replayed to {to}, but not recorded in the ledger {ledger} ({why}); a later replay may send it again")
+    };
+    match tokio::time::timeout(LEDGER_WRITE, producer.send_acked(&record, &never)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unrecorded(e.to_string())),
+        Err(_) => Err(unrecorded("no acknowledgement in 30 s".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_progress_bar_template_is_valid() {
+        assert!(indicatif::ProgressStyle::with_template(super::BAR).is_ok());
     }
 }

@@ -10,6 +10,7 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delay;
 pub mod demo;
 pub mod dlq;
@@ -26,6 +27,7 @@ pub mod produce;
 pub mod router;
 pub mod service;
 pub mod shutdown;
+pub mod status;
 pub mod topics;
 pub mod topology;
 

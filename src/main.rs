@@ -131,6 +131,21 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Dlq(cmd) => dlq_command(cmd).await,
+        Command::Console(args) => {
+            let cfg = match rebound::console::ConsoleConfig::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => return usage_error(e),
+            };
+            let stop = shutdown::on_signals();
+            match rebound::console::start(cfg, stop).await {
+                Ok((local, task)) => {
+                    eprintln!("rebound console on http://{local}/");
+                    let _ = task.await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(e),
+            }
+        }
         Command::ReplayDlq(args) => {
             let cfg = match ReplayConfig::resolve(&args) {
                 Ok(c) => c,

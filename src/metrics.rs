@@ -35,6 +35,8 @@ pub struct Metrics {
     pub circuit_state: IntGauge,
     pub build_info: GaugeVec,
     pub health: Health,
+    /// What `GET /status` serves; the poll loop publishes it (see [`crate::status`]).
+    pub status: tokio::sync::watch::Sender<crate::status::Snapshot>,
 }
 
 /// The per-message series of one stage (`main` or a tier), resolved once: looking a labelled
@@ -206,6 +208,7 @@ impl Metrics {
             circuit_state,
             build_info,
             health: Health::default(),
+            status: tokio::sync::watch::channel(crate::status::Snapshot::default()).0,
         }
     }
 
@@ -285,6 +288,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_page))
+        .route("/status", get(status_page))
         .with_state(metrics);
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
@@ -302,6 +306,12 @@ async fn metrics_page(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         m.render(),
     )
+}
+
+/// `GET /status`: the poll loop's last snapshot as JSON.
+async fn status_page(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let body = serde_json::to_string(&*m.status.borrow()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn ready_page(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -43,6 +43,11 @@ impl PartitionOffsets {
         Some(c)
     }
 
+    /// What [`PartitionOffsets::advance`] last handed out (the offset stored for commit).
+    pub fn stored(&self) -> Option<i64> {
+        self.stored
+    }
+
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }

@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
 use crate::ordering::KeyGate;
 use crate::router::{Completion, Finish, Intake, Job, Router, Tp};
+use crate::status::{self, PartitionStatus, Snapshot};
 use crate::topology::Stage;
 
 /// Loop settings.
@@ -84,6 +85,8 @@ struct State {
     unstored: Vec<Tp>,
     /// A pause, resume or revoke happened since the paused gauges were last set.
     paused_changed: bool,
+    /// When the `/status` snapshot was last published.
+    status_published: Option<std::time::Instant>,
     draining: bool,
 }
 
@@ -135,6 +138,7 @@ impl Pipeline {
                 store_lists: HashMap::new(),
                 unstored: Vec::new(),
                 paused_changed: true,
+                status_published: None,
                 draining: false,
             },
         }
@@ -231,6 +235,7 @@ impl Pipeline {
                 },
             }
             state.update_gauges();
+            state.publish_status(false);
         }
         self.shutdown().await;
     }
@@ -278,6 +283,7 @@ impl Pipeline {
         state.update_gauges();
         state.store_finished(&self.consumer);
         commit_offsets(&self.consumer, CommitMode::Sync);
+        state.publish_status(true);
         tracing::info!("offsets committed; leaving the group");
         // A list that went through `store_offsets` holds a reference to librdkafka's partition
         // object, and the client does not finish closing while one is alive.
@@ -632,6 +638,53 @@ impl State {
                 .with_label_values(&[&topology.tiers[i].label])
                 .set(n);
         }
+    }
+}
+
+impl State {
+    /// Publishes the `/status` snapshot, at most every [`status::PUBLISH_EVERY`] unless `now`.
+    fn publish_status(&mut self, now: bool) {
+        if !now
+            && self
+                .status_published
+                .is_some_and(|t| t.elapsed() < status::PUBLISH_EVERY)
+        {
+            return;
+        }
+        self.status_published = Some(std::time::Instant::now());
+        let topology = &self.router.topology;
+        let mut partitions: Vec<PartitionStatus> = self
+            .epochs
+            .keys()
+            .map(|tp| {
+                let head = self.delays.head(tp);
+                let offsets = self.offsets.get(tp);
+                let paused_for = match head {
+                    Some(_) => Some("due"),
+                    None if self.fetch_paused => Some("breaker"),
+                    None => None,
+                };
+                PartitionStatus {
+                    topic: topology.topic(tp.stage).to_string(),
+                    stage: topology.label(tp.stage).to_string(),
+                    partition: tp.partition,
+                    paused: paused_for.is_some(),
+                    paused_for,
+                    head_due: head.map(|(due, _)| crate::headers::format_time(due)),
+                    buffered: head.map_or(0, |(_, n)| n),
+                    in_flight: offsets.map_or(0, PartitionOffsets::outstanding),
+                    committed_offset: offsets.and_then(PartitionOffsets::stored),
+                }
+            })
+            .collect();
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.metrics.status.send_replace(Snapshot {
+            updated_at: Some(crate::headers::format_time(Utc::now())),
+            breaker: self.breaker.state().as_str(),
+            in_flight: partitions.iter().map(|p| p.in_flight).sum(),
+            partitions,
+            ..Snapshot::default()
+        });
     }
 }
 

@@ -33,4 +33,8 @@ fn the_demo_accounts_for_every_message_and_exits_0() {
         "some messages needed a retry: {stdout}"
     );
     assert!(!stdout.contains("missing"), "{stdout}");
+    assert!(
+        stdout.contains("http://127.0.0.1:9465/"),
+        "the newcomer is told the console's address: {stdout}"
+    );
 }

@@ -112,22 +112,6 @@ async fn listed(topo: &Topology, filter: Filter) -> BTreeSet<Position> {
         .collect()
 }
 
-/// The ids (payload before `:`) read back from `topic`.
-fn ids_in(topic: &str, want: usize, deadline: Duration) -> Vec<String> {
-    let mut ids: Vec<String> = read_topic(topic, want, deadline)
-        .iter()
-        .map(|g| {
-            g.payload_str()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    ids.sort();
-    ids
-}
-
 async fn new_topology(prefix: &str, partitions: i32) -> Topology {
     let topo = topology(&unique(prefix), &[300, 600]);
     create_topology(&topo, partitions).await;
@@ -332,10 +316,40 @@ async fn each_filter_selects_exactly_the_right_messages() {
         vec!["p0o3", "p1o1"]
     );
 
-    // Skipped messages were decided too: the same group without filters finds nothing new.
+    // The same selection again sends nothing twice (the replay ledger).
+    let (summary, _) = replay(&cfg).await;
+    assert_eq!(
+        (summary.replayed, summary.skipped_already_replayed),
+        (0, 2),
+        "{summary}"
+    );
+
+    // Messages not chosen stay available: the same group without filters sends exactly them.
     cfg.filter = Filter::default();
     let (summary, _) = replay(&cfg).await;
+    assert_eq!(
+        (summary.replayed, summary.skipped_already_replayed),
+        (5, 2),
+        "{summary}"
+    );
+    assert_eq!(
+        ids_in(main, 8, Duration::from_secs(5)),
+        vec!["p0o0", "p0o1", "p0o2", "p0o3", "p1o0", "p1o1", "p1o2"],
+        "each message once"
+    );
+    // Everything is dealt with now: the group's committed offsets reach the end.
+    let (summary, _) = replay(&cfg).await;
     assert_eq!((summary.read, summary.replayed), (0, 0), "{summary}");
+
+    // One by one: a fresh group sends exactly the chosen positions, then the rest.
+    let mut cfg = replay_cfg(&topo, &unique("g"));
+    let to = unique("dlq-filter-to");
+    create_topics(&[&to], 1).await;
+    cfg.to = Some(to.clone());
+    cfg.filter.positions = [(0, 2), (1, 0)].into();
+    let (summary, _) = replay(&cfg).await;
+    assert_eq!(summary.replayed, 2, "{summary}");
+    assert_eq!(ids_in(&to, 3, Duration::from_secs(5)), vec!["p0o2", "p1o0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,8 @@ pub struct ReplaySummary {
     pub skipped_by_filter: u64,
     /// Skipped because they were replayed `--max-replays` times already.
     pub skipped_at_replay_limit: u64,
+    /// Chosen, but replayed already by an earlier replay (recorded in the replay ledger).
+    pub skipped_already_replayed: u64,
     /// Could not be sent; each stopped its partition for this run.
     pub failed: u64,
     /// `partition/offset: why` of each failure.
@@ -138,7 +140,7 @@ impl ReplaySummary {
 
     /// Skipped for any reason.
     pub fn skipped(&self) -> u64 {
-        self.skipped_by_filter + self.skipped_at_replay_limit
+        self.skipped_by_filter + self.skipped_at_replay_limit + self.skipped_already_replayed
     }
 }
 
@@ -151,10 +153,14 @@ impl std::fmt::Display for ReplaySummary {
         };
         writeln!(
             f,
-            "{verb} {}, skipped by filter {}, skipped at replay limit {}, failed {} ({} read)",
+            "{verb} {}, skipped by filter {}, skipped at replay limit {}{}, failed {} ({} read)",
             self.replayed,
             self.skipped_by_filter,
             self.skipped_at_replay_limit,
+            match self.skipped_already_replayed {
+                0 => String::new(),
+                n => format!(", already replayed {n}"),
+            },
             self.failed,
             self.read
         )?;

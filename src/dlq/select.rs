@@ -105,6 +105,9 @@ pub struct Filter {
     pub from_offset: Option<i64>,
     /// Reading a partition stops after this offset (inclusive); later ones are not touched.
     pub to_offset: Option<i64>,
+    /// Only these `(partition, offset)` positions, when not empty: messages chosen one by one
+    /// (the console's redrive).
+    pub positions: std::collections::BTreeSet<(i32, i64)>,
 }
 
 impl Filter {
@@ -116,6 +119,7 @@ impl Filter {
         if self.partition.is_some_and(|p| p != e.partition)
             || self.from_offset.is_some_and(|o| e.offset < o)
             || self.to_offset.is_some_and(|o| e.offset > o)
+            || (!self.positions.is_empty() && !self.positions.contains(&(e.partition, e.offset)))
             || !in_list(&self.reasons, e.reason())
             || !in_list(&self.error_classes, e.error_class())
             || self.key.as_ref().is_some_and(|k| e.key.as_ref() != Some(k))
@@ -136,6 +140,7 @@ impl Filter {
     /// Whether partition `p` is read at all.
     pub fn reads_partition(&self, p: i32) -> bool {
         self.partition.is_none_or(|only| only == p)
+            && (self.positions.is_empty() || self.positions.iter().any(|(pp, _)| *pp == p))
     }
 }
 
@@ -256,6 +261,13 @@ mod tests {
         assert_eq!(picked(&f(|f| f.partition = Some(1))), vec![3]);
         assert_eq!(picked(&f(|f| f.from_offset = Some(2))), vec![2, 3]);
         assert_eq!(picked(&f(|f| f.to_offset = Some(2))), vec![1, 2]);
+        assert_eq!(
+            picked(&f(|f| f.positions = [(0, 2), (1, 3), (1, 1)].into())),
+            vec![2, 3],
+            "one by one"
+        );
+        assert!(f(|f| f.positions = [(1, 3)].into()).reads_partition(1));
+        assert!(!f(|f| f.positions = [(1, 3)].into()).reads_partition(0));
         let mut none = dead(9, "exhausted", "x", "2026-11-24T10:00:00.000Z");
         none.headers.clear();
         none.timestamp = None;

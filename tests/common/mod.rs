@@ -509,3 +509,19 @@ pub fn output(c: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The ids (payload before `:`) read back from `topic`, sorted.
+pub fn ids_in(topic: &str, want: usize, deadline: Duration) -> Vec<String> {
+    let mut ids: Vec<String> = read_topic(topic, want, deadline)
+        .iter()
+        .map(|g| {
+            g.payload_str()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
