@@ -18,8 +18,9 @@
 //!   message it delivered, which is the dropped one.
 //! * A paused partition resumes ([`DelayQueue::pop_due`] returns a [`Resume`]) when it is empty,
 //!   or when it has drained to the low-water mark (half of each bound, and half of the
-//!   process-wide bound) and both its head and the first message not kept are due within the
-//!   horizon.
+//!   process-wide bound) and both its head and the first message not kept are due within half
+//!   the horizon. The halves make each resume read a batch, not one message: a partition
+//!   resumed the moment a dropped message came within the horizon would read just that one.
 //!
 //! Memory: a partition keeps at most `partition_messages` messages, and more than
 //! `partition_bytes` bytes only when its head alone is larger; all partitions together keep at
@@ -148,6 +149,9 @@ impl<T> Default for Lane<T> {
 pub struct DelayQueue<P, T> {
     bounds: BufferBounds,
     horizon: TimeDelta,
+    /// Half the horizon: a paused partition resumes only when what it will read next is due
+    /// within this, so that each resume reads up to half a horizon of messages, not one.
+    resume_horizon: TimeDelta,
     lanes: HashMap<P, Lane<T>>,
     /// (due of the partition's head, partition), for every non-empty lane: the release order.
     order: BTreeSet<(DateTime<Utc>, P)>,
@@ -176,9 +180,11 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
             total_bytes: bounds.total_bytes.max(1),
             horizon: bounds.horizon,
         };
+        let horizon = TimeDelta::from_std(bounds.horizon).unwrap_or(TimeDelta::MAX);
         DelayQueue {
             bounds,
-            horizon: TimeDelta::from_std(bounds.horizon).unwrap_or(TimeDelta::MAX),
+            horizon,
+            resume_horizon: horizon / 2,
             lanes: HashMap::new(),
             order: BTreeSet::new(),
             wakes: BTreeSet::new(),
@@ -197,9 +203,9 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         self.paused.contains(partition)
     }
 
-    fn within_horizon(&self, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    fn within(horizon: TimeDelta, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         due <= now
-            .checked_add_signed(self.horizon)
+            .checked_add_signed(horizon)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
@@ -217,7 +223,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     ) -> Offer<T> {
         let due = due.unwrap_or(now);
         let b = self.bounds;
-        let far = !self.within_horizon(due, now);
+        let far = !Self::within(self.horizon, due, now);
         let total_bytes = self.total_bytes;
         let lane = self.lanes.entry(partition).or_default();
         if lane.refetch.is_some() {
@@ -263,7 +269,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     }
 
     /// Sets or clears the wake-up of a paused lane: when its head and the first message not
-    /// kept come within the horizon (only needed while that is still ahead).
+    /// kept come within half the horizon (only needed while that is still ahead).
     fn set_wake(&mut self, partition: P, now: DateTime<Utc>) {
         let Some(lane) = self.lanes.get_mut(&partition) else {
             return;
@@ -284,7 +290,9 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         let Some(latest) = latest else {
             return;
         };
-        let at = latest.checked_sub_signed(self.horizon).unwrap_or(latest);
+        let at = latest
+            .checked_sub_signed(self.resume_horizon)
+            .unwrap_or(latest);
         if at > now {
             lane.wake = Some(at);
             self.wakes.insert((at, partition));
@@ -396,8 +404,10 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         lane.items.len() <= b.partition_messages / 2
             && lane.bytes <= b.partition_bytes / 2
             && self.total_bytes <= b.total_bytes / 2
-            && self.within_horizon(head.due, now)
-            && lane.refetch.is_none_or(|r| self.within_horizon(r.due, now))
+            && Self::within(self.resume_horizon, head.due, now)
+            && lane
+                .refetch
+                .is_none_or(|r| Self::within(self.resume_horizon, r.due, now))
     }
 
     /// The caller could not seek `partition` back to `offset` when told to resume it: it stays
@@ -623,12 +633,12 @@ mod tests {
     }
 
     #[test]
-    fn a_paused_partition_wakes_when_what_it_dropped_comes_within_the_horizon() {
+    fn a_paused_partition_wakes_when_what_it_dropped_comes_within_half_the_horizon() {
         let mut q = DelayQueue::new(bounds(100, 1000, 1000, 100));
         q.offer(1, 0, Some(t(10)), 1, 0, t(0));
-        q.offer(1, 1, Some(t(100)), 1, 1, t(0));
+        q.offer(1, 1, Some(t(90)), 1, 1, t(0));
         assert_eq!(
-            q.offer(1, 2, Some(t(150)), 1, 2, t(0)),
+            q.offer(1, 2, Some(t(120)), 1, 2, t(0)),
             Offer::Dropped { pause: true }
         );
         let tick = q.pop_due(t(10));
@@ -637,9 +647,10 @@ mod tests {
             tick.resume.is_empty(),
             "the dropped message is still too far"
         );
-        // Offset 2 (due 150) comes within the horizon at 50, before the head (due 100).
-        assert_eq!(q.next_due(), Some(t(50)));
-        let tick = q.pop_due(t(50));
+        // Offset 2 (due 120) comes within half the horizon (50) at 70, before the head is due.
+        assert_eq!(q.next_due(), Some(t(70)));
+        assert!(q.pop_due(t(69)).resume.is_empty());
+        let tick = q.pop_due(t(70));
         assert!(tick.released.is_empty());
         assert_eq!(
             tick.resume,
@@ -648,7 +659,7 @@ mod tests {
                 seek_to: Some(2)
             }]
         );
-        assert_eq!(q.next_due(), Some(t(100)));
+        assert_eq!(q.next_due(), Some(t(90)));
     }
 
     #[test]
