@@ -1069,6 +1069,15 @@ impl fmt::Display for Config {
             "shutdown-timeout = {}",
             duration::Short(self.shutdown_timeout)
         )?;
+        let b = &self.tier_buffer;
+        writeln!(
+            f,
+            "tier-buffer      = {} bytes in all; per partition {} messages, {} bytes; horizon {}",
+            b.total_bytes,
+            b.partition_messages,
+            b.partition_bytes,
+            duration::Short(b.horizon)
+        )?;
         for (k, v) in c.kafka.redacted() {
             writeln!(f, "kafka.{k} = {v}")?;
         }
@@ -1110,6 +1119,108 @@ mod tests {
         assert_eq!(c.cluster.group, "rebound.orders");
         assert_eq!(c.handler_timeout, Duration::from_secs(10));
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn tier_buffer_defaults_sizes_and_bad_values() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.tier_buffer.total_bytes, 32 << 20);
+        assert_eq!(c.tier_buffer.partition_messages, 1000);
+        assert_eq!(c.tier_buffer.partition_bytes, 1 << 20);
+        assert_eq!(c.tier_buffer.horizon, Duration::from_secs(120));
+
+        let mut a = run_args("orders");
+        a.tier_buffer = Some("64MiB".into());
+        a.tier_buffer_messages = Some("1".into());
+        a.tier_buffer_partition_bytes = Some("512KiB".into());
+        a.tier_horizon = Some("30s".into());
+        let b = Config::for_run(&a).unwrap().tier_buffer;
+        assert_eq!(
+            (
+                b.total_bytes,
+                b.partition_messages,
+                b.partition_bytes,
+                b.horizon
+            ),
+            (64 << 20, 1, 512 << 10, Duration::from_secs(30))
+        );
+
+        for (size, bytes) in [
+            ("1048576", 1 << 20),
+            ("2MB", 2_000_000),
+            (" 3 GiB ", 3 << 30),
+        ] {
+            assert_eq!(parse_size("--tier-buffer", size), Ok(bytes), "{size}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "12 parsecs",
+            "99999999999999999999TiB",
+        ] {
+            assert_eq!(
+                parse_size("--tier-buffer", bad).unwrap_err().field,
+                "--tier-buffer"
+            );
+        }
+
+        let bad = |f: fn(&mut RunArgs), field: &str| {
+            let mut a = run_args("orders");
+            f(&mut a);
+            let e = err(&a);
+            assert_eq!(e.field, field, "{e}");
+        };
+        bad(|a| a.tier_buffer = Some("lots".into()), "--tier-buffer");
+        bad(|a| a.tier_buffer = Some("100".into()), "--tier-buffer");
+        bad(|a| a.tier_buffer = Some("2TiB".into()), "--tier-buffer");
+        bad(
+            |a| a.tier_buffer_messages = Some("0".into()),
+            "--tier-buffer-messages",
+        );
+        bad(
+            |a| a.tier_buffer_messages = Some("x".into()),
+            "--tier-buffer-messages",
+        );
+        bad(
+            |a| a.tier_buffer_partition_bytes = Some("1".into()),
+            "--tier-buffer-partition-bytes",
+        );
+        bad(|a| a.tier_horizon = Some("soon".into()), "--tier-horizon");
+    }
+
+    #[test]
+    fn tier_buffer_settings_come_from_the_file_too() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "tier-buffer = \"8MiB\"\ntier-buffer-messages = 5\ntier-buffer-partition-bytes = 65536\ntier-horizon = \"10s\""
+        )
+        .unwrap();
+        let mut a = run_args("orders");
+        a.topology.config = Some(file.path().to_path_buf());
+        let b = Config::for_run(&a).unwrap().tier_buffer;
+        assert_eq!(
+            (
+                b.total_bytes,
+                b.partition_messages,
+                b.partition_bytes,
+                b.horizon
+            ),
+            (8 << 20, 5, 65536, Duration::from_secs(10))
+        );
+        // A flag beats the file.
+        a.tier_buffer_messages = Some("7".into());
+        assert_eq!(
+            Config::for_run(&a).unwrap().tier_buffer.partition_messages,
+            7
+        );
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "tier-buffer-messages = 0").unwrap();
+        let mut a = run_args("orders");
+        a.topology.config = Some(bad.path().to_path_buf());
+        assert_eq!(err(&a).field, "--tier-buffer-messages");
     }
 
     #[test]
