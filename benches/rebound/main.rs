@@ -14,6 +14,7 @@
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
 //! `KEY=VALUE` librdkafka properties for rebound, not the baselines).
 
+mod plot;
 mod scenarios;
 mod support;
 
@@ -85,7 +86,7 @@ fn print_table(rows: &[Row]) {
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     let only: Vec<u32> = std::env::var("REBOUND_BENCH_ONLY")
-        .unwrap_or_else(|_| "1,2,3,4,5".into())
+        .unwrap_or_else(|_| "1,2,3,4,5,7".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
@@ -117,7 +118,10 @@ async fn main() {
             4 => scenarios::memory(&ctx).await,
             5 => scenarios::slow_downstream(&ctx).await,
             6 => Vec::new(),
-            other => panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5; 6 comes with 1 and 2)"),
+            7 => scenarios::precision_rates(&ctx).await,
+            other => {
+                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7; 6 comes with 1 and 2)")
+            }
         };
         eprintln!("[scenario {s}] took {:.0} s", t.elapsed().as_secs_f64());
         rows.append(&mut got);
