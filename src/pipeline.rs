@@ -447,40 +447,32 @@ impl State {
             router.topology.label(tp.stage),
             router.topology.topic(tp.stage),
         );
-        match self.delays.offer(tp, offset, due, bytes, job, now) {
+        let (pause, why) = match self.delays.offer(tp, offset, due, bytes, job, now) {
             Offer::Ready(job) => {
                 self.begin(tp, offset);
                 self.dispatch(job);
+                return;
             }
             Offer::Kept { pause } => {
-                if pause {
-                    self::pause(consumer, topic, tp.partition, true);
-                    self.paused_changed = true;
-                    tracing::debug!(
-                        tier,
-                        partition = tp.partition,
-                        offset,
-                        due_in_ms = due.map(|d| (d - now).num_milliseconds()),
-                        buffered = self.delays.len(),
-                        "tier buffer full or head beyond the horizon; partition paused"
-                    );
-                }
                 self.begin(tp, offset);
                 self.count_buffered(tp, 1, bytes as i64);
+                (pause, "tier buffer full or head beyond the horizon")
             }
-            Offer::Dropped { pause } => {
-                if pause {
-                    self::pause(consumer, topic, tp.partition, true);
-                    self.paused_changed = true;
-                    tracing::debug!(
-                        tier,
-                        partition = tp.partition,
-                        offset,
-                        due_in_ms = due.map(|d| (d - now).num_milliseconds()),
-                        "not kept (beyond the horizon or no room); partition paused, to be read again from here"
-                    );
-                }
-            }
+            // Not begun: nothing is committed past it, and it is read again after a seek back.
+            Offer::Dropped { pause } => (pause, "not kept (beyond the horizon or no room)"),
+        };
+        if pause {
+            self::pause(consumer, topic, tp.partition, true);
+            self.paused_changed = true;
+            tracing::debug!(
+                tier,
+                partition = tp.partition,
+                offset,
+                due_in_ms = due.map(|d| (d - now).num_milliseconds()),
+                buffered = self.delays.len(),
+                why,
+                "tier partition paused"
+            );
         }
     }
 
