@@ -81,19 +81,18 @@ pub fn lateness_histogram(
         builder.caption(title, ("sans-serif", 20));
     }
     let mut chart = builder
-        .build_cartesian_2d(0f64..EDGES.len() as f64, 0f64..top)
+        .build_cartesian_2d(-0.5f64..EDGES.len() as f64 - 0.5, 0f64..top)
         .map_err(|e| e.to_string())?;
     if text {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(EDGES.len() * 2)
+            .x_labels(EDGES.len())
             .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.01 && i < LABELS.len() {
-                    LABELS[i].to_string()
-                } else {
-                    String::new()
+                let i = x.round();
+                match LABELS.get(i.max(0.0) as usize) {
+                    Some(label) if (x - i).abs() < 0.01 && i >= 0.0 => label.to_string(),
+                    _ => String::new(),
                 }
             })
             .x_desc("lateness, ms (handler start − process_after)")
@@ -105,7 +104,7 @@ pub fn lateness_histogram(
     for (s, ((name, _), shares)) in series.iter().zip(&data).enumerate() {
         let colour = COLOURS[s % COLOURS.len()];
         let bars = shares.iter().enumerate().map(move |(i, v)| {
-            let x0 = i as f64 + 0.1 + s as f64 * width;
+            let x0 = i as f64 - 0.4 + s as f64 * width;
             Rectangle::new([(x0, 0.0), (x0 + width, *v)], colour.filled())
         });
         let drawn = chart.draw_series(bars).map_err(|e| e.to_string())?;

@@ -884,9 +884,13 @@ pub async fn precision(ctx: &Ctx) -> Vec<Row> {
     }
     let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/precision-lateness.png");
     let title = format!(
-        "Retry lateness: {n} retries due over {} s on {partitions} tier partitions ({} runs)",
+        "Retry lateness: {n} retries due over {} s on {partitions} tier partitions ({} run(s), {})",
         window.as_secs(),
-        ctx.runs
+        ctx.runs,
+        match std::env::var("REBOUND_BENCH_BROKER_KIND").as_deref() {
+            Ok("kafka") => "Apache Kafka",
+            _ => "Tansu",
+        }
     );
     let series: Vec<(String, Vec<f64>)> = Waiter::ALL
         .iter()
