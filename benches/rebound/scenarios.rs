@@ -682,6 +682,25 @@ fn plain_message(m: &rdkafka::message::BorrowedMessage<'_>) -> (Message, chrono:
     (message, due)
 }
 
+/// How long the plain loops sleep until their earliest timer (a millisecond past it).
+fn wait_for(timers: &std::collections::BTreeSet<(chrono::DateTime<Utc>, i32)>) -> Option<Duration> {
+    timers
+        .first()
+        .map(|(due, _)| (*due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1))
+}
+
+/// Removes and returns the partitions whose timers have come due.
+fn pop_due(timers: &mut std::collections::BTreeSet<(chrono::DateTime<Utc>, i32)>) -> Vec<i32> {
+    let now = Utc::now();
+    let mut due = Vec::new();
+    while timers.first().is_some_and(|(d, _)| *d <= now) {
+        if let Some((_, partition)) = timers.pop_first() {
+            due.push(partition);
+        }
+    }
+    due
+}
+
 /// Sets `assigned` once the group has given the plain loop its partitions (the run waits for
 /// that, as it does for rebound, so that joining the group is not counted as lateness).
 fn note_assigned(consumer: &StreamConsumer, assigned: &std::sync::atomic::AtomicBool) {
@@ -712,20 +731,14 @@ async fn hold_head_loop(
         let _ = consumer.store_offsets(&tpl);
     };
     loop {
-        let wait = timers.first().map(|(due, _)| {
-            (*due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)
-        });
+        let wait = wait_for(&timers);
         let joining = !assigned.load(Ordering::Relaxed);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(20)), if joining => note_assigned(&consumer, &assigned),
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
                 let now = Utc::now();
-                while let Some((due, partition)) = timers.first().copied() {
-                    if due > now {
-                        break;
-                    }
-                    timers.remove(&(due, partition));
+                for partition in pop_due(&mut timers) {
                     let Some(queue) = held.get_mut(&partition) else { continue };
                     let mut topic = String::new();
                     while queue.front().is_some_and(|(d, _, _)| *d <= now) {
@@ -790,20 +803,13 @@ async fn seek_back_loop(
     let mut paused: HashMap<i32, String> = HashMap::new();
     let mut last_commit = Instant::now();
     loop {
-        let wait = timers.first().map(|(due, _)| {
-            (*due - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1)
-        });
+        let wait = wait_for(&timers);
         let joining = !assigned.load(Ordering::Relaxed);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(20)), if joining => note_assigned(&consumer, &assigned),
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
-                let now = Utc::now();
-                while let Some((due, partition)) = timers.first().copied() {
-                    if due > now {
-                        break;
-                    }
-                    timers.remove(&(due, partition));
+                for partition in pop_due(&mut timers) {
                     if let Some(topic) = paused.remove(&partition) {
                         let mut one = rdkafka::TopicPartitionList::new();
                         one.add_partition(&topic, partition);
