@@ -222,9 +222,10 @@ fn spread(seq: usize) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_handles_every_retry_once_never_early_in_order() {
     let max = run_with("ra-default", |b| b, 300, spread).await;
+    // More than one message per partition (2 partitions) at some moment: read ahead.
     assert!(
-        max > 1,
-        "the buffer held at most {max} message(s): read-ahead did not happen"
+        max > 2,
+        "the buffer held at most {max} messages in 2 partitions: read-ahead did not happen"
     );
     assert!(max <= 1000 * 2);
 }
