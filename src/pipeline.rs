@@ -43,7 +43,6 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
-use crate::headers;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
@@ -402,7 +401,8 @@ impl State {
         };
         let intake = match stage {
             Stage::Main => Intake::Fresh,
-            Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
+            // A due time beyond --max-delay is refused here, before it could pause the partition.
+            Stage::Tier(_) => match topology.read_tier_message(&message.headers, Utc::now()) {
                 Ok(state) => {
                     message.attempt = state.attempt;
                     Intake::Retry(state)

@@ -31,7 +31,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn n(&self, full: usize, min: usize) -> usize {
+    pub(crate) fn n(&self, full: usize, min: usize) -> usize {
         ((full as f64 * self.scale) as usize).max(min)
     }
 }
@@ -49,21 +49,23 @@ pub struct Row {
     pub detail: String,
 }
 
-/// librdkafka settings of every client under test, rebound and baselines alike: one record per
-/// produced batch (Tansu memory engine, see docs/broker-compat.md) and a short fetch wait.
+/// librdkafka settings of every client under test, rebound and baselines alike: a short fetch
+/// wait (rebound's default), and one record per produced batch where the broker is Tansu (its
+/// memory engine, see docs/broker-compat.md). On Apache Kafka every client batches normally.
 fn client_props() -> Vec<(String, String)> {
-    vec![
-        ("fetch.wait.max.ms".into(), "20".into()),
-        ("linger.ms".into(), "0".into()),
-        ("batch.num.messages".into(), "1".into()),
-    ]
+    let mut props = vec![("fetch.wait.max.ms".into(), "20".into())];
+    if support::broker_is_tansu() {
+        props.push(("linger.ms".into(), "0".into()));
+        props.push(("batch.num.messages".into(), "1".into()));
+    }
+    props
 }
 
 fn fmt_rate(r: f64) -> String {
     format!("{r:.0} msg/s")
 }
 
-fn list(v: &[f64], digits: usize) -> String {
+pub(crate) fn list(v: &[f64], digits: usize) -> String {
     v.iter()
         .map(|x| format!("{x:.digits$}"))
         .collect::<Vec<_>>()
@@ -112,7 +114,7 @@ fn rebound_config(ctx: &Ctx, topology: Topology, group: &str) -> Config {
 
 /// Extra librdkafka properties for rebound (not the baselines), from `REBOUND_BENCH_X`
 /// (comma-separated `KEY=VALUE`), e.g. to compare fetch sizes.
-fn extra_props() -> Vec<(String, String)> {
+pub(crate) fn extra_props() -> Vec<(String, String)> {
     std::env::var("REBOUND_BENCH_X")
         .unwrap_or_default()
         .split(',')

@@ -44,10 +44,20 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Which broker `scripts/test` started: `kafka` (Apache Kafka) or `tansu`. scripts/test knows,
-/// because it started it; a run without the variable is taken to be Apache Kafka.
-pub fn broker_kind() -> String {
-    std::env::var("REBOUND_TEST_BROKER_KIND").unwrap_or_else(|_| "kafka".into())
+/// Which broker the tests run on, `kafka` (Apache Kafka) or `tansu`, detected by asking it
+/// (`rebound::probe`: an `ApiVersions` answer without finalized features is Tansu), once per
+/// test binary. `tests/broker_probe.rs` checks it against what `scripts/test` started.
+pub fn broker_kind() -> &'static str {
+    static KIND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    KIND.get_or_init(|| {
+        let features = rebound::probe::api_versions(&brokers(), Duration::from_secs(10))
+            .expect("the test broker answers ApiVersions");
+        if features.lacks_kraft_features() {
+            "tansu"
+        } else {
+            "kafka"
+        }
+    })
 }
 
 /// Tansu 0.6 skips the rest of a record batch when a fetch starts inside it
@@ -75,13 +85,31 @@ pub async fn create_topics(topics: &[&str], partitions: i32) {
 }
 
 pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
+    create_topics_with(brokers, topics, partitions, &[]).await
+}
+
+/// Creates `topics` with `partitions` partitions and the topic configs `configs`, and waits until
+/// the broker's metadata lists each with a leader for every partition (Apache Kafka answers
+/// CreateTopics before its metadata cache has the topic; a service started at once could find
+/// it missing).
+pub async fn create_topics_with(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            configs.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                |n, (k, v)| n.set(k, v),
+            )
+        })
         .collect();
     let results = admin
         .create_topics(
@@ -92,6 +120,34 @@ pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
         .expect("create topics");
     for r in results {
         r.expect("topic created");
+    }
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let until = Instant::now() + Duration::from_secs(30);
+    for topic in topics {
+        loop {
+            let ready = client
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().first().map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{topic} not in the metadata 30 s after it was created"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -399,13 +455,22 @@ pub fn start(config: Config, handler: Arc<dyn Handler>) -> Running {
     }
 }
 
-/// Waits for the service to be assigned its partitions.
+/// Waits for the service to be assigned its partitions; fails at once, with the service's own
+/// error, when the service has stopped instead.
 pub async fn wait_ready(r: &Running) {
     let m = r.metrics.clone();
-    wait_until("partition assignment", Duration::from_secs(30), move || {
-        m.health.assigned.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !m.health.assigned.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            !r.task.is_finished(),
+            "the service stopped before it was assigned partitions (its error is in the log)"
+        );
+        assert!(
+            Instant::now() < until,
+            "timed out after 30s waiting for partition assignment"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `f` with a deadline, failing the test with `what` if it is exceeded.
