@@ -196,6 +196,25 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_FORWARD_HEADERS", value_name = "NAME,...")]
     pub forward_headers: Option<String>,
 
+    /// Bytes all tier partitions together keep in memory ahead of their heads, e.g. 32MiB
+    /// [default: 32MiB].
+    #[arg(long, env = "REBOUND_TIER_BUFFER", value_name = "SIZE")]
+    pub tier_buffer: Option<String>,
+
+    /// Messages one tier partition keeps in memory, its head included; 1 holds only the head
+    /// [default: 1000].
+    #[arg(long, env = "REBOUND_TIER_BUFFER_MESSAGES", value_name = "N")]
+    pub tier_buffer_messages: Option<String>,
+
+    /// Bytes one tier partition keeps in memory (a larger head is still kept alone) [default: 1MiB].
+    #[arg(long, env = "REBOUND_TIER_BUFFER_PARTITION_BYTES", value_name = "SIZE")]
+    pub tier_buffer_partition_bytes: Option<String>,
+
+    /// A tier message is kept behind its partition's head only if due within this long; later
+    /// ones are read again when they come closer [default: the shortest tier delay].
+    #[arg(long, env = "REBOUND_TIER_HORIZON", value_name = "DURATION")]
+    pub tier_horizon: Option<String>,
+
     /// Validate the configuration, print it (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,

@@ -16,6 +16,7 @@ use crate::cli::{
     DlqFilterArgs, DlqListArgs, DlqShowArgs, DlqStatsArgs, ReplayArgs, RunArgs, TopicsArgs,
     TopologyArgs,
 };
+use crate::delay::BufferBounds;
 use crate::dlq::Filter;
 use crate::duration;
 use crate::handler::command::CommandHandler;
@@ -81,10 +82,22 @@ pub struct FileConfig {
     pub breaker_cooldown: Option<String>,
     pub breaker_probes: Option<usize>,
     pub forward_headers: Option<StringOrList>,
+    pub tier_buffer: Option<SizeValue>,
+    pub tier_buffer_messages: Option<usize>,
+    pub tier_buffer_partition_bytes: Option<SizeValue>,
+    pub tier_horizon: Option<String>,
     pub partitions: Option<i32>,
     pub replication_factor: Option<i32>,
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+}
+
+/// `tier-buffer = "32MiB"` or `tier-buffer = 33554432` (bytes).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Text(String),
+    Bytes(u64),
 }
 
 /// `tiers = "2m,4m"` or `tiers = ["2m", "4m"]`.
@@ -184,6 +197,8 @@ pub struct Config {
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
     pub breaker: BreakerConfig,
+    /// Bounds of the tier partitions' read-ahead buffer.
+    pub tier_buffer: BufferBounds,
 }
 
 impl Config {
@@ -194,7 +209,7 @@ impl Config {
                 brokers: brokers.to_string(),
                 group: group.to_string(),
                 kafka: KafkaProps::default(),
-                topology,
+                topology: topology.clone(),
             },
             handler: None,
             handler_timeout: Duration::from_secs(10),
@@ -203,6 +218,7 @@ impl Config {
             commit_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             breaker: BreakerConfig::default(),
+            tier_buffer: BufferBounds::with_horizon(shortest_tier(&topology)),
         }
     }
 
@@ -274,8 +290,10 @@ impl Config {
             return Err(bad("--max-in-flight", "must be from 1 to 10000"));
         }
         let breaker = resolve_breaker(args, &file)?;
+        let tier_buffer = resolve_tier_buffer(args, &file, &cluster.topology)?;
         Ok(Config {
             breaker,
+            tier_buffer,
             cluster,
             handler: Some(handler),
             handler_timeout,
@@ -297,6 +315,111 @@ impl Config {
             )?,
         })
     }
+}
+
+/// The default read-ahead horizon: the shortest tier delay.
+fn shortest_tier(topology: &Topology) -> Duration {
+    topology
+        .tiers
+        .iter()
+        .map(|t| t.delay)
+        .min()
+        .unwrap_or_default()
+}
+
+/// The tier buffer's bounds: `--tier-buffer`, `--tier-buffer-messages`,
+/// `--tier-buffer-partition-bytes`, `--tier-horizon`.
+fn resolve_tier_buffer(
+    args: &RunArgs,
+    file: &FileConfig,
+    topology: &Topology,
+) -> Result<BufferBounds, ConfigError> {
+    let size = |field: &str, flag: &Option<String>, file: &Option<SizeValue>, default: usize| {
+        let n = match (flag, file) {
+            (Some(s), _) | (None, Some(SizeValue::Text(s))) => parse_size(field, s)?,
+            (None, Some(SizeValue::Bytes(n))) => *n,
+            (None, None) => default as u64,
+        };
+        const MIN: u64 = 1024;
+        const MAX: u64 = 1 << 40;
+        if !(MIN..=MAX).contains(&n) {
+            return Err(bad(field, "must be from 1KiB to 1TiB"));
+        }
+        usize::try_from(n).map_err(|_| bad(field, "too large for this machine"))
+    };
+    let total_bytes = size(
+        "--tier-buffer",
+        &args.tier_buffer,
+        &file.tier_buffer,
+        crate::delay::DEFAULT_TOTAL_BYTES,
+    )?;
+    let partition_bytes = size(
+        "--tier-buffer-partition-bytes",
+        &args.tier_buffer_partition_bytes,
+        &file.tier_buffer_partition_bytes,
+        crate::delay::DEFAULT_PARTITION_BYTES,
+    )?;
+    let partition_messages = match args.tier_buffer_messages.as_deref() {
+        Some(s) => parse_num::<usize>("--tier-buffer-messages", s)?,
+        None => file
+            .tier_buffer_messages
+            .unwrap_or(crate::delay::DEFAULT_PARTITION_MESSAGES),
+    };
+    if !(1..=1_000_000).contains(&partition_messages) {
+        return Err(bad(
+            "--tier-buffer-messages",
+            "must be from 1 (hold only the head) to 1000000",
+        ));
+    }
+    let horizon = match args
+        .tier_horizon
+        .as_deref()
+        .or(file.tier_horizon.as_deref())
+    {
+        Some(s) => duration::parse(s).map_err(|e| bad("--tier-horizon", e.to_string()))?,
+        None => shortest_tier(topology),
+    };
+    Ok(BufferBounds {
+        partition_messages,
+        partition_bytes,
+        total_bytes,
+        horizon,
+    })
+}
+
+/// A size in bytes: `1048576`, `512KiB`, `32MiB`, `1GiB` (powers of 1024), `500KB`, `2MB`,
+/// `1GB` (powers of 1000), `B` for bytes.
+pub fn parse_size(field: &str, s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => {
+            return Err(bad(
+                field,
+                format!("{s:?} is not a size such as 32MiB, 512KiB or 1048576 (bytes)"),
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_scale))
+        .ok_or_else(|| {
+            bad(
+                field,
+                format!("{s:?} is not a size such as 32MiB, 512KiB or 1048576 (bytes)"),
+            )
+        })
 }
 
 fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, ConfigError> {
@@ -977,6 +1100,15 @@ impl fmt::Display for Config {
             "shutdown-timeout = {}",
             duration::Short(self.shutdown_timeout)
         )?;
+        let b = &self.tier_buffer;
+        writeln!(
+            f,
+            "tier-buffer      = {} bytes in all; per partition {} messages, {} bytes; horizon {}",
+            b.total_bytes,
+            b.partition_messages,
+            b.partition_bytes,
+            duration::Short(b.horizon)
+        )?;
         for (k, v) in c.kafka.redacted() {
             writeln!(f, "kafka.{k} = {v}")?;
         }
@@ -1018,6 +1150,108 @@ mod tests {
         assert_eq!(c.cluster.group, "rebound.orders");
         assert_eq!(c.handler_timeout, Duration::from_secs(10));
         assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn tier_buffer_defaults_sizes_and_bad_values() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.tier_buffer.total_bytes, 32 << 20);
+        assert_eq!(c.tier_buffer.partition_messages, 1000);
+        assert_eq!(c.tier_buffer.partition_bytes, 1 << 20);
+        assert_eq!(c.tier_buffer.horizon, Duration::from_secs(120));
+
+        let mut a = run_args("orders");
+        a.tier_buffer = Some("64MiB".into());
+        a.tier_buffer_messages = Some("1".into());
+        a.tier_buffer_partition_bytes = Some("512KiB".into());
+        a.tier_horizon = Some("30s".into());
+        let b = Config::for_run(&a).unwrap().tier_buffer;
+        assert_eq!(
+            (
+                b.total_bytes,
+                b.partition_messages,
+                b.partition_bytes,
+                b.horizon
+            ),
+            (64 << 20, 1, 512 << 10, Duration::from_secs(30))
+        );
+
+        for (size, bytes) in [
+            ("1048576", 1 << 20),
+            ("2MB", 2_000_000),
+            (" 3 GiB ", 3 << 30),
+        ] {
+            assert_eq!(parse_size("--tier-buffer", size), Ok(bytes), "{size}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "12 parsecs",
+            "99999999999999999999TiB",
+        ] {
+            assert_eq!(
+                parse_size("--tier-buffer", bad).unwrap_err().field,
+                "--tier-buffer"
+            );
+        }
+
+        let bad = |f: fn(&mut RunArgs), field: &str| {
+            let mut a = run_args("orders");
+            f(&mut a);
+            let e = err(&a);
+            assert_eq!(e.field, field, "{e}");
+        };
+        bad(|a| a.tier_buffer = Some("lots".into()), "--tier-buffer");
+        bad(|a| a.tier_buffer = Some("100".into()), "--tier-buffer");
+        bad(|a| a.tier_buffer = Some("2TiB".into()), "--tier-buffer");
+        bad(
+            |a| a.tier_buffer_messages = Some("0".into()),
+            "--tier-buffer-messages",
+        );
+        bad(
+            |a| a.tier_buffer_messages = Some("x".into()),
+            "--tier-buffer-messages",
+        );
+        bad(
+            |a| a.tier_buffer_partition_bytes = Some("1".into()),
+            "--tier-buffer-partition-bytes",
+        );
+        bad(|a| a.tier_horizon = Some("soon".into()), "--tier-horizon");
+    }
+
+    #[test]
+    fn tier_buffer_settings_come_from_the_file_too() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "tier-buffer = \"8MiB\"\ntier-buffer-messages = 5\ntier-buffer-partition-bytes = 65536\ntier-horizon = \"10s\""
+        )
+        .unwrap();
+        let mut a = run_args("orders");
+        a.topology.config = Some(file.path().to_path_buf());
+        let b = Config::for_run(&a).unwrap().tier_buffer;
+        assert_eq!(
+            (
+                b.total_bytes,
+                b.partition_messages,
+                b.partition_bytes,
+                b.horizon
+            ),
+            (8 << 20, 5, 65536, Duration::from_secs(10))
+        );
+        // A flag beats the file.
+        a.tier_buffer_messages = Some("7".into());
+        assert_eq!(
+            Config::for_run(&a).unwrap().tier_buffer.partition_messages,
+            7
+        );
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "tier-buffer-messages = 0").unwrap();
+        let mut a = run_args("orders");
+        a.topology.config = Some(bad.path().to_path_buf());
+        assert_eq!(err(&a).field, "--tier-buffer-messages");
     }
 
     #[test]

@@ -1,134 +1,499 @@
-//! The timer structure for delay tiers (pure): which partitions are paused, until when, and the
-//! message held for each.
+//! The delay tiers' read-ahead buffer (pure): what each tier partition keeps in memory, when it
+//! is paused and resumed, and when its messages are released.
 //!
-//! When the head of a tier partition is not yet due, the consumer pauses the partition and parks
-//! the head here ("hold the head": resuming continues after it, so nothing is re-fetched and
-//! nothing is buffered beyond it). One ordered map serves every paused partition, so the poll
-//! loop needs a single sleep until [`DelayQueue::next_due`], not a timer task per partition.
+//! A tier partition keeps reading behind its head while the head is not due, into a buffer
+//! bounded per partition (messages and bytes) and for the whole process (bytes). Messages are
+//! released strictly in partition order and never before their due time. The consumer side
+//! (pause, resume, seek) is the caller's: this module only says what to do.
+//!
+//! * A message that is due, with nothing ahead of it, is handed back at once ([`Offer::Ready`]).
+//! * The first message that is not due becomes the partition's **head** and is always kept (one
+//!   message per partition, as when only the head was held).
+//! * Behind the head, a message is kept while it fits the bounds and is due within the
+//!   **horizon** (from the time it is read). A partition that reaches its per-partition bound,
+//!   or fills the process-wide one, is paused ([`Offer::Kept`] with `pause`).
+//! * A message that does not fit or is due beyond the horizon is **not kept**
+//!   ([`Offer::Dropped`]): the partition is paused, and when it resumes it must first seek
+//!   back to that message's offset ([`Resume::seek_to`]). librdkafka resumes after the last
+//!   message it delivered, which is the dropped one.
+//! * A paused partition resumes ([`DelayQueue::pop_due`] returns a [`Resume`]) when it is empty,
+//!   or when it has drained to the low-water mark (half of each bound, and half of the
+//!   process-wide bound) and both its head and the first message not kept are due within half
+//!   the horizon. The halves make each resume read a batch, not one message: a partition
+//!   resumed the moment a dropped message came within the horizon would read just that one.
+//!
+//! Memory: a partition keeps at most `partition_messages` messages, and more than
+//! `partition_bytes` bytes only when its head alone is larger; all partitions together keep at
+//! most `total_bytes` plus their heads (see [`DelayQueue::check_bounds`]). Neither grows with
+//! the backlog in the topics. `partition_messages = 1` is "hold the head": keep only the head,
+//! paused, and resume when it is released.
+//!
+//! One ordered map of head due times (and of the times when a paused partition's messages come
+//! within the horizon) serves every partition, so the poll loop needs one sleep until
+//! [`DelayQueue::next_due`], not a timer per partition.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
-/// Paused partitions and their held messages, ordered by due time.
-#[derive(Debug)]
-pub struct DelayQueue<P, T> {
-    /// (due of the partition's head, partition): the wake-up order.
-    order: BTreeSet<(DateTime<Utc>, P)>,
-    held: HashMap<P, VecDeque<(DateTime<Utc>, T)>>,
+/// `--tier-buffer` unless set: bytes kept by all tier partitions together, besides their heads.
+pub const DEFAULT_TOTAL_BYTES: usize = 32 * 1024 * 1024;
+/// `--tier-buffer-messages` unless set: messages one tier partition keeps, its head included.
+pub const DEFAULT_PARTITION_MESSAGES: usize = 1000;
+/// `--tier-buffer-partition-bytes` unless set: bytes one tier partition keeps.
+pub const DEFAULT_PARTITION_BYTES: usize = 1024 * 1024;
+
+/// The bounds of the buffer. Every count is at least 1 ([`crate::config`] validates them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferBounds {
+    /// Messages one partition keeps, its head included. 1 = hold the head only.
+    pub partition_messages: usize,
+    /// Bytes one partition keeps (exceeded only by a head that is larger on its own).
+    pub partition_bytes: usize,
+    /// Bytes all partitions keep together, besides their heads.
+    pub total_bytes: usize,
+    /// A message behind the head is kept only if it is due within this much of being read.
+    pub horizon: Duration,
 }
 
-/// Messages that became due on one partition.
+impl BufferBounds {
+    /// The default bounds with the given horizon (the service uses the shortest tier delay).
+    pub fn with_horizon(horizon: Duration) -> BufferBounds {
+        BufferBounds {
+            partition_messages: DEFAULT_PARTITION_MESSAGES,
+            partition_bytes: DEFAULT_PARTITION_BYTES,
+            total_bytes: DEFAULT_TOTAL_BYTES,
+            horizon,
+        }
+    }
+}
+
+/// What became of a message offered to the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<T> {
+    /// Due, and nothing of its partition is ahead of it: handle it now.
+    Ready(T),
+    /// Kept. When `pause`, the caller pauses the partition now.
+    Kept { pause: bool },
+    /// Not kept (no room, or due beyond the horizon); the message is dropped. When `pause`, the
+    /// caller pauses the partition now; it will be read again from this message's offset.
+    Dropped { pause: bool },
+}
+
+/// Messages that became due on one partition, in partition order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Released<P, T> {
     pub partition: P,
     pub items: Vec<T>,
-    /// True when nothing is held any more: the partition should be resumed.
-    pub resume: bool,
+    /// The bytes they were counted for.
+    pub bytes: usize,
+}
+
+/// A paused partition that may read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume<P> {
+    pub partition: P,
+    /// Seek the partition to this offset before resuming it: messages from here on were read
+    /// and not kept.
+    pub seek_to: Option<i64>,
+}
+
+/// What [`DelayQueue::pop_due`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tick<P, T> {
+    pub released: Vec<Released<P, T>>,
+    pub resume: Vec<Resume<P>>,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    due: DateTime<Utc>,
+    bytes: usize,
+    item: T,
+}
+
+/// The first message of a partition that was read and not kept.
+#[derive(Debug, Clone, Copy)]
+struct Refetch {
+    offset: i64,
+    due: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Lane<T> {
+    items: VecDeque<Entry<T>>,
+    bytes: usize,
+    /// Paused by this buffer.
+    paused: bool,
+    refetch: Option<Refetch>,
+    /// When this paused lane's messages come within the horizon (its entry in `wakes`).
+    wake: Option<DateTime<Utc>>,
+}
+
+impl<T> Default for Lane<T> {
+    fn default() -> Self {
+        Lane {
+            items: VecDeque::new(),
+            bytes: 0,
+            paused: false,
+            refetch: None,
+            wake: None,
+        }
+    }
+}
+
+/// Every tier partition's buffer, ordered by due time.
+#[derive(Debug)]
+pub struct DelayQueue<P, T> {
+    bounds: BufferBounds,
+    horizon: TimeDelta,
+    /// Half the horizon: a paused partition resumes only when what it will read next is due
+    /// within this, so that each resume reads up to half a horizon of messages, not one.
+    resume_horizon: TimeDelta,
+    lanes: HashMap<P, Lane<T>>,
+    /// (due of the partition's head, partition), for every non-empty lane: the release order.
+    order: BTreeSet<(DateTime<Utc>, P)>,
+    /// (when its messages come within the horizon, partition), for paused lanes waiting on it.
+    wakes: BTreeSet<(DateTime<Utc>, P)>,
+    paused: BTreeSet<P>,
+    total_bytes: usize,
+    total_messages: usize,
 }
 
 impl<P: Ord + Hash + Copy, T> Default for DelayQueue<P, T> {
+    /// Hold the head only (a buffer of one message per partition).
     fn default() -> Self {
-        DelayQueue {
-            order: BTreeSet::new(),
-            held: HashMap::new(),
-        }
+        DelayQueue::new(BufferBounds {
+            partition_messages: 1,
+            ..BufferBounds::with_horizon(Duration::ZERO)
+        })
     }
 }
 
 impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
-    /// Whether `partition` is paused with something held.
-    pub fn is_held(&self, partition: &P) -> bool {
-        self.held.contains_key(partition)
-    }
-
-    /// Parks `item`, due at `due`, behind whatever `partition` already holds. Returns true when
-    /// the partition was not held before (the caller must pause it).
-    pub fn hold(&mut self, partition: P, due: DateTime<Utc>, item: T) -> bool {
-        match self.held.get_mut(&partition) {
-            Some(queue) => {
-                queue.push_back((due, item));
-                false
-            }
-            None => {
-                self.held.insert(partition, VecDeque::from([(due, item)]));
-                self.order.insert((due, partition));
-                true
-            }
+    pub fn new(bounds: BufferBounds) -> Self {
+        let bounds = BufferBounds {
+            partition_messages: bounds.partition_messages.max(1),
+            partition_bytes: bounds.partition_bytes.max(1),
+            total_bytes: bounds.total_bytes.max(1),
+            horizon: bounds.horizon,
+        };
+        let horizon = TimeDelta::from_std(bounds.horizon).unwrap_or(TimeDelta::MAX);
+        DelayQueue {
+            bounds,
+            horizon,
+            resume_horizon: horizon / 2,
+            lanes: HashMap::new(),
+            order: BTreeSet::new(),
+            wakes: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            total_bytes: 0,
+            total_messages: 0,
         }
     }
 
-    /// When the earliest held head is due.
-    pub fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.order.first().map(|(due, _)| *due)
+    pub fn bounds(&self) -> BufferBounds {
+        self.bounds
     }
 
-    /// Releases every held message that is due at `now`, partition by partition, in order.
-    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<Released<P, T>> {
-        let mut out = Vec::new();
+    /// Whether `partition` is paused by this buffer (the circuit breaker must not resume it).
+    pub fn is_held(&self, partition: &P) -> bool {
+        self.paused.contains(partition)
+    }
+
+    fn within(horizon: TimeDelta, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        due <= now
+            .checked_add_signed(horizon)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Offers a message read from `partition` at `offset`, due at `due` (`None`: due now, e.g. a
+    /// message without a readable due time, which still waits behind a head), counted as
+    /// `bytes`. See the module documentation for the rules.
+    pub fn offer(
+        &mut self,
+        partition: P,
+        offset: i64,
+        due: Option<DateTime<Utc>>,
+        bytes: usize,
+        item: T,
+        now: DateTime<Utc>,
+    ) -> Offer<T> {
+        let due = due.unwrap_or(now);
+        let b = self.bounds;
+        let far = !Self::within(self.horizon, due, now);
+        let total_bytes = self.total_bytes;
+        let lane = self.lanes.entry(partition).or_default();
+        if lane.refetch.is_some() {
+            // Waiting to read again from an earlier offset: whatever still arrives is re-read.
+            return Offer::Dropped { pause: false };
+        }
+        if lane.items.is_empty() {
+            if due <= now {
+                if !lane.paused {
+                    self.lanes.remove(&partition);
+                }
+                return Offer::Ready(item);
+            }
+            // The head: always kept.
+            self.order.insert((due, partition));
+        } else if far
+            || lane.items.len() >= b.partition_messages
+            || lane.bytes + bytes > b.partition_bytes
+            || total_bytes + bytes > b.total_bytes
+        {
+            lane.refetch = Some(Refetch { offset, due });
+            let pause = !lane.paused;
+            lane.paused = true;
+            self.paused.insert(partition);
+            self.set_wake(partition, now);
+            return Offer::Dropped { pause };
+        }
+        lane.items.push_back(Entry { due, bytes, item });
+        lane.bytes += bytes;
+        self.total_bytes += bytes;
+        self.total_messages += 1;
+        let full = lane.items.len() >= b.partition_messages
+            || lane.bytes >= b.partition_bytes
+            || self.total_bytes >= b.total_bytes
+            || (far && lane.items.len() == 1);
+        let pause = full && !lane.paused;
+        if pause {
+            lane.paused = true;
+            self.paused.insert(partition);
+            self.set_wake(partition, now);
+        }
+        Offer::Kept { pause }
+    }
+
+    /// Sets or clears the wake-up of a paused lane: when its head and the first message not
+    /// kept come within half the horizon (only needed while that is still ahead).
+    fn set_wake(&mut self, partition: P, now: DateTime<Utc>) {
+        let Some(lane) = self.lanes.get_mut(&partition) else {
+            return;
+        };
+        if let Some(old) = lane.wake.take() {
+            self.wakes.remove(&(old, partition));
+        }
+        if !lane.paused || lane.items.is_empty() {
+            return;
+        }
+        let latest = lane
+            .items
+            .front()
+            .map(|e| e.due)
+            .into_iter()
+            .chain(lane.refetch.map(|r| r.due))
+            .max();
+        let Some(latest) = latest else {
+            return;
+        };
+        let at = latest
+            .checked_sub_signed(self.resume_horizon)
+            .unwrap_or(latest);
+        if at > now {
+            lane.wake = Some(at);
+            self.wakes.insert((at, partition));
+        }
+    }
+
+    /// When the loop must next call [`DelayQueue::pop_due`]: the earliest head due time, or
+    /// the earliest time a paused partition's messages come within the horizon.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        let head = self.order.first().map(|(d, _)| *d);
+        let wake = self.wakes.first().map(|(d, _)| *d);
+        match (head, wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Releases every message that is due at `now`, partition by partition, in partition order
+    /// (a due message behind a head that is not due waits), and says which paused partitions
+    /// may read again.
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Tick<P, T> {
+        let mut released = Vec::new();
+        let mut still_paused = Vec::new();
         while let Some(&(due, partition)) = self.order.first() {
             if due > now {
                 break;
             }
             self.order.pop_first();
-            let Some(queue) = self.held.get_mut(&partition) else {
+            let Some(lane) = self.lanes.get_mut(&partition) else {
                 continue;
             };
             let mut items = Vec::new();
-            while queue.front().is_some_and(|(d, _)| *d <= now) {
-                if let Some((_, item)) = queue.pop_front() {
-                    items.push(item);
+            let mut bytes = 0;
+            while lane.items.front().is_some_and(|e| e.due <= now) {
+                if let Some(e) = lane.items.pop_front() {
+                    bytes += e.bytes;
+                    items.push(e.item);
                 }
             }
-            let resume = match queue.front() {
-                Some((next, _)) => {
-                    self.order.insert((*next, partition));
-                    false
-                }
-                None => {
-                    self.held.remove(&partition);
-                    true
-                }
-            };
-            out.push(Released {
+            lane.bytes -= bytes;
+            self.total_bytes -= bytes;
+            self.total_messages -= items.len();
+            if lane.paused {
+                still_paused.push(partition);
+            }
+            if let Some(next) = lane.items.front() {
+                self.order.insert((next.due, partition));
+            } else if !lane.paused {
+                self.lanes.remove(&partition);
+            }
+            released.push(Released {
                 partition,
                 items,
-                resume,
+                bytes,
             });
         }
-        out
-    }
-
-    /// Forgets a partition (revoked, or shutting down) and returns what it held.
-    pub fn remove(&mut self, partition: &P) -> Vec<T> {
-        let Some(queue) = self.held.remove(partition) else {
-            return Vec::new();
-        };
-        if let Some((due, _)) = queue.front() {
-            self.order.remove(&(*due, *partition));
+        // A paused lane's head changed: so may the time its messages come within the horizon.
+        for p in still_paused {
+            self.set_wake(p, now);
         }
-        queue.into_iter().map(|(_, item)| item).collect()
+        let mut woke = false;
+        while self.wakes.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, p)) = self.wakes.pop_first() {
+                if let Some(lane) = self.lanes.get_mut(&p) {
+                    lane.wake = None;
+                }
+                woke = true;
+            }
+        }
+        let mut resume = Vec::new();
+        if !released.is_empty() || woke {
+            let ready: Vec<P> = self
+                .paused
+                .iter()
+                .copied()
+                .filter(|p| self.may_resume(p, now))
+                .collect();
+            for p in ready {
+                self.paused.remove(&p);
+                let Some(lane) = self.lanes.get_mut(&p) else {
+                    continue;
+                };
+                lane.paused = false;
+                let seek_to = lane.refetch.take().map(|r| r.offset);
+                if let Some(old) = lane.wake.take() {
+                    self.wakes.remove(&(old, p));
+                }
+                if lane.items.is_empty() {
+                    self.lanes.remove(&p);
+                }
+                resume.push(Resume {
+                    partition: p,
+                    seek_to,
+                });
+            }
+        }
+        Tick { released, resume }
     }
 
-    /// When `partition`'s held head is due, and how many messages it holds (head included).
+    /// When `partition`'s head is due and how many messages its buffer holds (head included),
+    /// while it holds any (for `/status`).
     pub fn head(&self, partition: &P) -> Option<(DateTime<Utc>, usize)> {
-        let queue = self.held.get(partition)?;
-        queue.front().map(|(due, _)| (*due, queue.len()))
+        let lane = self.lanes.get(partition)?;
+        lane.items.front().map(|e| (e.due, lane.items.len()))
     }
 
-    /// Every held partition.
-    pub fn partitions(&self) -> Vec<P> {
-        self.held.keys().copied().collect()
+    /// Whether a paused partition may read again at `now`.
+    fn may_resume(&self, partition: &P, now: DateTime<Utc>) -> bool {
+        let Some(lane) = self.lanes.get(partition) else {
+            return true;
+        };
+        let Some(head) = lane.items.front() else {
+            return true;
+        };
+        let b = &self.bounds;
+        lane.items.len() <= b.partition_messages / 2
+            && lane.bytes <= b.partition_bytes / 2
+            && self.total_bytes <= b.total_bytes / 2
+            && Self::within(self.resume_horizon, head.due, now)
+            && lane
+                .refetch
+                .is_none_or(|r| Self::within(self.resume_horizon, r.due, now))
     }
 
-    /// How many partitions are paused.
+    /// The caller could not seek `partition` back to `offset` when told to resume it: it stays
+    /// paused, and the next wake-up tells it to resume (and seek) again.
+    pub fn seek_failed(&mut self, partition: P, offset: i64, now: DateTime<Utc>) {
+        let lane = self.lanes.entry(partition).or_default();
+        lane.paused = true;
+        lane.refetch = Some(Refetch { offset, due: now });
+        self.paused.insert(partition);
+        self.wakes.insert((now, partition));
+        lane.wake = Some(now);
+    }
+
+    /// Forgets a partition (revoked, or shutting down) and returns what it kept, in order, and
+    /// their bytes.
+    pub fn remove(&mut self, partition: &P) -> (Vec<T>, usize) {
+        self.paused.remove(partition);
+        let Some(lane) = self.lanes.remove(partition) else {
+            return (Vec::new(), 0);
+        };
+        if let Some(head) = lane.items.front() {
+            self.order.remove(&(head.due, *partition));
+        }
+        if let Some(at) = lane.wake {
+            self.wakes.remove(&(at, *partition));
+        }
+        self.total_bytes -= lane.bytes;
+        self.total_messages -= lane.items.len();
+        (lane.items.into_iter().map(|e| e.item).collect(), lane.bytes)
+    }
+
+    /// Every partition paused by this buffer.
+    pub fn paused_partitions(&self) -> impl Iterator<Item = &P> {
+        self.paused.iter()
+    }
+
+    /// Messages kept, in all partitions.
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.total_messages
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.total_messages == 0
+    }
+
+    /// Bytes kept, in all partitions.
+    pub fn bytes(&self) -> usize {
+        self.total_bytes
+    }
+
+    /// Checks the memory bounds: every partition keeps at most `partition_messages` messages
+    /// and at most `partition_bytes` bytes unless it keeps only its head, and all partitions
+    /// keep at most `total_bytes` plus their heads' bytes. Returns what is violated.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let b = &self.bounds;
+        let mut heads = 0;
+        let mut total = 0;
+        let mut count = 0;
+        for lane in self.lanes.values() {
+            if lane.items.len() > b.partition_messages {
+                return Err(format!("{} messages in one partition", lane.items.len()));
+            }
+            if lane.items.len() > 1 && lane.bytes > b.partition_bytes {
+                return Err(format!("{} bytes in one partition", lane.bytes));
+            }
+            if lane.bytes != lane.items.iter().map(|e| e.bytes).sum::<usize>() {
+                return Err("partition byte count is off".into());
+            }
+            heads += lane.items.front().map_or(0, |e| e.bytes);
+            total += lane.bytes;
+            count += lane.items.len();
+        }
+        if total != self.total_bytes || count != self.total_messages {
+            return Err("total counts are off".into());
+        }
+        if total > b.total_bytes + heads {
+            return Err(format!("{total} bytes in all (heads {heads})"));
+        }
+        Ok(())
     }
 }
 
@@ -141,112 +506,308 @@ mod tests {
         Utc.timestamp_millis_opt(1_800_000_000_000 + ms).unwrap()
     }
 
-    #[test]
-    fn nothing_is_released_before_it_is_due() {
-        let mut q = DelayQueue::default();
-        assert!(q.hold(1, t(100), "a"));
-        assert!(q.hold(2, t(50), "b"));
-        assert_eq!(q.next_due(), Some(t(50)));
-        assert!(q.pop_due(t(49)).is_empty());
-        let r = q.pop_due(t(50));
-        assert_eq!(
-            r,
-            vec![Released {
-                partition: 2,
-                items: vec!["b"],
-                resume: true
-            }]
-        );
-        assert_eq!(q.next_due(), Some(t(100)));
-        assert!(q.is_held(&1) && !q.is_held(&2));
-    }
-
-    #[test]
-    fn messages_behind_the_head_keep_their_own_due_time() {
-        let mut q = DelayQueue::default();
-        assert!(q.hold(7, t(10), 1));
-        assert!(!q.hold(7, t(5), 2));
-        assert!(!q.hold(7, t(30), 3));
-        let r = q.pop_due(t(20));
-        assert_eq!(
-            r,
-            vec![Released {
-                partition: 7,
-                items: vec![1, 2],
-                resume: false
-            }]
-        );
-        assert_eq!(q.next_due(), Some(t(30)));
-        assert_eq!(q.pop_due(t(30))[0].items, vec![3]);
-        assert!(q.is_empty());
-    }
-
-    proptest::proptest! {
-        /// Invariant 2 of ARCHITECTURE.md at the level of the queue: whatever is held and
-        /// whenever the loop wakes, nothing is released before its due time, a partition
-        /// releases in the order it was held, `resume` is said exactly when the partition is
-        /// empty, and everything comes out once it is all due.
-        #[test]
-        fn released_only_when_due_in_hold_order_and_nothing_is_left(
-            ops in proptest::collection::vec((0u8..3, 0i64..200, proptest::bool::ANY), 1..60),
-        ) {
-            let mut q: DelayQueue<u8, (u8, usize, i64)> = DelayQueue::default();
-            let mut now = 0i64;
-            let mut held = 0usize;
-            let mut out: Vec<(u8, usize)> = Vec::new();
-            for (seq, (partition, due, tick)) in ops.iter().copied().enumerate() {
-                if tick {
-                    now += due / 4;
-                    for r in q.pop_due(t(now)) {
-                        for (p, s, d) in &r.items {
-                            proptest::prop_assert!(*d <= now, "released {d} at {now}");
-                            proptest::prop_assert_eq!(*p, r.partition);
-                            out.push((*p, *s));
-                        }
-                        held -= r.items.len();
-                        proptest::prop_assert_eq!(r.resume, !q.is_held(&r.partition));
-                    }
-                } else {
-                    let due = now + due;
-                    let first = q.hold(partition, t(due), (partition, seq, due));
-                    proptest::prop_assert_eq!(first, held_on(&out, partition, seq, &ops));
-                    held += 1;
-                }
-            }
-            for r in q.pop_due(t(now + 1_000)) {
-                held -= r.items.len();
-                out.extend(r.items.iter().map(|(p, s, _)| (*p, *s)));
-                proptest::prop_assert!(r.resume);
-            }
-            proptest::prop_assert_eq!(held, 0);
-            proptest::prop_assert!(q.is_empty() && q.next_due().is_none());
-            for p in 0..3u8 {
-                let order: Vec<usize> = out.iter().filter(|(x, _)| *x == p).map(|(_, s)| *s).collect();
-                let mut sorted = order.clone();
-                sorted.sort();
-                proptest::prop_assert_eq!(order, sorted, "partition {} out of order", p);
-            }
+    fn bounds(messages: usize, bytes: usize, total: usize, horizon_ms: u64) -> BufferBounds {
+        BufferBounds {
+            partition_messages: messages,
+            partition_bytes: bytes,
+            total_bytes: total,
+            horizon: Duration::from_millis(horizon_ms),
         }
     }
 
-    /// Whether holding item `seq` on `partition` starts a new pause: true when every earlier
-    /// item of the partition has been released already.
-    fn held_on(out: &[(u8, usize)], partition: u8, seq: usize, ops: &[(u8, i64, bool)]) -> bool {
-        ops[..seq]
+    fn items<P, T: Clone>(tick: &Tick<P, T>) -> Vec<T> {
+        tick.released
             .iter()
-            .enumerate()
-            .filter(|(_, (p, _, tick))| *p == partition && !tick)
-            .all(|(i, _)| out.contains(&(partition, i)))
+            .flat_map(|r| r.items.iter().cloned())
+            .collect()
     }
 
     #[test]
-    fn removing_a_partition_cancels_its_timer() {
+    fn hold_the_head_pauses_on_the_first_message_not_due_and_resumes_when_it_is_released() {
         let mut q = DelayQueue::default();
-        q.hold(1, t(10), "x");
-        q.hold(2, t(20), "y");
-        assert_eq!(q.remove(&1), vec!["x"]);
+        assert_eq!(
+            q.offer(1, 0, Some(t(0)), 10, "due", t(0)),
+            Offer::Ready("due")
+        );
+        assert_eq!(
+            q.offer(1, 1, Some(t(100)), 10, "a", t(0)),
+            Offer::Kept { pause: true }
+        );
+        assert!(q.is_held(&1));
+        assert_eq!(q.next_due(), Some(t(100)));
+        assert!(q.pop_due(t(99)).released.is_empty());
+        let tick = q.pop_due(t(100));
+        assert_eq!(items(&tick), vec!["a"]);
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 1,
+                seek_to: None
+            }]
+        );
+        assert!(q.is_empty() && !q.is_held(&1) && q.next_due().is_none());
+    }
+
+    #[test]
+    fn reads_ahead_behind_the_head_and_releases_in_partition_order() {
+        let mut q = DelayQueue::new(bounds(10, 1000, 1000, 1000));
+        assert_eq!(
+            q.offer(7, 0, Some(t(10)), 1, 1, t(0)),
+            Offer::Kept { pause: false }
+        );
+        // Due earlier than the head, but behind it: waits.
+        assert_eq!(
+            q.offer(7, 1, Some(t(5)), 1, 2, t(0)),
+            Offer::Kept { pause: false }
+        );
+        // Already due, behind a head that is not: waits too.
+        assert_eq!(
+            q.offer(7, 2, None, 1, 3, t(1)),
+            Offer::Kept { pause: false }
+        );
+        assert_eq!(
+            q.offer(7, 3, Some(t(30)), 1, 4, t(1)),
+            Offer::Kept { pause: false }
+        );
+        assert!(q.pop_due(t(9)).released.is_empty());
+        let tick = q.pop_due(t(20));
+        assert_eq!(items(&tick), vec![1, 2, 3]);
+        assert!(tick.resume.is_empty());
+        assert_eq!(q.next_due(), Some(t(30)));
+        assert_eq!(items(&q.pop_due(t(30))), vec![4]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_full_partition_pauses_and_resumes_at_the_low_water_mark() {
+        let mut q = DelayQueue::new(bounds(4, 1000, 1000, 1000));
+        for i in 0..3 {
+            assert_eq!(
+                q.offer(1, i, Some(t(10 * (i + 1))), 1, i, t(0)),
+                Offer::Kept { pause: false }
+            );
+        }
+        assert_eq!(
+            q.offer(1, 3, Some(t(40)), 1, 3, t(0)),
+            Offer::Kept { pause: true }
+        );
+        // 3 left: above the low-water mark of 2.
+        let tick = q.pop_due(t(10));
+        assert!(tick.resume.is_empty());
+        let tick = q.pop_due(t(20));
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 1,
+                seek_to: None
+            }]
+        );
+        assert!(!q.is_held(&1));
+    }
+
+    #[test]
+    fn a_message_beyond_the_horizon_is_not_kept_and_is_read_again_later() {
+        let mut q = DelayQueue::new(bounds(100, 1000, 1000, 50));
+        assert_eq!(
+            q.offer(1, 10, Some(t(20)), 1, "head", t(0)),
+            Offer::Kept { pause: false }
+        );
+        assert_eq!(
+            q.offer(1, 11, Some(t(500)), 1, "far", t(0)),
+            Offer::Dropped { pause: true }
+        );
+        // A straggler read before the pause took effect is not kept either.
+        assert_eq!(
+            q.offer(1, 12, Some(t(30)), 1, "late", t(0)),
+            Offer::Dropped { pause: false }
+        );
+        // The head is released, the partition is empty: read again from the dropped offset.
+        let tick = q.pop_due(t(20));
+        assert_eq!(items(&tick), vec!["head"]);
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 1,
+                seek_to: Some(11)
+            }]
+        );
+        // Read again, it is the head now: kept (and paused, being beyond the horizon).
+        assert_eq!(
+            q.offer(1, 11, Some(t(500)), 1, "far", t(21)),
+            Offer::Kept { pause: true }
+        );
+        assert_eq!(items(&q.pop_due(t(500))), vec!["far"]);
+    }
+
+    #[test]
+    fn a_paused_partition_wakes_when_what_it_dropped_comes_within_half_the_horizon() {
+        let mut q = DelayQueue::new(bounds(100, 1000, 1000, 100));
+        q.offer(1, 0, Some(t(10)), 1, 0, t(0));
+        q.offer(1, 1, Some(t(90)), 1, 1, t(0));
+        assert_eq!(
+            q.offer(1, 2, Some(t(120)), 1, 2, t(0)),
+            Offer::Dropped { pause: true }
+        );
+        let tick = q.pop_due(t(10));
+        assert_eq!(items(&tick), vec![0]);
+        assert!(
+            tick.resume.is_empty(),
+            "the dropped message is still too far"
+        );
+        // Offset 2 (due 120) comes within half the horizon (50) at 70, before the head is due.
+        assert_eq!(q.next_due(), Some(t(70)));
+        assert!(q.pop_due(t(69)).resume.is_empty());
+        let tick = q.pop_due(t(70));
+        assert!(tick.released.is_empty());
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 1,
+                seek_to: Some(2)
+            }]
+        );
+        assert_eq!(q.next_due(), Some(t(90)));
+    }
+
+    #[test]
+    fn the_process_wide_bound_pauses_drops_and_holds_until_it_drains() {
+        let mut q = DelayQueue::new(bounds(100, 1000, 10, 1000));
+        let kept = |pause| Offer::<&str>::Kept { pause };
+        assert_eq!(q.offer(1, 0, Some(t(10)), 6, "a", t(0)), kept(false));
+        assert_eq!(q.offer(2, 0, Some(t(20)), 2, "b", t(0)), kept(false));
+        // Fills the process-wide bound: paused.
+        assert_eq!(q.offer(2, 1, Some(t(20)), 2, "c", t(0)), kept(true));
+        // A head is kept even so (one message per partition), and pauses too.
+        assert_eq!(q.offer(3, 0, Some(t(30)), 5, "d", t(0)), kept(true));
+        // Behind a head, no room: not kept.
+        assert_eq!(
+            q.offer(1, 1, Some(t(15)), 1, "e", t(0)),
+            Offer::Dropped { pause: true }
+        );
+        q.check_bounds().unwrap();
+        assert_eq!(q.bytes(), 15);
+        let tick = q.pop_due(t(10));
+        // Partition 1 is empty: it reads again from "e". Partition 2 waits until the total has
+        // drained to half the bound.
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 1,
+                seek_to: Some(1)
+            }]
+        );
+        let tick = q.pop_due(t(20));
+        assert!(tick.resume.contains(&Resume {
+            partition: 2,
+            seek_to: None
+        }));
+    }
+
+    #[test]
+    fn removing_a_partition_forgets_it() {
+        let mut q = DelayQueue::new(bounds(1, 1000, 1000, 0));
+        q.offer(1, 0, Some(t(10)), 3, "x", t(0));
+        q.offer(2, 0, Some(t(20)), 4, "y", t(0));
+        assert_eq!(q.remove(&1), (vec!["x"], 3));
         assert_eq!(q.next_due(), Some(t(20)));
-        assert!(q.remove(&1).is_empty());
-        assert_eq!(q.len(), 1);
+        assert_eq!(q.remove(&1), (vec![], 0));
+        assert_eq!((q.len(), q.bytes()), (1, 4));
+        assert!(!q.is_held(&1) && q.is_held(&2));
+    }
+
+    proptest::proptest! {
+        /// Invariants 2 and 3 of ARCHITECTURE.md at the level of the buffer, against a model of
+        /// a partition's log and librdkafka's pause / resume / seek: whatever is offered and
+        /// whenever the loop wakes, nothing is released before its due time, each partition's
+        /// messages are released exactly once and in offset order, nothing is offered from a
+        /// paused partition except one message in flight, the bounds always hold, and
+        /// everything comes out in the end.
+        #[test]
+        fn bounded_never_early_in_order_and_nothing_lost(
+            logs in proptest::collection::vec(
+                proptest::collection::vec((0i64..400, 1usize..40), 0..60), 1..4),
+            messages in 1usize..6,
+            bytes in 1usize..100,
+            total in 1usize..150,
+            horizon in 0u64..300,
+            steps in proptest::collection::vec((0u8..4, 0i64..40), 1..400),
+        ) {
+            let b = bounds(messages, bytes, total, horizon);
+            let mut q: DelayQueue<usize, (usize, i64, i64)> = DelayQueue::new(b);
+            // Per partition: the next offset the consumer delivers, and whether it is paused.
+            let mut position = vec![0i64; logs.len()];
+            let mut paused = vec![false; logs.len()];
+            let mut out: Vec<Vec<i64>> = vec![Vec::new(); logs.len()];
+            let mut now = 0i64;
+            let step = |q: &mut DelayQueue<usize, (usize, i64, i64)>, kind: u8, arg: i64,
+                            now: &mut i64, position: &mut Vec<i64>, paused: &mut Vec<bool>,
+                            out: &mut Vec<Vec<i64>>| -> Result<(), proptest::test_runner::TestCaseError> {
+                if kind == 0 {
+                    *now += arg;
+                    if q.next_due().is_some_and(|d| d > t(*now)) {
+                        return Ok(());
+                    }
+                    let tick = q.pop_due(t(*now));
+                    for r in tick.released {
+                        for (p, o, due) in r.items {
+                            proptest::prop_assert!(due <= *now, "released {} due {} at {}", o, due, now);
+                            proptest::prop_assert_eq!(p, r.partition);
+                            out[p].push(o);
+                        }
+                    }
+                    for r in tick.resume {
+                        proptest::prop_assert!(paused[r.partition]);
+                        paused[r.partition] = false;
+                        if let Some(o) = r.seek_to {
+                            position[r.partition] = o;
+                        }
+                    }
+                } else {
+                    let p = arg as usize % logs.len();
+                    if paused[p] {
+                        return Ok(());
+                    }
+                    let o = position[p];
+                    let Some(&(due, size)) = logs[p].get(o as usize) else {
+                        return Ok(());
+                    };
+                    position[p] += 1;
+                    match q.offer(p, o, Some(t(due)), size, (p, o, due), t(*now)) {
+                        Offer::Ready((_, o, due)) => {
+                            proptest::prop_assert!(due <= *now);
+                            out[p].push(o);
+                        }
+                        Offer::Kept { pause } | Offer::Dropped { pause } => {
+                            if pause {
+                                paused[p] = true;
+                            }
+                        }
+                    }
+                    proptest::prop_assert_eq!(paused[p], q.is_held(&p));
+                }
+                if let Err(e) = q.check_bounds() {
+                    proptest::prop_assert!(false, "{}", e);
+                }
+                Ok(())
+            };
+            for (kind, arg) in steps {
+                step(&mut q, kind, arg, &mut now, &mut position, &mut paused, &mut out)?;
+            }
+            // Drain: read everything, letting time pass.
+            for _ in 0..10_000 {
+                if (0..logs.len()).all(|p| position[p] as usize >= logs[p].len()) && q.is_empty() {
+                    break;
+                }
+                for p in 0..logs.len() {
+                    step(&mut q, 1, p as i64, &mut now, &mut position, &mut paused, &mut out)?;
+                }
+                step(&mut q, 0, 7, &mut now, &mut position, &mut paused, &mut out)?;
+            }
+            for p in 0..logs.len() {
+                let expected: Vec<i64> = (0..logs[p].len() as i64).collect();
+                proptest::prop_assert_eq!(&out[p], &expected, "partition {}", p);
+            }
+            proptest::prop_assert!(q.is_empty() && q.next_due().is_none());
+        }
     }
 }

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub handler_duration: HistogramVec,
     pub lateness: HistogramVec,
     pub paused: IntGaugeVec,
+    /// Messages kept in tier partitions' read-ahead buffers, by tier.
+    pub tier_buffered_messages: IntGaugeVec,
+    /// Bytes (approximate: key, payload, headers and a fixed overhead per message) kept in
+    /// tier partitions' read-ahead buffers, by tier.
+    pub tier_buffered_bytes: IntGaugeVec,
     pub lag: IntGaugeVec,
     pub in_flight: IntGauge,
     pub circuit_state: IntGauge,
@@ -147,7 +152,7 @@ impl Metrics {
         let paused = IntGaugeVec::new(
             Opts::new(
                 "rebound_paused_partitions",
-                "Tier partitions paused until their head message is due.",
+                "Tier partitions paused by their read-ahead buffer (head beyond the horizon, buffer full, or a message not kept).",
             ),
             &["tier"],
         )
@@ -155,6 +160,21 @@ impl Metrics {
         registry
             .register(Box::new(paused.clone()))
             .expect("unique metric");
+        let tier_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["tier"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let tier_buffered_messages = tier_gauge(
+            "rebound_tier_buffered_messages",
+            "Tier messages read and kept in memory until due (the read-ahead buffer).",
+        );
+        let tier_buffered_bytes = tier_gauge(
+            "rebound_tier_buffered_bytes",
+            "Approximate bytes of the tier messages kept in memory until due.",
+        );
         let lag = IntGaugeVec::new(
             Opts::new(
                 "rebound_consumer_lag",
@@ -203,6 +223,8 @@ impl Metrics {
             handler_duration,
             lateness,
             paused,
+            tier_buffered_messages,
+            tier_buffered_bytes,
             lag,
             in_flight,
             circuit_state,
@@ -235,6 +257,12 @@ impl Metrics {
             }
             self.lateness.with_label_values(&[&tier.label]);
             self.paused.with_label_values(&[&tier.label]).set(0);
+            self.tier_buffered_messages
+                .with_label_values(&[&tier.label])
+                .set(0);
+            self.tier_buffered_bytes
+                .with_label_values(&[&tier.label])
+                .set(0);
         }
         for reason in crate::topology::DlqReason::ALL {
             self.dlq.with_label_values(&[reason.as_str()]);
@@ -253,6 +281,14 @@ impl Metrics {
                 lateness: self.lateness.with_label_values(&[label]),
             })
             .collect()
+    }
+
+    /// The buffered-messages and buffered-bytes gauges of one tier, resolved once.
+    pub fn tier_buffer_series(&self, tier: &str) -> (prometheus::IntGauge, prometheus::IntGauge) {
+        (
+            self.tier_buffered_messages.with_label_values(&[tier]),
+            self.tier_buffered_bytes.with_label_values(&[tier]),
+        )
     }
 
     pub fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
@@ -348,6 +384,8 @@ mod tests {
             .observe(0.01);
         m.lateness.with_label_values(&["retry-2m"]).observe(0.01);
         m.paused.with_label_values(&["retry-2m"]).set(0);
+        m.tier_buffer_series("retry-2m").0.set(0);
+        m.tier_buffer_series("retry-2m").1.set(0);
         m.set_lag("orders", 0, 3);
         let text = m.render();
         for name in [
@@ -359,6 +397,8 @@ mod tests {
             "rebound_handler_duration_seconds",
             "rebound_retry_lateness_seconds",
             "rebound_paused_partitions",
+            "rebound_tier_buffered_messages",
+            "rebound_tier_buffered_bytes",
             "rebound_consumer_lag",
             "rebound_in_flight",
             "rebound_circuit_state",

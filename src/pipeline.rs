@@ -3,16 +3,20 @@
 //!
 //! ```text
 //! recv ──► main message ─────────────────────────────► KeyGate ─► Router job (task)
-//!      └─► tier message ─ due? ─ yes ────────────────►    ▲            │
-//!                          └─ no: pause, hold head ──► DelayQueue ─────┘ (timer)
+//!      └─► tier message ─ due, nothing ahead? ─ yes ─►    ▲            │
+//!              └─ no: keep in the bounded buffer ───► DelayQueue ─────┘ (timer)
+//!                 (full or beyond the horizon: pause; seek back to what was not kept)
 //! Router job ─► Completion ─► PartitionOffsets.finish ─► store offset ─► commit (interval)
 //! ```
 //!
 //! Invariants:
 //! * an offset is stored (and so committed) only when every earlier message of that partition
 //!   read in this assignment is finished — handled, or its copy acknowledged;
-//! * a held (paused) head is never dispatched before `Utc::now() >= process_after`;
-//! * on revoke, every trace of the partition (offsets, held heads, waiting jobs) is dropped and
+//! * a buffered tier message is never dispatched before `Utc::now() >= process_after`, nor
+//!   before the messages read ahead of it in its partition;
+//! * tier buffers stay within their bounds ([`crate::delay`]); a message not kept is read
+//!   again (the partition is sought back to it before it resumes);
+//! * on revoke, every trace of the partition (offsets, buffer, waiting jobs) is dropped and
 //!   results of its in-flight jobs are ignored (their epoch is gone), so nothing from an old
 //!   assignment is committed or resumed in a new one.
 
@@ -30,14 +34,14 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
-use crate::delay::DelayQueue;
+use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
@@ -54,6 +58,8 @@ pub struct Limits {
     pub breaker: BreakerConfig,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// Bounds of the tier partitions' read-ahead buffer.
+    pub tier_buffer: BufferBounds,
 }
 
 /// Everything the loop owns besides the consumer.
@@ -66,6 +72,8 @@ struct State {
     next_epoch: u64,
     offsets: HashMap<Tp, PartitionOffsets>,
     delays: DelayQueue<Tp, Job>,
+    /// Per tier: the buffered-messages and buffered-bytes gauges.
+    buffered_gauges: Vec<(prometheus::IntGauge, prometheus::IntGauge)>,
     gate: KeyGate<Tp, Job>,
     /// Read and due, waiting for the circuit breaker to let them start (FIFO).
     parked: VecDeque<Job>,
@@ -116,6 +124,12 @@ impl Pipeline {
         limits: Limits,
     ) -> Pipeline {
         let metrics = router.metrics.clone();
+        let buffered_gauges = router
+            .topology
+            .tiers
+            .iter()
+            .map(|t| metrics.tier_buffer_series(&t.label))
+            .collect();
         Pipeline {
             consumer,
             events,
@@ -126,7 +140,8 @@ impl Pipeline {
                 epochs: HashMap::new(),
                 next_epoch: 0,
                 offsets: HashMap::new(),
-                delays: DelayQueue::default(),
+                delays: DelayQueue::new(limits.tier_buffer),
+                buffered_gauges,
                 gate: KeyGate::default(),
                 parked: VecDeque::new(),
                 breaker: Breaker::new(limits.breaker),
@@ -151,7 +166,8 @@ impl Pipeline {
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
-        // One timer for the earliest held head, moved only when that due time changes.
+        // One timer for the earliest buffered head (or buffer wake-up), moved only when that
+        // time changes.
         let mut timer = DueTimer::default();
         let mut recv_errors = 0u32;
         loop {
@@ -220,6 +236,11 @@ impl Pipeline {
                             drop(m);
                             state.settle(consumer);
                         }
+                        // A head that came due meanwhile goes now, not a loop turn later.
+                        if state.delays.next_due().is_some_and(|d| d <= Utc::now()) {
+                            state.release_due(consumer);
+                            state.settle(consumer);
+                        }
                     }
                     Err(e) => {
                         recv_errors += 1;
@@ -248,11 +269,11 @@ impl Pipeline {
             .shutting_down
             .store(true, Ordering::Relaxed);
         state.draining = true;
-        let held: usize = state.delays.len();
+        let buffered_tier = state.delays.len();
         tracing::info!(
             in_flight = state.jobs.len(),
             waiting = state.gate.waiting(),
-            paused = held,
+            buffered_tier,
             "stopping: no more fetching; finishing in-flight work"
         );
         state.settle(&self.consumer);
@@ -293,7 +314,8 @@ impl Pipeline {
 }
 
 impl State {
-    /// Messages read and not finished, except held heads: what `--max-in-flight` bounds.
+    /// Messages read and not finished, except those in tier buffers: what `--max-in-flight`
+    /// bounds.
     fn buffered(&self) -> usize {
         self.jobs.len() + self.gate.waiting() + self.parked.len()
     }
@@ -329,7 +351,9 @@ impl State {
                     self.epochs.remove(&tp);
                     self.offsets.remove(&tp);
                     self.store_lists.remove(&tp);
-                    handed_back += self.delays.remove(&tp).len();
+                    let (dropped, bytes) = self.delays.remove(&tp);
+                    self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
+                    handed_back += dropped.len();
                     handed_back += self.gate.remove_partition(tp).len();
                     let before = self.parked.len();
                     self.parked.retain(|j| j.tp != tp);
@@ -371,7 +395,6 @@ impl State {
                 self.next_epoch
             }
         };
-        self.router.series(tp).consumed.inc();
         let mut message = Message {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -382,7 +405,6 @@ impl State {
             timestamp: m.timestamp().to_millis(),
             attempt: 0,
         };
-        self.offsets.entry(tp).or_default().begin(m.offset());
         let intake = match stage {
             Stage::Main => Intake::Fresh,
             // A due time beyond --max-delay is refused here, before it could pause the partition.
@@ -394,48 +416,80 @@ impl State {
                 Err(problem) => Intake::Invalid(problem),
             },
         };
+        let offset = m.offset();
         let job = Job {
             tp,
             epoch,
             message,
             intake,
         };
+        if stage == Stage::Main {
+            self.begin(tp, offset);
+            self.dispatch(job);
+            return;
+        }
+        self.on_tier_message(consumer, job);
+    }
+
+    /// Counts a message as read and its work as begun (so its offset holds commits back).
+    fn begin(&mut self, tp: Tp, offset: i64) {
+        self.router.series(tp).consumed.inc();
+        self.offsets.entry(tp).or_default().begin(offset);
+    }
+
+    /// A tier message: handled now if it is due with nothing ahead of it, else kept in the
+    /// partition's buffer, or not kept and read again later (see [`crate::delay`]).
+    fn on_tier_message(&mut self, consumer: &StreamConsumer<TopologyContext>, job: Job) {
+        let tp = job.tp;
+        let offset = job.message.offset;
         let due = match &job.intake {
             Intake::Retry(state) => Some(state.process_after),
             _ => None,
         };
-        let held = self.delays.is_held(&tp);
-        // Only tier messages need the clock.
-        let now = if held || due.is_some() {
-            Utc::now()
-        } else {
-            DateTime::<Utc>::MIN_UTC
-        };
-        if held || due.is_some_and(|d| d > now) {
-            // Not due, or behind a held head (partition order is kept): park it.
-            let offset = job.message.offset;
-            let due = due.unwrap_or(now);
-            if self.delays.hold(tp, due, job) {
-                pause(consumer, topology.topic(stage), tp.partition, true);
-                self.paused_changed = true;
-                tracing::debug!(
-                    tier = topology.label(stage),
-                    partition = tp.partition,
-                    offset,
-                    due_in_ms = (due - now).num_milliseconds(),
-                    "paused until due"
-                );
-            } else {
-                tracing::debug!(
-                    tier = topology.label(stage),
-                    partition = tp.partition,
-                    offset,
-                    "message read from a paused partition; held behind its head"
-                );
+        let bytes = footprint(&job.message);
+        let now = Utc::now();
+        let router = self.router.clone();
+        let (tier, topic) = (
+            router.topology.label(tp.stage),
+            router.topology.topic(tp.stage),
+        );
+        let (pause, why) = match self.delays.offer(tp, offset, due, bytes, job, now) {
+            Offer::Ready(job) => {
+                self.begin(tp, offset);
+                self.dispatch(job);
+                return;
             }
-            return;
+            Offer::Kept { pause } => {
+                self.begin(tp, offset);
+                self.count_buffered(tp, 1, bytes as i64);
+                (pause, "tier buffer full or head beyond the horizon")
+            }
+            // Not begun: nothing is committed past it, and it is read again after a seek back.
+            Offer::Dropped { pause } => (pause, "not kept (beyond the horizon or no room)"),
+        };
+        if pause {
+            self::pause(consumer, topic, tp.partition, true);
+            self.paused_changed = true;
+            tracing::debug!(
+                tier,
+                partition = tp.partition,
+                offset,
+                due_in_ms = due.map(|d| (d - now).num_milliseconds()),
+                buffered = self.delays.len(),
+                why,
+                "tier partition paused"
+            );
         }
-        self.dispatch(job);
+    }
+
+    /// Moves the buffered-messages and -bytes gauges of `tp`'s tier.
+    fn count_buffered(&self, tp: Tp, messages: i64, bytes: i64) {
+        if let Stage::Tier(i) = tp.stage {
+            if let Some((m, b)) = self.buffered_gauges.get(i) {
+                m.add(messages);
+                b.add(bytes);
+            }
+        }
     }
 
     /// Queues `job` to start as soon as the circuit breaker allows (at once when closed).
@@ -463,7 +517,7 @@ impl State {
         }
     }
 
-    /// Pauses (or resumes) every assigned partition that is not held for a delay.
+    /// Pauses (or resumes) every assigned partition that its tier buffer does not hold paused.
     fn set_fetching(&mut self, consumer: &StreamConsumer<TopologyContext>, on: bool) {
         self.fetch_paused = !on;
         let topology = &self.router.topology;
@@ -514,23 +568,48 @@ impl State {
         }
     }
 
+    /// Dispatches the tier messages that are due, and resumes the partitions whose buffers
+    /// drained (seeking each back to the first message it did not keep, if any).
     fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        for released in self.delays.pop_due(Utc::now()) {
+        let now = Utc::now();
+        let tick = self.delays.pop_due(now);
+        for released in tick.released {
             let tp = released.partition;
-            self.paused_changed |= released.resume;
+            self.count_buffered(tp, -(released.items.len() as i64), -(released.bytes as i64));
             let current = self.epochs.get(&tp).copied();
             for job in released.items {
                 if Some(job.epoch) == current {
                     self.dispatch(job);
                 }
             }
-            if released.resume && current.is_some() && !self.fetch_paused {
-                pause(
-                    consumer,
-                    self.router.topology.topic(tp.stage),
-                    tp.partition,
-                    false,
+        }
+        for resume in tick.resume {
+            let tp = resume.partition;
+            self.paused_changed = true;
+            if !self.epochs.contains_key(&tp) {
+                continue;
+            }
+            let topic = self.router.topology.topic(tp.stage);
+            if let Some(offset) = resume.seek_to {
+                // Asynchronous (timeout 0): librdkafka orders it before the resume below. It
+                // fails at once only for a partition the client does not know.
+                if let Err(e) =
+                    consumer.seek(topic, tp.partition, Offset::Offset(offset), Duration::ZERO)
+                {
+                    tracing::warn!(topic, partition = tp.partition, offset, error = %e,
+                        "cannot seek back to a message not kept; the partition stays paused and is tried again");
+                    self.delays.seek_failed(tp, offset, now);
+                    continue;
+                }
+                tracing::debug!(
+                    topic,
+                    partition = tp.partition,
+                    offset,
+                    "reading again from the first message not kept"
                 );
+            }
+            if !self.fetch_paused {
+                pause(consumer, topic, tp.partition, false);
             }
         }
     }
@@ -628,7 +707,7 @@ impl State {
         }
         let topology = &self.router.topology;
         let mut per_tier = vec![0i64; topology.tiers.len()];
-        for tp in self.delays.partitions() {
+        for tp in self.delays.paused_partitions() {
             if let Stage::Tier(i) = tp.stage {
                 per_tier[i] += 1;
             }
@@ -659,10 +738,12 @@ impl State {
             .map(|tp| {
                 let head = self.delays.head(tp);
                 let offsets = self.offsets.get(tp);
-                let paused_for = match head {
-                    Some(_) => Some("due"),
-                    None if self.fetch_paused => Some("breaker"),
-                    None => None,
+                let paused_for = if self.delays.is_held(tp) {
+                    Some("due")
+                } else if self.fetch_paused {
+                    Some("breaker")
+                } else {
+                    None
                 };
                 PartitionStatus {
                     topic: topology.topic(tp.stage).to_string(),
@@ -688,7 +769,7 @@ impl State {
     }
 }
 
-/// The loop's one timer for held heads. It is moved only when the earliest due time changes, so
+/// The loop's one timer for tier buffers. It is moved only when the earliest due time changes, so
 /// that a loop turn does not register and cancel a timer.
 struct DueTimer {
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -793,4 +874,19 @@ fn close_consumer(consumer: StreamConsumer<TopologyContext>, limit: Duration) {
             "consumer close did not finish in time; exiting anyway (offsets are committed)"
         );
     }
+}
+
+/// What a buffered message is counted as, in bytes: its key, payload, headers and topic name,
+/// plus a fixed allowance for the job around it (the allocations are not measured exactly).
+fn footprint(m: &Message) -> usize {
+    const PER_MESSAGE: usize = 256;
+    const PER_HEADER: usize = 48;
+    PER_MESSAGE
+        + m.topic.len()
+        + m.key.as_ref().map_or(0, Vec::len)
+        + m.payload.as_ref().map_or(0, Vec::len)
+        + m.headers
+            .iter()
+            .map(|h| PER_HEADER + h.name.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
 }

@@ -140,6 +140,7 @@ impl Service {
             breaker: config.breaker,
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
+            tier_buffer: config.tier_buffer,
         };
         Pipeline::new(consumer, events_rx, router, limits)
             .run(stop)

@@ -76,6 +76,34 @@ fn bad_configuration_exits_2_and_names_the_setting() {
         ),
         (&["topics", "plan"], "--topic"),
         (&["run", "--no-such-flag"], "--no-such-flag"),
+        (
+            &[
+                "run",
+                "--topic",
+                "orders",
+                "--handler",
+                "command",
+                "--command",
+                "cat",
+                "--tier-buffer",
+                "32 parsecs",
+            ],
+            "--tier-buffer",
+        ),
+        (
+            &[
+                "run",
+                "--topic",
+                "orders",
+                "--handler",
+                "command",
+                "--command",
+                "cat",
+                "--tier-buffer-messages",
+                "0",
+            ],
+            "--tier-buffer-messages",
+        ),
     ];
     for (args, expect) in cases {
         let (code, _, err) = output(rebound().args(*args));

@@ -12,11 +12,15 @@
 //! (default 3; medians are reported), `REBOUND_BENCH_ONLY` (comma-separated scenario numbers;
 //! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
-//! `KEY=VALUE` librdkafka properties for rebound, not the baselines).
+//! `KEY=VALUE` librdkafka properties for rebound, not the baselines), `REBOUND_BENCH_BROKER_KIND`
+//! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
+//! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
+//! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates.
 //!
 //! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
 //! (`spring.rs`; its jar is built by `scripts/bench`).
 
+mod plot;
 mod scenarios;
 mod spring;
 mod support;
@@ -93,7 +97,7 @@ async fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; nothing else is understood.
-    let only_list = std::env::var("REBOUND_BENCH_ONLY").unwrap_or_else(|_| "1,2,3,4,5".into());
+    let only_list = std::env::var("REBOUND_BENCH_ONLY").unwrap_or_else(|_| "1,2,3,4,5,7".into());
     let with_spring = only_list.split(',').any(|s| s.trim() == "spring");
     let only: Vec<u32> = only_list
         .split(',')
@@ -128,7 +132,10 @@ async fn main() {
             4 => scenarios::memory(&ctx).await,
             5 => scenarios::slow_downstream(&ctx).await,
             6 => Vec::new(),
-            other => panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5; 6 comes with 1 and 2)"),
+            7 => scenarios::precision_rates(&ctx).await,
+            other => {
+                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7; 6 comes with 1 and 2)")
+            }
         };
         eprintln!("[scenario {s}] took {:.0} s", t.elapsed().as_secs_f64());
         rows.append(&mut got);
