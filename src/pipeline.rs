@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use crate::breaker::{Admit, Attempt, Breaker, BreakerConfig, Probe, State as BreakerState};
 use crate::delay::DelayQueue;
 use crate::handler::Message;
 use crate::headers;
@@ -70,6 +70,8 @@ struct State {
     /// Read and due, waiting for the circuit breaker to let them start (FIFO).
     parked: VecDeque<Job>,
     breaker: Breaker,
+    /// Probes a half-open breaker let through and that have not reported yet.
+    probes: Vec<ProbeJob>,
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
@@ -86,6 +88,24 @@ struct State {
     /// A pause, resume or revoke happened since the paused gauges were last set.
     paused_changed: bool,
     draining: bool,
+}
+
+/// Probes of a revoked partition will not report (or not as probes): others take their place.
+fn forget_probes(probes: &mut Vec<ProbeJob>, breaker: &mut Breaker, tp: Tp) {
+    probes.retain(|p| {
+        if p.tp == tp {
+            breaker.forget(p.probe);
+        }
+        p.tp != tp
+    });
+}
+
+/// A probe a half-open breaker let through: which job, to recognise its completion.
+struct ProbeJob {
+    tp: Tp,
+    epoch: u64,
+    offset: i64,
+    probe: Probe,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -128,6 +148,7 @@ impl Pipeline {
                 gate: KeyGate::default(),
                 parked: VecDeque::new(),
                 breaker: Breaker::new(limits.breaker),
+                probes: Vec::new(),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
@@ -329,6 +350,7 @@ impl State {
                     let before = self.parked.len();
                     self.parked.retain(|j| j.tp != tp);
                     handed_back += before - self.parked.len();
+                    forget_probes(&mut self.probes, &mut self.breaker, tp);
                     // The lag of a partition that moved is its new owner's to report.
                     let _ = self
                         .metrics
@@ -442,19 +464,54 @@ impl State {
     }
 
     /// Starts parked jobs while the breaker lets them through; a job waits behind an in-flight
-    /// message with the same key.
+    /// message with the same key. A half-open breaker gets main-topic jobs first (fresh work is
+    /// the best probe); it takes a due retry only when none is waiting.
     fn pump(&mut self) {
-        while !self.draining && !self.parked.is_empty() && self.breaker.try_start() {
-            let Some(job) = self.parked.pop_front() else {
+        while !self.draining && !self.parked.is_empty() {
+            let (at, admit) = match self.breaker.state() {
+                BreakerState::Closed => (0, Admit::Yes),
+                BreakerState::Open => break,
+                BreakerState::HalfOpen => {
+                    let fresh = self.parked.iter().position(|j| j.tp.stage == Stage::Main);
+                    let (at, attempt) = fresh.map_or((0, Attempt::Retry), |i| (i, Attempt::First));
+                    (at, self.breaker.try_start(attempt))
+                }
+            };
+            if admit == Admit::No {
+                break;
+            }
+            let Some(job) = self.parked.remove(at) else {
                 break;
             };
             if self.epochs.get(&job.tp) != Some(&job.epoch) {
+                if let Admit::Probe(probe) = admit {
+                    self.breaker.forget(probe);
+                }
                 continue;
+            }
+            if let Admit::Probe(probe) = admit {
+                self.probes.push(ProbeJob {
+                    tp: job.tp,
+                    epoch: job.epoch,
+                    offset: job.message.offset,
+                    probe,
+                });
             }
             if let Some(job) = self.gate.admit(job.tp, job, |j| j.message.key.as_deref()) {
                 self.start(job);
             }
         }
+    }
+
+    /// The probe `done` was, if it was one.
+    fn take_probe(&mut self, done: &Completion) -> Option<Probe> {
+        if self.probes.is_empty() {
+            return None;
+        }
+        let i = self.probes.iter().position(|p| {
+            p.tp == done.tp && p.epoch == done.epoch && p.offset == done.offset
+        })?;
+        Some(self.probes.swap_remove(i).probe)
     }
 
     /// Pauses (or resumes) every assigned partition that is not held for a delay.
@@ -481,14 +538,23 @@ impl State {
         self.metrics.circuit_state.set(new.as_gauge());
         match new {
             BreakerState::Open => {
+                let e = self.breaker.evidence();
                 tracing::warn!(
                     waiting = self.parked.len(),
-                    "circuit breaker open: too many transient failures; fetching paused"
+                    calls = e.map_or(0, |e| e.calls),
+                    failures = e.map_or(0, |e| e.failures),
+                    retries_judged = e.is_some_and(|e| e.with_retries),
+                    cooldown_ms = self.limits.breaker.cooldown.as_millis() as u64,
+                    "circuit breaker open: the handler's transient failures reached the threshold; fetching paused"
                 );
+                self.probes.clear();
                 self.set_fetching(consumer, false);
             }
             BreakerState::HalfOpen => {
-                tracing::info!("circuit breaker half-open: probing the handler");
+                tracing::info!(
+                    probes = self.limits.breaker.probes,
+                    "circuit breaker half-open: probing the handler, main-topic messages first"
+                );
                 self.set_fetching(consumer, true);
                 self.pump();
             }
@@ -503,8 +569,10 @@ impl State {
     }
 
     fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        if let Some(new) = self.breaker.tick(std::time::Instant::now()) {
-            self.on_breaker_change(consumer, new);
+        match self.breaker.tick(std::time::Instant::now()) {
+            Some(new) => self.on_breaker_change(consumer, new),
+            // Half-open and the grace for fresh probes is over: due retries may probe now.
+            None => self.pump(),
         }
     }
 
@@ -569,10 +637,24 @@ impl State {
                 self.start(next);
             }
         }
-        if let Some(signal) = done.signal {
-            if let Some(new) = self.breaker.record(signal, std::time::Instant::now()) {
-                self.on_breaker_change(consumer, new);
+        let probe = self.take_probe(&done);
+        match (done.signal, probe) {
+            (Some(signal), probe) => {
+                let attempt = match done.tp.stage {
+                    Stage::Main => Attempt::First,
+                    Stage::Tier(_) => Attempt::Retry,
+                };
+                let now = std::time::Instant::now();
+                if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
+                    self.on_breaker_change(consumer, new);
+                }
             }
+            (None, Some(probe)) => {
+                // Handed back or never called: no evidence; another message may probe.
+                self.breaker.forget(probe);
+                self.pump();
+            }
+            (None, None) => {}
         }
         if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
             return;

@@ -382,8 +382,6 @@ pub fn config(topology: Topology, group: &str) -> Config {
     c.commit_interval = Duration::from_millis(200);
     c.shutdown_timeout = Duration::from_secs(20);
     c.handler_timeout = Duration::from_secs(5);
-    // Tests that fail most messages on purpose must not trip the breaker; breaker tests turn it on.
-    c.breaker = rebound::breaker::BreakerConfig::disabled();
     c
 }
 
