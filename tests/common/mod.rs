@@ -314,7 +314,8 @@ fn behaviour_succeeds(id: &str, attempt: u32, _r: &Recorder) -> bool {
     outcome_for(behaviour, attempt) == Outcome::Success
 }
 
-fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
+/// What the scripted `behaviour` (see [`Recorder`]) answers on a message's try number `attempt` (0 = first).
+pub fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
     match behaviour {
         "ok" => Outcome::Success,
         "always" => Outcome::transient("test_transient", "always fails"),
