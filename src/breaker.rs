@@ -183,35 +183,72 @@ pub struct Evidence {
     pub with_retries: bool,
 }
 
-/// Calls of one kind in the sliding window: (when recorded, failed), oldest first.
+/// One recorded call: when, whether it failed, and the failures pushed up to and including it
+/// (so that the failures among the oldest `d` calls cost one subtraction).
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    at: Instant,
+    failed: bool,
+    cum: u64,
+}
+
+/// Calls of one kind in the sliding window, oldest first.
 #[derive(Debug, Default)]
 struct Window {
-    calls: VecDeque<(Instant, bool)>,
+    calls: VecDeque<Call>,
     failures: usize,
+    pushed_failures: u64,
 }
 
 impl Window {
     fn push(&mut self, now: Instant, failed: bool, max: usize) {
-        self.calls.push_back((now, failed));
+        self.pushed_failures += u64::from(failed);
+        self.calls.push_back(Call {
+            at: now,
+            failed,
+            cum: self.pushed_failures,
+        });
         self.failures += usize::from(failed);
         while self.calls.len() > max {
             self.pop();
         }
     }
 
+    /// (calls, failures) as they would be after `p` more failures, `max` calls at most.
+    fn with_failures(&self, p: usize, max: usize) -> (usize, usize) {
+        let n = self.calls.len();
+        let kept = (n + p).min(max);
+        let dropped = n + p - kept;
+        if dropped >= n {
+            return (kept, kept);
+        }
+        let failed_dropped = match (self.calls.front(), dropped.checked_sub(1)) {
+            (Some(first), Some(last)) => {
+                let before = first.cum - u64::from(first.failed);
+                (self.calls[last].cum - before) as usize
+            }
+            _ => 0,
+        };
+        (kept, self.failures - failed_dropped + p)
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.calls.len(), self.failures)
+    }
+
     fn expire(&mut self, now: Instant, max_age: Duration) {
         while self
             .calls
             .front()
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > max_age)
+            .is_some_and(|c| now.saturating_duration_since(c.at) > max_age)
         {
             self.pop();
         }
     }
 
     fn pop(&mut self) {
-        if let Some((_, failed)) = self.calls.pop_front() {
-            self.failures -= usize::from(failed);
+        if let Some(c) = self.calls.pop_front() {
+            self.failures -= usize::from(c.failed);
         }
     }
 
@@ -245,8 +282,16 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// A closed breaker.
-    pub fn new(config: BreakerConfig) -> Breaker {
+    /// A closed breaker for a loop that has at most `max_in_flight` calls running. The windows
+    /// hold at least `max_in_flight / threshold` calls, so that calls in flight alone, even all
+    /// failing, cannot open the breaker while the window is full of successes (and
+    /// [`Breaker::try_start`] never holds a healthy loop below `max_in_flight`).
+    pub fn new(config: BreakerConfig, max_in_flight: usize) -> Breaker {
+        let mut config = config;
+        if config.enabled() {
+            let needed = (max_in_flight as f64 / config.threshold).floor() as usize + 1;
+            config.window = config.window.max(needed.min(100_000));
+        }
         Breaker {
             config,
             state: State::Closed,
@@ -312,12 +357,27 @@ impl Breaker {
         }
     }
 
-    /// Whether a call for an `attempt` may start now. Half-open, a yes is a [`Probe`]; a retry
-    /// gets one only after the grace for first attempts (the caller offers first attempts
-    /// first).
-    pub fn try_start(&mut self, attempt: Attempt) -> Admit {
+    /// Whether a call for an `attempt` may start now, with `unknown` calls started whose results
+    /// have not been recorded yet.
+    ///
+    /// Closed, a call waits while the unknown calls, were they all to fail, would open the
+    /// breaker: their results decide first. This bounds the calls an outage costs by what it
+    /// takes to open the breaker (40 with a full window, 20 with an empty one, by default),
+    /// whatever the concurrency. Half-open, a yes is a [`Probe`]; a retry gets one only after
+    /// the grace for first attempts (the caller offers first attempts first).
+    pub fn try_start(&mut self, attempt: Attempt, unknown: usize) -> Admit {
         match self.state {
-            State::Closed => Admit::Yes,
+            State::Closed => {
+                let first = self.first.with_failures(unknown, self.config.window);
+                if unknown > 0
+                    && self.config.enabled()
+                    && self.verdict(first, self.retries.counts()).is_some()
+                {
+                    Admit::No
+                } else {
+                    Admit::Yes
+                }
+            }
             State::Open => Admit::No,
             State::HalfOpen => {
                 let may = attempt == Attempt::First || self.retries_may_probe;
@@ -396,29 +456,31 @@ impl Breaker {
 
     /// Whether the windows say "open" (the rules in the module doc); sets the evidence if so.
     fn judge(&mut self, now: Instant) -> bool {
-        let (min, rate) = (self.config.min_calls, self.config.threshold);
         self.first.expire(now, self.config.window_time);
         self.retries.expire(now, self.config.window_time);
-        let (calls, failures, with_retries) = if self.first.len() >= min {
-            (self.first.len(), self.first.failures, false)
-        } else if self.first.failures < self.first.len() {
-            return false;
-        } else {
-            (
-                self.first.len() + self.retries.len(),
-                self.first.failures + self.retries.failures,
-                true,
-            )
-        };
-        let open = calls >= min && failures as f64 >= rate * calls as f64;
-        if open {
-            self.evidence = Some(Evidence {
-                calls,
-                failures,
-                with_retries,
-            });
+        let verdict = self.verdict(self.first.counts(), self.retries.counts());
+        if verdict.is_some() {
+            self.evidence = verdict;
         }
-        open
+        verdict.is_some()
+    }
+
+    /// The rules of the module doc on (calls, failures) of first attempts and of retries: the
+    /// evidence if they open the breaker.
+    fn verdict(&self, first: (usize, usize), retries: (usize, usize)) -> Option<Evidence> {
+        let (min, rate) = (self.config.min_calls, self.config.threshold);
+        let (calls, failures, with_retries) = if first.0 >= min {
+            (first.0, first.1, false)
+        } else if first.1 < first.0 {
+            return None;
+        } else {
+            (first.0 + retries.0, first.1 + retries.1, true)
+        };
+        (calls >= min && failures as f64 >= rate * calls as f64).then_some(Evidence {
+            calls,
+            failures,
+            with_retries,
+        })
     }
 
     fn open(&mut self, now: Instant) -> State {
@@ -475,12 +537,12 @@ mod tests {
     #[test]
     fn an_outage_opens_after_min_calls_first_attempts_when_the_window_was_empty() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         for _ in 0..19 {
             assert_eq!(b.record(Bad, First, None, t0), None, "fewer than min_calls");
         }
         assert_eq!(b.record(Bad, First, None, t0), Some(State::Open));
-        assert_eq!(b.try_start(First), Admit::No);
+        assert_eq!(b.try_start(First, 0), Admit::No);
         let e = b.evidence().unwrap();
         assert_eq!((e.calls, e.failures, e.with_retries), (20, 20, false));
     }
@@ -488,7 +550,7 @@ mod tests {
     #[test]
     fn after_a_full_window_of_successes_an_outage_opens_within_40_calls() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         for _ in 0..500 {
             b.record(Good, First, None, t0);
         }
@@ -503,7 +565,7 @@ mod tests {
     fn at_a_low_rate_old_successes_expire_and_an_outage_opens_within_the_window_time() {
         // 10 calls a second: the window holds 5 s of them (50).
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let mut t = t0;
         for _ in 0..100 {
             b.record(Good, First, None, t);
@@ -518,7 +580,7 @@ mod tests {
 
     #[test]
     fn a_quarter_of_first_attempts_failing_and_poison_retries_never_open_it() {
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let mut t = Instant::now();
         for i in 0..10_000 {
             let s = if i % 4 == 0 { Bad } else { Good };
@@ -533,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_half_failing_downstream_does_not_open_it() {
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let mut t = Instant::now();
         for i in 0..10_000 {
             let s = if i % 2 == 0 { Bad } else { Good };
@@ -546,7 +608,7 @@ mod tests {
     #[test]
     fn with_the_main_topic_idle_failing_retries_open_it() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         for _ in 0..19 {
             assert_eq!(b.record(Bad, Retry, None, t0), None);
         }
@@ -557,7 +619,7 @@ mod tests {
     #[test]
     fn with_a_slow_main_topic_failing_retries_open_it_only_if_no_first_attempt_succeeded() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         b.record(Good, First, None, t0);
         for _ in 0..100 {
             assert_eq!(b.record(Bad, Retry, None, t0), None, "the downstream works");
@@ -575,35 +637,35 @@ mod tests {
     #[test]
     fn half_open_probes_first_attempts_first_and_retries_after_the_grace() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
         assert_eq!(b.wakes_at(), Some(t1 + FRESH_PROBE_GRACE));
-        assert_eq!(b.try_start(Retry), Admit::No, "fresh work first");
-        assert!(matches!(b.try_start(First), Admit::Probe(_)));
+        assert_eq!(b.try_start(Retry, 0), Admit::No, "fresh work first");
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
         assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE - ms(1)), None);
-        assert_eq!(b.try_start(Retry), Admit::No);
+        assert_eq!(b.try_start(Retry, 0), Admit::No);
         assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE), None);
         assert_eq!(b.wakes_at(), None);
-        assert!(matches!(b.try_start(Retry), Admit::Probe(_)));
-        assert!(matches!(b.try_start(First), Admit::Probe(_)));
-        assert_eq!(b.try_start(First), Admit::No, "only `probes` calls");
+        assert!(matches!(b.try_start(Retry, 0), Admit::Probe(_)));
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
+        assert_eq!(b.try_start(First, 0), Admit::No, "only `probes` calls");
     }
 
     #[test]
     fn one_good_probe_closes_it_and_three_failed_probes_reopen_it() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
-        let Admit::Probe(p) = b.try_start(First) else {
+        let Admit::Probe(p) = b.try_start(First, 0) else {
             panic!()
         };
         assert_eq!(b.record(Good, First, Some(p), t1), Some(State::Closed));
-        assert_eq!(b.try_start(Retry), Admit::Yes);
+        assert_eq!(b.try_start(Retry, 0), Admit::Yes);
 
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
         let probes: Vec<Probe> = (0..3)
-            .map(|_| match b.try_start(First) {
+            .map(|_| match b.try_start(First, 0) {
                 Admit::Probe(p) => p,
                 other => panic!("{other:?}"),
             })
@@ -617,9 +679,9 @@ mod tests {
     #[test]
     fn closing_keeps_the_probes_as_evidence_so_poison_retries_do_not_reopen_it() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
-        let Admit::Probe(p) = b.try_start(First) else {
+        let Admit::Probe(p) = b.try_start(First, 0) else {
             panic!()
         };
         b.record(Good, First, Some(p), t1);
@@ -631,9 +693,9 @@ mod tests {
     #[test]
     fn results_of_calls_that_are_not_probes_of_this_round_change_nothing() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
-        let Admit::Probe(old) = b.try_start(First) else {
+        let Admit::Probe(old) = b.try_start(First, 0) else {
             panic!()
         };
         for _ in 0..10 {
@@ -641,7 +703,7 @@ mod tests {
         }
         // This round fails; the next one must not count the old probe.
         for _ in 0..2 {
-            let Admit::Probe(p) = b.try_start(First) else {
+            let Admit::Probe(p) = b.try_start(First, 0) else {
                 panic!()
             };
             b.record(Bad, First, Some(p), t1);
@@ -656,19 +718,19 @@ mod tests {
     #[test]
     fn a_forgotten_probe_frees_its_place() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         half_open(&mut b, t0);
-        let ps: Vec<Admit> = (0..3).map(|_| b.try_start(First)).collect();
-        assert_eq!(b.try_start(First), Admit::No);
+        let ps: Vec<Admit> = (0..3).map(|_| b.try_start(First, 0)).collect();
+        assert_eq!(b.try_start(First, 0), Admit::No);
         let Admit::Probe(p) = ps[0] else { panic!() };
         b.forget(p);
-        assert!(matches!(b.try_start(First), Admit::Probe(_)));
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
     }
 
     #[test]
     fn permanent_failures_are_answers_not_failures() {
         // The router reports a permanent failure as `Ok`; 100 of them never open it.
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         for _ in 0..100 {
             assert_eq!(b.record(Good, First, None, Instant::now()), None);
         }
@@ -677,18 +739,76 @@ mod tests {
     #[test]
     fn disabled_never_opens() {
         let now = Instant::now();
-        let mut b = Breaker::new(BreakerConfig::disabled());
+        let mut b = Breaker::new(BreakerConfig::disabled(), 32);
         for _ in 0..100 {
             assert_eq!(b.record(Bad, First, None, now), None);
             assert_eq!(b.record(Bad, Retry, None, now), None);
         }
-        assert_eq!(b.try_start(Retry), Admit::Yes);
+        assert_eq!(b.try_start(Retry, 0), Admit::Yes);
+    }
+
+    #[test]
+    fn closed_it_holds_calls_back_while_those_in_flight_could_open_it() {
+        let now = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        // Empty window: 19 unknown calls cannot open it, 20 could.
+        assert_eq!(b.try_start(First, 19), Admit::Yes);
+        assert_eq!(b.try_start(First, 20), Admit::No);
+        // A full window of successes absorbs 39 failures, not 40.
+        for _ in 0..50 {
+            b.record(Good, First, None, now);
+        }
+        assert_eq!(b.try_start(Retry, 39), Admit::Yes);
+        assert_eq!(b.try_start(Retry, 40), Admit::No);
+        // With 10 failures among the newest calls: 29 more at most.
+        for _ in 0..10 {
+            b.record(Bad, First, None, now);
+        }
+        assert_eq!(b.try_start(First, 29), Admit::Yes);
+        assert_eq!(b.try_start(First, 30), Admit::No);
+        // Nothing unknown: always (the next call is what may open it).
+        assert_eq!(b.try_start(First, 0), Admit::Yes);
+    }
+
+    #[test]
+    fn an_outage_costs_at_most_what_it_takes_to_open_whatever_the_concurrency() {
+        // 32 calls in flight at a time, each failing; calls start only when admitted.
+        for warm in [0, 500] {
+            let now = Instant::now();
+            let mut b = Breaker::new(cfg(), 32);
+            for _ in 0..warm {
+                b.record(Good, First, None, now);
+            }
+            let (mut started, mut running) = (0, 0usize);
+            loop {
+                while running < 32 && b.try_start(First, running) == Admit::Yes {
+                    started += 1;
+                    running += 1;
+                }
+                assert!(running > 0, "nothing running and nothing admitted");
+                running -= 1;
+                if b.record(Bad, First, None, now) == Some(State::Open) {
+                    break;
+                }
+            }
+            assert_eq!(started, if warm == 0 { 20 } else { 40 });
+        }
+    }
+
+    #[test]
+    fn a_large_max_in_flight_widens_the_window_so_healthy_calls_are_never_held() {
+        let now = Instant::now();
+        let mut b = Breaker::new(cfg(), 200);
+        for _ in 0..1000 {
+            b.record(Good, First, None, now);
+        }
+        assert_eq!(b.try_start(First, 199), Admit::Yes);
     }
 
     #[test]
     fn windows_are_bounded() {
         let now = Instant::now();
-        let mut b = Breaker::new(cfg());
+        let mut b = Breaker::new(cfg(), 32);
         for _ in 0..1000 {
             b.record(Good, First, None, now);
             b.record(Bad, Retry, None, now);

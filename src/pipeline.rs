@@ -147,7 +147,7 @@ impl Pipeline {
                 delays: DelayQueue::default(),
                 gate: KeyGate::default(),
                 parked: VecDeque::new(),
-                breaker: Breaker::new(limits.breaker),
+                breaker: Breaker::new(limits.breaker, limits.max_in_flight),
                 probes: Vec::new(),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
@@ -468,13 +468,15 @@ impl State {
     /// the best probe); it takes a due retry only when none is waiting.
     fn pump(&mut self) {
         while !self.draining && !self.parked.is_empty() {
+            // Started, and not yet recorded by the breaker.
+            let unknown = self.jobs.len() + self.finished.len() + self.gate.waiting();
             let (at, admit) = match self.breaker.state() {
-                BreakerState::Closed => (0, Admit::Yes),
+                BreakerState::Closed => (0, self.breaker.try_start(Attempt::First, unknown)),
                 BreakerState::Open => break,
                 BreakerState::HalfOpen => {
                     let fresh = self.parked.iter().position(|j| j.tp.stage == Stage::Main);
                     let (at, attempt) = fresh.map_or((0, Attempt::Retry), |i| (i, Attempt::First));
-                    (at, self.breaker.try_start(attempt))
+                    (at, self.breaker.try_start(attempt, unknown))
                 }
             };
             if admit == Admit::No {
@@ -647,14 +649,21 @@ impl State {
                 let now = std::time::Instant::now();
                 if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
                     self.on_breaker_change(consumer, new);
+                } else if !self.parked.is_empty() {
+                    // A closed breaker may have held jobs back until this result was known.
+                    self.pump();
                 }
             }
-            (None, Some(probe)) => {
-                // Handed back or never called: no evidence; another message may probe.
-                self.breaker.forget(probe);
-                self.pump();
+            (None, probe) => {
+                // Handed back or never called: no evidence. Another message may probe, or start
+                // now that this one is no longer unknown.
+                if let Some(probe) = probe {
+                    self.breaker.forget(probe);
+                }
+                if !self.parked.is_empty() {
+                    self.pump();
+                }
             }
-            (None, None) => {}
         }
         if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
             return;

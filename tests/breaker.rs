@@ -436,7 +436,8 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
     })
     .await;
     let log = watch.finish().await;
-    let dlq = read_topic(&topo.dlq, 1, Duration::from_secs(10));
+    let failed = down.seen().iter().filter(|s| s.transient).count();
+    let dlq = read_topic(&topo.dlq, failed, Duration::from_secs(10));
     svc.stop().await;
 
     let seen = down.seen();
