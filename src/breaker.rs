@@ -252,10 +252,6 @@ impl Window {
         }
     }
 
-    fn len(&self) -> usize {
-        self.calls.len()
-    }
-
     fn clear(&mut self) {
         self.calls.clear();
         self.failures = 0;
@@ -813,6 +809,6 @@ mod tests {
             b.record(Good, First, None, now);
             b.record(Bad, Retry, None, now);
         }
-        assert_eq!((b.first.len(), b.retries.len()), (50, 50));
+        assert_eq!((b.first.counts().0, b.retries.counts().0), (50, 50));
     }
 }

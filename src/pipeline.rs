@@ -36,7 +36,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Admit, Attempt, Breaker, BreakerConfig, Probe, State as BreakerState};
+use crate::breaker::{
+    Admit, Attempt, Breaker, BreakerConfig, Probe, Signal, State as BreakerState,
+};
 use crate::delay::DelayQueue;
 use crate::handler::Message;
 use crate::headers;
@@ -72,6 +74,10 @@ struct State {
     breaker: Breaker,
     /// Probes a half-open breaker let through and that have not reported yet.
     probes: Vec<ProbeJob>,
+    /// Handler results taken from the router, reused so that taking them allocates nothing.
+    signals: Vec<(Tp, i64, Signal)>,
+    /// Jobs whose handler result the breaker has, still running (producing their copy).
+    judged_running: usize,
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
@@ -103,7 +109,6 @@ fn forget_probes(probes: &mut Vec<ProbeJob>, breaker: &mut Breaker, tp: Tp) {
 /// A probe a half-open breaker let through: which job, to recognise its completion.
 struct ProbeJob {
     tp: Tp,
-    epoch: u64,
     offset: i64,
     probe: Probe,
 }
@@ -149,6 +154,8 @@ impl Pipeline {
                 parked: VecDeque::new(),
                 breaker: Breaker::new(limits.breaker, limits.max_in_flight),
                 probes: Vec::new(),
+                signals: Vec::new(),
+                judged_running: 0,
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
@@ -468,8 +475,9 @@ impl State {
     /// the best probe); it takes a due retry only when none is waiting.
     fn pump(&mut self) {
         while !self.draining && !self.parked.is_empty() {
-            // Started, and not yet recorded by the breaker.
-            let unknown = self.jobs.len() + self.finished.len() + self.gate.waiting();
+            // Let through, and the breaker does not have their result yet.
+            let unknown = (self.jobs.len() + self.finished.len() + self.gate.waiting())
+                .saturating_sub(self.judged_running);
             let (at, admit) = match self.breaker.state() {
                 BreakerState::Closed => (0, self.breaker.try_start(Attempt::First, unknown)),
                 BreakerState::Open => break,
@@ -494,7 +502,6 @@ impl State {
             if let Admit::Probe(probe) = admit {
                 self.probes.push(ProbeJob {
                     tp: job.tp,
-                    epoch: job.epoch,
                     offset: job.message.offset,
                     probe,
                 });
@@ -505,15 +512,49 @@ impl State {
         }
     }
 
-    /// The probe `done` was, if it was one.
-    fn take_probe(&mut self, done: &Completion) -> Option<Probe> {
+    /// The probe the job for (`tp`, `offset`) was, if it was one.
+    fn take_probe(&mut self, tp: Tp, offset: i64) -> Option<Probe> {
         if self.probes.is_empty() {
             return None;
         }
-        let i = self.probes.iter().position(|p| {
-            p.tp == done.tp && p.epoch == done.epoch && p.offset == done.offset
-        })?;
+        let i = self
+            .probes
+            .iter()
+            .position(|p| p.tp == tp && p.offset == offset)?;
         Some(self.probes.swap_remove(i).probe)
+    }
+
+    /// Gives the breaker the handler results the router has published, in their order.
+    fn judge_signals(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        {
+            let mut shared = self
+                .router
+                .signals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if shared.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *shared, &mut self.signals);
+        }
+        let now = std::time::Instant::now();
+        let mut signals = std::mem::take(&mut self.signals);
+        for (tp, offset, signal) in signals.drain(..) {
+            self.judged_running += 1;
+            let probe = self.take_probe(tp, offset);
+            let attempt = match tp.stage {
+                Stage::Main => Attempt::First,
+                Stage::Tier(_) => Attempt::Retry,
+            };
+            if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
+                self.on_breaker_change(consumer, new);
+            }
+        }
+        self.signals = signals;
+        // A closed breaker may have held jobs back until these results were known.
+        if !self.parked.is_empty() {
+            self.pump();
+        }
     }
 
     /// Pauses (or resumes) every assigned partition that is not held for a delay.
@@ -624,14 +665,19 @@ impl State {
         self.jobs.spawn(job);
     }
 
-    /// Accounts for every finished job, including those that finishing ones let start.
+    /// Accounts for every finished job, including those that finishing ones let start. The
+    /// breaker gets every handler result before the job that gave it is accounted for.
     fn settle(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        while let Some(done) = self.finished.pop() {
-            self.on_completion(consumer, done);
+        loop {
+            self.judge_signals(consumer);
+            let Some(done) = self.finished.pop() else {
+                break;
+            };
+            self.on_completion(done);
         }
     }
 
-    fn on_completion(&mut self, consumer: &StreamConsumer<TopologyContext>, done: Completion) {
+    fn on_completion(&mut self, done: Completion) {
         if let Some(next) = self.gate.release(done.tp, done.key.as_deref()) {
             if self.draining {
                 // Not started: handed back, its offset stays uncommitted.
@@ -639,31 +685,16 @@ impl State {
                 self.start(next);
             }
         }
-        let probe = self.take_probe(&done);
-        match (done.signal, probe) {
-            (Some(signal), probe) => {
-                let attempt = match done.tp.stage {
-                    Stage::Main => Attempt::First,
-                    Stage::Tier(_) => Attempt::Retry,
-                };
-                let now = std::time::Instant::now();
-                if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
-                    self.on_breaker_change(consumer, new);
-                } else if !self.parked.is_empty() {
-                    // A closed breaker may have held jobs back until this result was known.
-                    self.pump();
-                }
-            }
-            (None, probe) => {
-                // Handed back or never called: no evidence. Another message may probe, or start
-                // now that this one is no longer unknown.
-                if let Some(probe) = probe {
-                    self.breaker.forget(probe);
-                }
-                if !self.parked.is_empty() {
-                    self.pump();
-                }
-            }
+        if done.signal.is_some() {
+            // The breaker had its result (`judge_signals` runs first).
+            self.judged_running = self.judged_running.saturating_sub(1);
+        } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
+            // Handed back or never called: no evidence; another message may probe.
+            self.breaker.forget(probe);
+        }
+        if !self.parked.is_empty() {
+            // One less result unknown: a held-back job may start.
+            self.pump();
         }
         if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
             return;

@@ -125,14 +125,18 @@ impl Watch {
         let s = stop.clone();
         let task = tokio::spawn(async move {
             let mut log = vec![(Instant::now(), m.circuit_state.get())];
-            while !s.load(Ordering::Relaxed) {
+            loop {
+                // One more sample after the stop, so that the last change is seen.
+                let stopping = s.load(Ordering::Relaxed);
                 let now = m.circuit_state.get();
                 if log.last().is_some_and(|(_, last)| *last != now) {
                     log.push((Instant::now(), now));
                 }
+                if stopping {
+                    break log;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            log
         });
         Watch { stop, task }
     }
@@ -361,9 +365,13 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     );
     assert!(first_open - outage <= Duration::from_secs(5), "opened within 5 s");
     assert!(failed_before_open <= 50, "opened within 50 calls");
-    // Open, half-open (probes fail: still down), open, half-open (recovered), closed.
+    // Open, half-open (probes fail: still down), open, half-open (recovered; the watch may miss
+    // it when the first probe closes the breaker within its 5 ms), closed.
     let states: Vec<i64> = log.iter().map(|(_, s)| *s).collect();
-    assert_eq!(states, [0, 2, 1, 2, 1, 0], "{log:?}");
+    assert!(
+        states == [0, 2, 1, 2, 1, 0] || states == [0, 2, 1, 2, 0],
+        "{log:?}"
+    );
     assert!(
         closed - recovered <= BreakerConfig::default().cooldown + Duration::from_secs(2),
         "closed within a cool-down and the probes after recovery"
@@ -433,6 +441,11 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
     let d = down.clone();
     wait_until("every retry succeeded or dead", Duration::from_secs(60), move || {
         d.successes().len() + d.seen().iter().filter(|s| s.transient).count() == n
+    })
+    .await;
+    let m = svc.metrics.clone();
+    wait_until("the breaker closed", Duration::from_secs(5), move || {
+        m.circuit_state.get() == 0
     })
     .await;
     let log = watch.finish().await;
