@@ -148,6 +148,16 @@ impl Watch {
     }
 }
 
+/// Waits for the partitions. Longer than `common::wait_ready`: the first group on a fresh broker
+/// waits for `__consumer_offsets` to be created (47 s was seen on a loaded 2-core machine).
+async fn wait_assigned(r: &Running) {
+    let m = r.metrics.clone();
+    wait_until("partition assignment", Duration::from_secs(120), move || {
+        m.health.assigned.load(Ordering::Relaxed)
+    })
+    .await;
+}
+
 fn opened(log: &[(Instant, i64)]) -> bool {
     log.iter().any(|(_, s)| *s == 2)
 }
@@ -315,7 +325,7 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     create_topology(&topo, 3).await;
     let down = Downstream::new(&main);
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_ready(&svc).await;
+    wait_assigned(&svc).await;
     let watch = Watch::start(svc.metrics.clone());
     // 200 messages a second throughout, the outage included (they wait in the main topic).
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -489,7 +499,7 @@ async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
     let down = Downstream::new(&main);
     down.set(HALF);
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_ready(&svc).await;
+    wait_assigned(&svc).await;
     let watch = Watch::start(svc.metrics.clone());
     let producer = producer();
     let n = 2000;
