@@ -150,12 +150,15 @@ impl Watch {
 
 /// Waits for the partitions. Longer than `common::wait_ready`: the first group on a fresh broker
 /// waits for `__consumer_offsets` to be created (47 s was seen on a loaded 2-core machine).
-async fn wait_assigned(r: &Running) {
-    let m = r.metrics.clone();
-    wait_until("partition assignment", Duration::from_secs(120), move || {
-        m.health.assigned.load(Ordering::Relaxed)
-    })
-    .await;
+async fn wait_assigned(r: &mut Running) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !r.metrics.health.assigned.load(Ordering::Relaxed) {
+        if r.task.is_finished() {
+            panic!("rebound ended before assignment: {:?}", (&mut r.task).await);
+        }
+        assert!(Instant::now() < until, "no assignment within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn opened(log: &[(Instant, i64)]) -> bool {
@@ -324,8 +327,8 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     let topo = topology(&main, TIERS);
     create_topology(&topo, 3).await;
     let down = Downstream::new(&main);
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_assigned(&svc).await;
+    let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
+    wait_assigned(&mut svc).await;
     let watch = Watch::start(svc.metrics.clone());
     // 200 messages a second throughout, the outage included (they wait in the main topic).
     let stop_producing = Arc::new(AtomicBool::new(false));
@@ -498,8 +501,8 @@ async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
     create_topology(&topo, 3).await;
     let down = Downstream::new(&main);
     down.set(HALF);
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_assigned(&svc).await;
+    let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
+    wait_assigned(&mut svc).await;
     let watch = Watch::start(svc.metrics.clone());
     let producer = producer();
     let n = 2000;
