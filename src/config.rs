@@ -392,13 +392,9 @@ impl crate::demo::DemoConfig {
                     bad("--metrics-addr", format!("{a:?} is not IP:PORT, or `off`"))
                 })?),
             };
-        // The demo runs against the local Tansu broker: one record per produce batch (Tansu 0.6
-        // skips a batch when a fetch starts inside it, which a resumed tier partition does; see
-        // docs/broker-compat.md). -X overrides them.
-        let mut kafka: Vec<(String, String)> = [("linger.ms", "0"), ("batch.num.messages", "1")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        // Against Tansu the demo adds one record per produce batch (`demo::run` probes the
+        // broker); -X overrides that.
+        let mut kafka: Vec<(String, String)> = Vec::new();
         for item in &args.kafka {
             let (k, v) = item
                 .split_once('=')

@@ -101,13 +101,14 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
         chrono::Utc::now().format("%Y%m%d%H%M%S%3f")
     );
     let topology = Topology::new(&main, &cfg.tiers);
+    let out = &mut std::io::stdout();
+    let kafka = with_broker_workarounds(&cfg.brokers, &cfg.kafka, out).await;
     let cluster = ClusterConfig {
         brokers: cfg.brokers.clone(),
         group: format!("{main}.group"),
-        kafka: cfg.kafka.clone(),
+        kafka: kafka.clone(),
         topology: topology.clone(),
     };
-    let out = &mut std::io::stdout();
     let _ = writeln!(
         out,
         "rebound demo: {} messages through {main}",
@@ -148,7 +149,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
         fates: fates.clone(),
     });
     let mut config = Config::new(&cfg.brokers, &cluster.group, topology.clone());
-    config.cluster.kafka = cfg.kafka.clone();
+    config.cluster.kafka = kafka;
     config.metrics_addr = cfg.metrics_addr;
     config.commit_interval = Duration::from_millis(500);
     let service = Service::new(config, handler);
@@ -282,15 +283,49 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
     Ok(report)
 }
 
+/// The librdkafka properties the demo runs with: the user's `-X`, plus one record per produced
+/// batch when the broker finalizes no KRaft features (Tansu 0.6 skips the rest of a batch when a
+/// fetch starts inside it, which a resumed tier partition does; docs/broker-compat.md). A `-X`
+/// of the same name wins. A broker that cannot be probed gets no workaround: the demo's own
+/// connection errors then say what is wrong.
+async fn with_broker_workarounds(
+    brokers: &str,
+    user: &KafkaProps,
+    out: &mut impl std::io::Write,
+) -> KafkaProps {
+    let addr = brokers.to_string();
+    let probe = tokio::task::spawn_blocking(move || {
+        crate::probe::api_versions(&addr, Duration::from_secs(5))
+    })
+    .await;
+    let mut props = Vec::new();
+    if let Ok(Ok(features)) = probe {
+        if features.lacks_kraft_features() {
+            let _ = writeln!(
+                out,
+                "  broker finalizes no KRaft features (Tansu?): producing one record per batch"
+            );
+            for (k, v) in [("linger.ms", "0"), ("batch.num.messages", "1")] {
+                if !user.0.iter().any(|(key, _)| key == k) {
+                    props.push((k.to_string(), v.to_string()));
+                }
+            }
+        }
+    }
+    props.extend(user.0.iter().cloned());
+    KafkaProps(props)
+}
+
 async fn produce_samples(
     cluster: &ClusterConfig,
     n: usize,
 ) -> Result<Vec<(String, &'static str)>, DemoError> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &cluster.brokers);
+    for (k, v) in &cluster.kafka.0 {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create()?;
     let mut ids = Vec::with_capacity(n);
     let mut sends = Vec::with_capacity(n);
     for i in 0..n {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod ordering;
 pub mod pipeline;
+pub mod probe;
 pub mod produce;
 pub mod router;
 pub mod service;

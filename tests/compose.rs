@@ -46,6 +46,21 @@ fn kafka_is_the_real_apache_image_in_kraft_mode() {
 }
 
 #[test]
+fn kafka_image_is_the_version_the_tests_run_on() {
+    let c = compose();
+    let image = services(&c)["kafka"]["image"].as_str().unwrap().to_string();
+    let node = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/kafka-node"),
+    )
+    .expect("scripts/lib/kafka-node exists");
+    let pinned = node
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION="))
+        .expect("kafka-node pins KAFKA_VERSION");
+    assert_eq!(image, format!("apache/kafka:{pinned}"));
+}
+
+#[test]
 fn every_mounted_file_exists_and_every_published_port_is_unique() {
     let c = compose();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

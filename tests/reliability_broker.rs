@@ -1,5 +1,6 @@
-//! Broker restart: a private Tansu on `sqlite://` storage (so that it keeps its topics, records
-//! and committed offsets across a restart) is stopped for several seconds in the middle of a run
+//! Broker restart: a private broker of the suite's kind whose data survives a restart (Apache
+//! Kafka with its log dirs kept; Tansu on `sqlite://` storage), so that it keeps its topics,
+//! records and committed offsets, is stopped for several seconds in the middle of a run
 //! and started again on the same port. rebound must log the outage, answer `/readyz` with 503
 //! and then 200 again, resume producing and committing, lose nothing, and never exit on its own.
 
@@ -16,7 +17,7 @@ use rel::*;
 async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("broker"));
     let dir = workdir("broker");
-    let mut broker = Tansu::start(free_port(), dir.path(), "sqlite://rebound-rel.db");
+    let mut broker = OwnBroker::start(free_port(), dir.path());
     let brokers = broker.brokers();
     let main = unique("outage");
     let mut topo = topology(&main, &[1000, 2000]);

@@ -204,3 +204,134 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     a.assert_exact();
     assert_eq!(a.dead.values().sum::<usize>(), dead_expected);
 }
+
+/// Deletes `topic` and waits until the broker's metadata no longer lists it.
+async fn delete_topic(brokers: &str, topic: &str) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("admin client");
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
+        r.expect("topic deleted");
+    }
+}
+
+/// Creates `topic` again once the broker has finished deleting it (Kafka answers
+/// `TOPIC_ALREADY_EXISTS` while a deletion is still in progress).
+async fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("admin client");
+    let new = rdkafka::admin::NewTopic::new(
+        topic,
+        partitions,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    );
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = admin.create_topics([&new], &opts).await.expect("create");
+        match r.into_iter().next() {
+            Some(Ok(_)) => return,
+            Some(Err((_, e))) if std::time::Instant::now() < until => {
+                eprintln!("recreating {topic}: {e:?}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("recreating {topic}: {other:?}"),
+        }
+    }
+}
+
+/// The rule behind every other guarantee, made deterministic: a retry copy the broker has not
+/// acknowledged keeps its source offset uncommitted, even while later work on other partitions
+/// is committed, and a `kill -9` then loses nothing. The tier topic is deleted under a running
+/// rebound, so copies to it cannot be acknowledged (librdkafka keeps retrying) while commits go
+/// through; committing on "sent" instead of "acknowledged" fails this test on any broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
+    let brokers = brokers();
+    let main = unique("unacked");
+    let topo = topology(&main, &[200]);
+    create_topology(&topo, 2).await;
+    let tier = topo.tiers[0].topic.clone();
+
+    let sink = Sink::start().await;
+    let dir = workdir("unacked");
+    let log = dir.path().join("rebound.log");
+    let group = unique("g");
+    let args = run_args(&brokers, &topo, &group, &sink, 0);
+    let mut p = start(&args, &log);
+    wait_readyz(&p, Duration::from_secs(60)).await;
+    delete_topic(&brokers, &tier).await;
+
+    // Partition 0: messages whose first answer is transient, so each needs a tier copy.
+    let failing: Vec<Out> = (0..5)
+        .map(|i| Out::new(&format!("u-{i}"), &format!("u-{i}:fail-1")).partition(0))
+        .collect();
+    produce_many(&brokers, &main, &failing).await;
+    let s = sink.clone();
+    eventually(
+        "every first attempt answered",
+        Duration::from_secs(30),
+        || {
+            let s = s.clone();
+            async move {
+                s.records()
+                    .iter()
+                    .filter(|r| r.attempt == 0 && r.status == 503)
+                    .count()
+                    == 5
+            }
+        },
+    )
+    .await;
+    // Partition 1, afterwards: successes. Once their commit lands, every commit rebound made
+    // after the failing messages were handled is in.
+    let later: Vec<Out> = (0..3)
+        .map(|i| Out::new(&format!("v-{i}"), &format!("v-{i}:ok")).partition(1))
+        .collect();
+    produce_many(&brokers, &main, &later).await;
+    let (b, g, m) = (brokers.clone(), group.clone(), main.clone());
+    eventually(
+        "partition 1's successes committed",
+        Duration::from_secs(30),
+        || {
+            let (b, g, m) = (b.clone(), g.clone(), m.clone());
+            async move { committed(&b, &g, &m, 2)[1] == Some(3) }
+        },
+    )
+    .await;
+    let committed_p0 = committed(&brokers, &group, &main, 2)[0];
+    p.kill9();
+    assert!(
+        committed_p0.unwrap_or(0) == 0,
+        "partition 0 was committed to {committed_p0:?} while none of its copies was acknowledged"
+    );
+
+    // The tier comes back; a restarted rebound handles the failing messages again, and this
+    // time their copies are delivered and retried.
+    recreate_topic(&brokers, &tier, 2).await;
+    let mut p = start(&args, &log);
+    let fates = fates_of(&failing, topo.max_retries);
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(60)).await;
+    let (status, _) = p.term(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+    // Each failing message: its transient first answer (twice: before the kill and after the
+    // restart, which is what at-least-once allows), then a success on its retry from the tier.
+    let records = sink.records();
+    for id in fates.keys() {
+        let calls: Vec<(u32, u16)> = records
+            .iter()
+            .filter(|r| r.id.split_once(':').map(|(i, _)| i) == Some(id.as_str()))
+            .map(|r| (r.attempt, r.status))
+            .collect();
+        assert!(
+            calls.contains(&(1, 200)),
+            "{id} never succeeded on its retry: {calls:?}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ async fn soak_steady_mixed_traffic_memory_stays_flat_and_nothing_is_lost() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("soak"));
     let brokers = brokers();
     let main = unique("soak");
+    // A 5 s last tier: the soak (scripts/soak, not CI) keeps messages parked across many cycles.
     let mut topo = topology(&main, &[1000, 5000]);
     topo.max_retries = 3;
     create_topology(&topo, 3).await;

@@ -251,6 +251,7 @@ async fn retries_are_never_early_and_lateness_stays_under_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_tier_partition_does_not_block_another_partition() {
     let main = unique("pause");
+    // A 60 s tier that is never waited out: the test writes its own `process_after` (4 s ahead).
     let topo = topology(&main, &[60_000]);
     create_topology(&topo, 2).await;
     let tier = &topo.tiers[0].topic;

@@ -49,14 +49,16 @@ pub struct Row {
     pub detail: String,
 }
 
-/// librdkafka settings of every client under test, rebound and baselines alike: one record per
-/// produced batch (Tansu memory engine, see docs/broker-compat.md) and a short fetch wait.
+/// librdkafka settings of every client under test, rebound and baselines alike: a short fetch
+/// wait (rebound's default), and one record per produced batch where the broker is Tansu (its
+/// memory engine, see docs/broker-compat.md). On Apache Kafka every client batches normally.
 fn client_props() -> Vec<(String, String)> {
-    vec![
-        ("fetch.wait.max.ms".into(), "20".into()),
-        ("linger.ms".into(), "0".into()),
-        ("batch.num.messages".into(), "1".into()),
-    ]
+    let mut props = vec![("fetch.wait.max.ms".into(), "20".into())];
+    if support::broker_is_tansu() {
+        props.push(("linger.ms".into(), "0".into()));
+        props.push(("batch.num.messages".into(), "1".into()));
+    }
+    props
 }
 
 fn fmt_rate(r: f64) -> String {

@@ -14,11 +14,19 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use rebound::headers::Header;
 
-/// The broker every scenario runs against: given by `REBOUND_BENCH_BROKERS`, or a Tansu
-/// (memory storage) started here on a free loopback port and stopped on drop.
+/// The broker every scenario runs against: the one `scripts/bench` started (Apache Kafka where
+/// Java 17+ and Maven are present, else Tansu), named by `REBOUND_BENCH_BROKERS`,
+/// `REBOUND_BENCH_BROKER_NAME`, `REBOUND_BENCH_BROKER_KIND` and `REBOUND_BENCH_BROKER_PID`; or,
+/// when `cargo bench` runs without it, a Tansu (memory storage) started here and stopped on drop.
 pub struct Broker {
     pub addr: String,
     child: Option<Child>,
+}
+
+/// Whether the broker under test is Tansu (then tier traffic is produced one record per batch,
+/// see docs/broker-compat.md, "Mid-batch fetch"). `scripts/bench` started the broker, so it knows.
+pub fn broker_is_tansu() -> bool {
+    std::env::var("REBOUND_BENCH_BROKER_KIND").map_or(true, |k| k == "tansu")
 }
 
 impl Broker {
@@ -26,6 +34,7 @@ impl Broker {
         if let Ok(addr) = std::env::var("REBOUND_BENCH_BROKERS") {
             return Broker { addr, child: None };
         }
+        std::env::set_var("REBOUND_BENCH_BROKER_KIND", "tansu");
         let port = free_port();
         let out = std::fs::File::create(log).expect("broker log file");
         let err = out.try_clone().expect("broker log file");
@@ -61,15 +70,24 @@ impl Broker {
         }
     }
 
-    /// The broker's process id when it was started here (for its CPU time).
+    /// The broker's process id (for its CPU time): the child started here, or the one
+    /// `scripts/bench` started (`REBOUND_BENCH_BROKER_PID`).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        match &self.child {
+            Some(c) => Some(c.id()),
+            None => std::env::var("REBOUND_BENCH_BROKER_PID")
+                .ok()
+                .and_then(|p| p.parse().ok()),
+        }
     }
 
     pub fn describe(&self) -> String {
         match &self.child {
             Some(_) => format!("Tansu (memory storage) started here on {}", self.addr),
-            None => format!("given broker {}", self.addr),
+            None => match std::env::var("REBOUND_BENCH_BROKER_NAME") {
+                Ok(name) => format!("{name} on {}", self.addr),
+                Err(_) => format!("given broker {}", self.addr),
+            },
         }
     }
 }
@@ -131,7 +149,8 @@ pub struct Seed {
 pub enum Batching {
     /// Many records per batch: fast; fine for topics read from the start and never paused.
     Batched,
-    /// One record per batch: what tier traffic needs on Tansu's memory engine.
+    /// One record per batch where the broker is Tansu (its memory engine skips the rest of a
+    /// batch when a fetch starts inside it); batched like `Batched` on Apache Kafka.
     OnePerBatch,
 }
 
@@ -149,10 +168,12 @@ pub async fn seed(
         .set("acks", "all")
         .set("queue.buffering.max.messages", "200000");
     match batching {
-        Batching::Batched => config
+        Batching::OnePerBatch if broker_is_tansu() => {
+            config.set("linger.ms", "0").set("batch.num.messages", "1")
+        }
+        _ => config
             .set("linger.ms", "20")
             .set("batch.num.messages", "2000"),
-        Batching::OnePerBatch => config.set("linger.ms", "0").set("batch.num.messages", "1"),
     };
     let producer: FutureProducer = config.create().expect("seed producer");
     let started = Instant::now();

@@ -44,10 +44,20 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Which broker `scripts/test` started: `kafka` (Apache Kafka) or `tansu`. scripts/test knows,
-/// because it started it; a run without the variable is taken to be Apache Kafka.
-pub fn broker_kind() -> String {
-    std::env::var("REBOUND_TEST_BROKER_KIND").unwrap_or_else(|_| "kafka".into())
+/// Which broker the tests run on, `kafka` (Apache Kafka) or `tansu`, detected by asking it
+/// (`rebound::probe`: an `ApiVersions` answer without finalized features is Tansu), once per
+/// test binary. `tests/broker_probe.rs` checks it against what `scripts/test` started.
+pub fn broker_kind() -> &'static str {
+    static KIND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    KIND.get_or_init(|| {
+        let features = rebound::probe::api_versions(&brokers(), Duration::from_secs(10))
+            .expect("the test broker answers ApiVersions");
+        if features.lacks_kraft_features() {
+            "tansu"
+        } else {
+            "kafka"
+        }
+    })
 }
 
 /// Tansu 0.6 skips the rest of a record batch when a fetch starts inside it

@@ -1,6 +1,6 @@
 //! Shared by the reliability suite (`tests/reliability_*.rs`): a recording HTTP handler that
 //! outlives the rebound processes it serves, the `rebound` binary as a child process (kill -9,
-//! SIGTERM), a private Tansu broker that can be stopped and started again, and the exact
+//! SIGTERM), a private broker (Apache Kafka or Tansu) that can be stopped and started again, and the exact
 //! accounting of produced ids against what was handled and what reached the DLQ.
 //!
 //! Why an HTTP sink rather than a shell script behind `--handler command`: the sink lives in the
@@ -822,33 +822,46 @@ pub async fn wait_readyz(p: &Proc, deadline: Duration) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A private Tansu broker (for the broker-restart scenario)
+// A private broker (for the broker-restart scenario)
 
-/// A Tansu broker on its own port; its storage lives in `dir` (the working directory).
-pub struct Tansu {
+/// A broker of the suite's kind (`common::broker_kind`) on its own port, whose data survives a
+/// restart: Apache Kafka keeps its log dirs in `dir/kafka`; Tansu uses `sqlite://` storage in
+/// `dir` (its memory engine would forget everything).
+pub struct OwnBroker {
     pub port: u16,
     pub dir: PathBuf,
-    pub storage: String,
+    kafka: bool,
     child: Option<Child>,
 }
 
-impl Tansu {
+impl OwnBroker {
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn start(port: u16, dir: &Path, storage: &str) -> Tansu {
-        let mut t = Tansu {
+    pub fn start(port: u16, dir: &Path) -> OwnBroker {
+        let kafka = crate::common::broker_kind() != "tansu";
+        let mut b = OwnBroker {
             port,
             dir: dir.to_path_buf(),
-            storage: storage.to_string(),
+            kafka,
             child: None,
         };
-        t.up();
-        t
+        if kafka {
+            let status = Command::new(kafka_node())
+                .arg("prepare")
+                .arg(dir.join("kafka"))
+                .arg(port.to_string())
+                .arg(free_port().to_string())
+                .status()
+                .expect("scripts/lib/kafka-node prepare");
+            assert!(status.success(), "kafka-node prepare failed");
+        }
+        b.up();
+        b
     }
 
-    fn binary() -> String {
+    fn tansu_binary() -> String {
         let home = std::env::var("HOME").unwrap_or_default();
         let local = format!("{home}/.cargo/bin/tansu");
         if Command::new("tansu").arg("--version").output().is_ok() {
@@ -858,7 +871,8 @@ impl Tansu {
         }
     }
 
-    /// Starts the broker (again) on the same port and storage, and waits until it accepts.
+    /// Starts the broker (again) on the same port and data, and waits until it answers a
+    /// Metadata request.
     pub fn up(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let log = File::options()
@@ -866,39 +880,48 @@ impl Tansu {
             .append(true)
             .open(self.dir.join("broker.log"))
             .expect("broker log");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(Self::binary())
-            .args([
+        let mut cmd = if self.kafka {
+            let mut c = Command::new(kafka_node());
+            c.arg("exec").arg(self.dir.join("kafka"));
+            c
+        } else {
+            let url = format!("tcp://127.0.0.1:{}", self.port);
+            let mut c = Command::new(Self::tansu_binary());
+            c.args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &self.storage,
-            ])
+                "sqlite://rebound-rel.db",
+            ]);
+            c
+        };
+        let child = cmd
             .current_dir(&self.dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("start tansu (scripts/test installs it)");
+            .expect("start the broker (scripts/test installs it)");
         self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < until,
-                "tansu did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = Command::new(kafka_node())
+            .args(["wait", &self.port.to_string(), "90"])
+            .status()
+            .expect("scripts/lib/kafka-node wait");
+        assert!(
+            status.success(),
+            "the broker on {} did not answer within 90 s; see {}",
+            self.port,
+            self.dir.join("broker.log").display()
+        );
     }
 
-    /// Stops the broker (SIGTERM, then SIGKILL after 10 s) and waits until the port is closed.
+    /// Stops the broker (SIGTERM, then SIGKILL after 20 s) and waits until it has exited.
     pub fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), "TERM");
-            let until = Instant::now() + Duration::from_secs(10);
+            let until = Instant::now() + Duration::from_secs(20);
             while Instant::now() < until {
                 if child.try_wait().ok().flatten().is_some() {
                     break;
@@ -915,7 +938,13 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
+/// `scripts/lib/kafka-node`: starts Apache Kafka, and answers "does a broker answer a Metadata
+/// request on this port" for either broker.
+fn kafka_node() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/kafka-node")
+}
+
+impl Drop for OwnBroker {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
