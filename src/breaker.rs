@@ -319,7 +319,11 @@ impl Breaker {
     /// change: the caller tries to start waiting work after every tick).
     pub fn tick(&mut self, now: Instant) -> Option<State> {
         match self.state {
-            State::Open if self.opened_at.is_some_and(|t| now >= t + self.config.cooldown) => {
+            State::Open
+                if self
+                    .opened_at
+                    .is_some_and(|t| now >= t + self.config.cooldown) =>
+            {
                 self.state = State::HalfOpen;
                 self.round += 1;
                 self.half_opened_at = Some(now);
@@ -524,8 +528,22 @@ mod tests {
     fn the_defaults_are_the_documented_ones() {
         let d = BreakerConfig::default();
         assert_eq!(
-            (d.threshold, d.window, d.window_time, d.min_calls, d.cooldown, d.probes),
-            (0.8, 50, Duration::from_secs(5), 20, Duration::from_secs(30), 3)
+            (
+                d.threshold,
+                d.window,
+                d.window_time,
+                d.min_calls,
+                d.cooldown,
+                d.probes
+            ),
+            (
+                0.8,
+                50,
+                Duration::from_secs(5),
+                20,
+                Duration::from_secs(30),
+                3
+            )
         );
         assert!(d.enabled() && !BreakerConfig::disabled().enabled());
     }

@@ -256,9 +256,11 @@ async fn run_mix(ids: &[String], breaker: BreakerConfig) -> (Duration, Vec<(Inst
     let dead_n = dead.len();
     let live = ids.len() - dead_n;
     let (d, m) = (down.clone(), svc.metrics.clone());
-    wait_until("every message at its end", Duration::from_secs(60), move || {
-        d.successes().len() == live && dlq_total(&m) as usize == dead_n
-    })
+    wait_until(
+        "every message at its end",
+        Duration::from_secs(60),
+        move || d.successes().len() == live && dlq_total(&m) as usize == dead_n,
+    )
     .await;
     let seen = down.seen();
     let first = seen.iter().map(|s| s.at).min().unwrap();
@@ -275,7 +277,11 @@ async fn run_mix(ids: &[String], breaker: BreakerConfig) -> (Duration, Vec<(Inst
             .collect::<HashSet<_>>()
     );
     assert_eq!(dlq.len(), in_dlq.len(), "each dead message once");
-    let twice: Vec<_> = down.successes().into_iter().filter(|(_, n)| *n > 1).collect();
+    let twice: Vec<_> = down
+        .successes()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
     assert!(twice.is_empty(), "succeeded more than once: {twice:?}");
     (last - first, log)
 }
@@ -297,10 +303,7 @@ async fn mix_never_opens_and_costs_nothing(name: &str, ids: Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_mix_of_1500_never_opens_the_breaker() {
-    let ids = mix(
-        "a",
-        &[("ok", 1125), ("fail-once", 300), ("always", 75)],
-    );
+    let ids = mix("a", &[("ok", 1125), ("fail-once", 300), ("always", 75)]);
     mix_never_opens_and_costs_nothing("mix-1500", ids).await;
 }
 
@@ -334,7 +337,10 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     let stop_producing = Arc::new(AtomicBool::new(false));
     let traffic = steady(&main, 10, stop_producing.clone());
     let d = down.clone();
-    wait_until("300 calls", Duration::from_secs(60), move || d.count() >= 300).await;
+    wait_until("300 calls", Duration::from_secs(60), move || {
+        d.count() >= 300
+    })
+    .await;
     down.set(DOWN);
     let outage = Instant::now();
     let m = svc.metrics.clone();
@@ -354,9 +360,11 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     stop_producing.store(true, Ordering::Relaxed);
     let n = traffic.await.unwrap();
     let d = down.clone();
-    wait_until("every message succeeded", Duration::from_secs(60), move || {
-        d.successes().len() == n
-    })
+    wait_until(
+        "every message succeeded",
+        Duration::from_secs(60),
+        move || d.successes().len() == n,
+    )
     .await;
     let log = watch.finish().await;
     let copies = tier_copies(&svc.metrics, &topo);
@@ -376,7 +384,10 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
         closed - recovered,
         log.iter().map(|(t, s)| (t.saturating_duration_since(outage).as_millis(), *s)).collect::<Vec<_>>()
     );
-    assert!(first_open - outage <= Duration::from_secs(5), "opened within 5 s");
+    assert!(
+        first_open - outage <= Duration::from_secs(5),
+        "opened within 5 s"
+    );
     assert!(failed_before_open <= 50, "opened within 50 calls");
     // Open, half-open (probes fail: still down), open, half-open (recovered; the watch may miss
     // it when the first probe closes the breaker within its 5 ms), closed.
@@ -452,9 +463,11 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
     down.set(HEALTHY);
     let recovered = Instant::now();
     let d = down.clone();
-    wait_until("every retry succeeded or dead", Duration::from_secs(60), move || {
-        d.successes().len() + d.seen().iter().filter(|s| s.transient).count() == n
-    })
+    wait_until(
+        "every retry succeeded or dead",
+        Duration::from_secs(60),
+        move || d.successes().len() + d.seen().iter().filter(|s| s.transient).count() == n,
+    )
     .await;
     let m = svc.metrics.clone();
     wait_until("the breaker closed", Duration::from_secs(5), move || {
@@ -475,9 +488,16 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
         closed - recovered
     );
     assert!(seen.iter().all(|s| !s.fresh && s.attempt == 1));
-    assert!(failed <= 20, "{failed} retries failed: the breaker opened late");
+    assert!(
+        failed <= 20,
+        "{failed} retries failed: the breaker opened late"
+    );
     assert_eq!(dlq.len(), failed, "only the retries that failed are dead");
-    assert_eq!(down.successes().len(), n - failed, "the rest waited and succeeded");
+    assert_eq!(
+        down.successes().len(),
+        n - failed,
+        "the rest waited and succeeded"
+    );
     let states: Vec<i64> = log.iter().map(|(_, s)| *s).collect();
     assert_eq!(states, [0, 2, 1, 0], "{log:?}");
     assert!(
@@ -523,12 +543,17 @@ async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
     let produced = begin.elapsed();
     let (d, m, t) = (down.clone(), svc.metrics.clone(), topo.clone());
     let max_retries = topo.max_retries as usize;
-    wait_until("every message at its end", Duration::from_secs(30), move || {
-        let dead = dlq_total(&m) as usize;
-        d.successes().len() + dead == n && tier_copies(&m, &t) as usize + dead == {
-            d.seen().iter().filter(|s| s.transient).count()
-        }
-    })
+    wait_until(
+        "every message at its end",
+        Duration::from_secs(30),
+        move || {
+            let dead = dlq_total(&m) as usize;
+            d.successes().len() + dead == n
+                && tier_copies(&m, &t) as usize + dead == {
+                    d.seen().iter().filter(|s| s.transient).count()
+                }
+        },
+    )
     .await;
     let finished = begin.elapsed();
     let log = watch.finish().await;
@@ -548,10 +573,83 @@ async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
         "stalled: {finished:?} for {produced:?} of traffic"
     );
     assert!(copies <= n as u64, "more than one tier copy per message");
-    assert_eq!(copies + dead, failed, "one copy per failed call, or the DLQ");
+    assert_eq!(
+        copies + dead,
+        failed,
+        "one copy per failed call, or the DLQ"
+    );
     let by_id = seen.iter().fold(HashMap::<&str, usize>::new(), |mut m, s| {
         *m.entry(s.id.as_str()).or_default() += 1;
         m
     });
     assert!(by_id.values().all(|c| *c <= 1 + max_retries));
+}
+
+/// The complaint: poison retries (they fail on every try, and nothing else flows) open
+/// the breaker of an idle topic, as an outage would. Then fresh work must close it at the first
+/// probe, not wait behind the poison: main-topic messages probe first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_probe() {
+    let main = unique("bpoison");
+    let mut topo = topology(&main, TIERS);
+    // Many tries, so that the poison keeps coming back due while the breaker is open.
+    topo.max_retries = 20;
+    create_topology(&topo, 3).await;
+    let now = h::format_time(chrono::Utc::now());
+    let poison: Vec<Out> = (0..40)
+        .map(|i| {
+            Out::new(&format!("p{i}"), &format!("p{i}:always"))
+                .header(h::ATTEMPT, "1")
+                .header(h::PROCESS_AFTER, &now)
+                .header(h::FIRST_FAILED_AT, &now)
+        })
+        .collect();
+    produce(&topo.tiers[0].topic, &poison).await;
+    let down = Downstream::new(&main);
+    let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
+    let watch = Watch::start(svc.metrics.clone());
+    let m = svc.metrics.clone();
+    wait_until(
+        "the poison opens the breaker",
+        Duration::from_secs(120),
+        move || m.circuit_state.get() == 2,
+    )
+    .await;
+    let opened_at = Instant::now();
+    let fresh: Vec<String> = (0..5).map(|i| format!("f{i}:ok")).collect();
+    produce(&main, &records(&fresh)).await;
+    let d = down.clone();
+    wait_until(
+        "the fresh messages succeeded",
+        Duration::from_secs(60),
+        move || d.successes().len() == 5,
+    )
+    .await;
+    let done_at = Instant::now();
+    let log = watch.finish().await;
+    svc.stop().await;
+
+    let seen = down.seen();
+    let half_open = log.iter().find(|(_, s)| *s == 1).unwrap().0;
+    let first_probe = seen.iter().find(|s| s.at >= half_open).unwrap();
+    eprintln!(
+        "FIGURES breaker poison-only: fresh_done_after_open={:?} changes={:?}",
+        done_at - opened_at,
+        log.iter()
+            .map(|(t, s)| (t.saturating_duration_since(log[0].0).as_millis(), *s))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        first_probe.fresh,
+        "the first probe was a retry: {first_probe:?}"
+    );
+    let states: Vec<i64> = log.iter().map(|(_, s)| *s).take(4).collect();
+    assert_eq!(states, [0, 2, 1, 0], "closed at the first probe: {log:?}");
+    assert!(
+        done_at - opened_at
+            <= BreakerConfig::default().cooldown
+                + rebound::breaker::FRESH_PROBE_GRACE
+                + Duration::from_secs(3),
+        "fresh work waited past the first half-open"
+    );
 }

@@ -103,6 +103,36 @@ pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
     for r in results {
         r.expect("topic created");
     }
+    // The controller has created them; the broker's metadata may still lag (under load, rebound
+    // started at once was seen to find none of them and exit with "missing topics").
+    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("metadata client");
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(10)) {
+                let visible = |t: &String| {
+                    md.topics()
+                        .iter()
+                        .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty())
+                };
+                if names.iter().all(visible) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "created topics not in the broker's metadata after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("metadata wait");
 }
 
 /// Creates every topic of `topology` with `partitions` partitions.
