@@ -605,6 +605,18 @@ async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_pro
         })
         .collect();
     produce(&topo.tiers[0].topic, &poison).await;
+    // More poison, read at once and held until due 15 s later, while the breaker is open: it
+    // waits at the front of the queue when the breaker half-opens.
+    let later = h::format_time(chrono::Utc::now() + chrono::Duration::seconds(15));
+    let held: Vec<Out> = (0..6)
+        .map(|i| {
+            Out::new(&format!("q{i}"), &format!("q{i}:always"))
+                .header(h::ATTEMPT, "2")
+                .header(h::PROCESS_AFTER, &later)
+                .header(h::FIRST_FAILED_AT, &now)
+        })
+        .collect();
+    produce(&topo.tiers[1].topic, &held).await;
     let down = Downstream::new(&main);
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
     let watch = Watch::start(svc.metrics.clone());
@@ -630,8 +642,12 @@ async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_pro
     svc.stop().await;
 
     let seen = down.seen();
+    // Nothing is called while open; the watch sees the half-open up to a few ms late.
     let half_open = log.iter().find(|(_, s)| *s == 1).unwrap().0;
-    let first_probe = seen.iter().find(|s| s.at >= half_open).unwrap();
+    let first_probe = seen
+        .iter()
+        .find(|s| s.at >= half_open - Duration::from_millis(100))
+        .unwrap();
     eprintln!(
         "FIGURES breaker poison-only: fresh_done_after_open={:?} changes={:?}",
         done_at - opened_at,
@@ -642,6 +658,13 @@ async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_pro
     assert!(
         first_probe.fresh,
         "the first probe was a retry: {first_probe:?}"
+    );
+    // The held poison came due while open, so it waited in front of the fresh work (if it had
+    // been handled before, this test would not tell fresh-first probing from first-come).
+    let first_q = seen.iter().find(|s| s.id.starts_with('q')).unwrap();
+    assert!(
+        first_q.at >= half_open - Duration::from_millis(100),
+        "the held poison was handled before the breaker opened: {first_q:?}"
     );
     let states: Vec<i64> = log.iter().map(|(_, s)| *s).take(4).collect();
     assert_eq!(states, [0, 2, 1, 0], "closed at the first probe: {log:?}");
