@@ -362,17 +362,6 @@ pub struct ReplayArgs {
     pub force: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn the_cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-}
-
 /// The `--help` line of a `--breaker-*` flag (`which` is the part after `--breaker-`), with its
 /// default read from [`BreakerConfig::default`], the one place breaker defaults are written.
 fn breaker_help(which: &str) -> String {
@@ -405,4 +394,15 @@ fn breaker_help(which: &str) -> String {
         ),
     };
     format!("{what} [default: {default}]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
