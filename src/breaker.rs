@@ -24,6 +24,18 @@
 //!    call in both windows is judged: at least `min_calls` calls with a failure rate reaching
 //!    `threshold` open it. So an outage while only due retries flow still opens the breaker.
 //!
+//! Results are judged in the order the handler gave them (the router publishes each as soon as
+//! the handler answers, before any copy is produced: judged at job ends, failures would arrive
+//! in bursts after the successes of the same moment).
+//!
+//! # What it holds back
+//!
+//! Closed, a call does not start while the calls already let through whose results are not in
+//! yet would, all failing, open the breaker ([`Breaker::try_start`]): an outage costs at most
+//! the calls that prove it (40 after a full window of successes, 20 from an empty one, by
+//! default), whatever the concurrency. So that this never holds a healthy loop below its
+//! concurrency, the windows hold at least `max_in_flight / threshold` calls ([`Breaker::new`]).
+//!
 //! # How it probes
 //!
 //! Open, it lets nothing start (the poll loop pauses fetching) for `cooldown`. Half-open, it
