@@ -605,29 +605,20 @@ mod tests {
     }
 
     #[test]
-    fn a_quarter_of_first_attempts_failing_and_poison_retries_never_open_it() {
-        let mut b = Breaker::new(cfg(), 32);
-        let mut t = Instant::now();
-        for i in 0..10_000 {
-            let s = if i % 4 == 0 { Bad } else { Good };
-            assert_eq!(b.record(s, First, None, t), None);
-            // Every retry fails: the same bad messages again.
-            assert_eq!(b.record(Bad, Retry, None, t), None);
-            assert_eq!(b.record(Bad, Retry, None, t), None);
-            t += ms(1);
-        }
-        assert_eq!(b.state(), State::Closed);
-    }
-
-    #[test]
-    fn a_half_failing_downstream_does_not_open_it() {
-        let mut b = Breaker::new(cfg(), 32);
-        let mut t = Instant::now();
-        for i in 0..10_000 {
-            let s = if i % 2 == 0 { Bad } else { Good };
-            assert_eq!(b.record(s, First, None, t), None);
-            assert_eq!(b.record(s, Retry, None, t), None);
-            t += ms(7);
+    fn a_quarter_or_half_of_first_attempts_failing_never_opens_it_whatever_the_retries_do() {
+        // (one first attempt in `every` fails, retries: poison that always fails / as first)
+        for (every, poison) in [(4, true), (2, false)] {
+            let mut b = Breaker::new(cfg(), 32);
+            let mut t = Instant::now();
+            for i in 0..10_000 {
+                let s = if i % every == 0 { Bad } else { Good };
+                assert_eq!(b.record(s, First, None, t), None);
+                let r = if poison { Bad } else { s };
+                assert_eq!(b.record(r, Retry, None, t), None);
+                assert_eq!(b.record(r, Retry, None, t), None);
+                t += ms(3);
+            }
+            assert_eq!(b.state(), State::Closed);
         }
     }
 

@@ -323,14 +323,13 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
             format!("must be from 1 to --breaker-window ({window})"),
         ));
     }
-    let window_time = match args
-        .breaker_window_time
-        .as_deref()
-        .or(file.breaker_window_time.as_deref())
-    {
-        Some(s) => positive_duration("--breaker-window-time", Some(s), "")?,
-        None => d.window_time,
-    };
+    let window_time = positive_duration(
+        "--breaker-window-time",
+        args.breaker_window_time
+            .as_deref()
+            .or(file.breaker_window_time.as_deref()),
+        &duration::format(d.window_time),
+    )?;
     let probes = match args.breaker_probes.as_deref() {
         Some(s) => parse_num::<usize>("--breaker-probes", s)?,
         None => file.breaker_probes.unwrap_or(d.probes),
@@ -338,14 +337,13 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
     if !(1..=1000).contains(&probes) {
         return Err(bad("--breaker-probes", "must be from 1 to 1000"));
     }
-    let cooldown = match args
-        .breaker_cooldown
-        .as_deref()
-        .or(file.breaker_cooldown.as_deref())
-    {
-        Some(s) => positive_duration("--breaker-cooldown", Some(s), "")?,
-        None => d.cooldown,
-    };
+    let cooldown = positive_duration(
+        "--breaker-cooldown",
+        args.breaker_cooldown
+            .as_deref()
+            .or(file.breaker_cooldown.as_deref()),
+        &duration::format(d.cooldown),
+    )?;
     Ok(BreakerConfig {
         threshold,
         window,

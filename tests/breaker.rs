@@ -172,6 +172,19 @@ fn records(ids: &[String]) -> Vec<Out> {
         .collect()
 }
 
+/// `n` messages `{prefix}{i}:{behaviour}` as a tier holds them: failed `attempt` times, due at
+/// `due`.
+fn retries(prefix: &str, behaviour: &str, n: usize, attempt: u32, due: &str) -> Vec<Out> {
+    (0..n)
+        .map(|i| {
+            Out::new(&format!("{prefix}{i}"), &format!("{prefix}{i}:{behaviour}"))
+                .header(h::ATTEMPT, &attempt.to_string())
+                .header(h::PROCESS_AFTER, due)
+                .header(h::FIRST_FAILED_AT, due)
+        })
+        .collect()
+}
+
 /// Produces `per_tick` ok messages to `main` every 50 ms until `stop`; returns how many.
 fn steady(main: &str, per_tick: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
     let main = main.to_string();
@@ -442,15 +455,7 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
     create_topology(&topo, 3).await;
     let n = 100;
     let now = h::format_time(chrono::Utc::now());
-    let retries: Vec<Out> = (0..n)
-        .map(|i| {
-            Out::new(&format!("k{i}"), &format!("r{i}:ok"))
-                .header(h::ATTEMPT, "1")
-                .header(h::PROCESS_AFTER, &now)
-                .header(h::FIRST_FAILED_AT, &now)
-        })
-        .collect();
-    produce(&topo.tiers[0].topic, &retries).await;
+    produce(&topo.tiers[0].topic, &retries("r", "ok", n, 1, &now)).await;
     let down = Downstream::new(&main);
     down.set(DOWN);
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
@@ -596,27 +601,11 @@ async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_pro
     topo.max_retries = 20;
     create_topology(&topo, 3).await;
     let now = h::format_time(chrono::Utc::now());
-    let poison: Vec<Out> = (0..40)
-        .map(|i| {
-            Out::new(&format!("p{i}"), &format!("p{i}:always"))
-                .header(h::ATTEMPT, "1")
-                .header(h::PROCESS_AFTER, &now)
-                .header(h::FIRST_FAILED_AT, &now)
-        })
-        .collect();
-    produce(&topo.tiers[0].topic, &poison).await;
+    produce(&topo.tiers[0].topic, &retries("p", "always", 40, 1, &now)).await;
     // More poison, read at once and held until due 15 s later, while the breaker is open: it
     // waits at the front of the queue when the breaker half-opens.
     let later = h::format_time(chrono::Utc::now() + chrono::Duration::seconds(15));
-    let held: Vec<Out> = (0..6)
-        .map(|i| {
-            Out::new(&format!("q{i}"), &format!("q{i}:always"))
-                .header(h::ATTEMPT, "2")
-                .header(h::PROCESS_AFTER, &later)
-                .header(h::FIRST_FAILED_AT, &now)
-        })
-        .collect();
-    produce(&topo.tiers[1].topic, &held).await;
+    produce(&topo.tiers[1].topic, &retries("q", "always", 6, 2, &later)).await;
     let down = Downstream::new(&main);
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
     let watch = Watch::start(svc.metrics.clone());
