@@ -163,7 +163,8 @@ async fn hangs_panics_random_answers_and_slow_calls_lose_nothing_and_readiness_h
     let max_retries = topo.max_retries;
     wait_until(
         "every id handled to its end",
-        Duration::from_secs(120),
+        // The default breaker may open (a wave of hangs times out at once): a cool-down each.
+        Duration::from_secs(120 * scale() as u64),
         move || chaos_finished(&rec.records(), &f, max_retries),
     )
     .await;
