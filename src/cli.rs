@@ -122,6 +122,12 @@ pub struct TopologyArgs {
     #[arg(long, env = "REBOUND_JITTER", value_name = "FRACTION")]
     pub jitter: Option<String>,
 
+    /// Longest wait a retry may have: a `Retry-After` beyond it is cut to it, and a tier message
+    /// due later than this after it is read is dead-lettered as `invalid` instead of pausing its
+    /// partition [default: 4 × the last tier, at least 1h].
+    #[arg(long, env = "REBOUND_MAX_DELAY", value_name = "DURATION")]
+    pub max_delay: Option<String>,
+
     /// Any librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; `[kafka]` in the file).
     #[arg(
         short = 'X',
@@ -227,6 +233,11 @@ pub struct TopicsArgs {
     /// Also create the main topic when it does not exist.
     #[arg(long, env = "REBOUND_CREATE_MAIN")]
     pub create_main: bool,
+
+    /// `apply`: accept existing topics that `plan` reports as hazards (compacted tiers or DLQ,
+    /// short retention) instead of refusing.
+    #[arg(long, env = "REBOUND_FORCE")]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

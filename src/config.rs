@@ -67,6 +67,7 @@ pub struct FileConfig {
     pub dlq: Option<String>,
     pub max_age: Option<String>,
     pub jitter: Option<f64>,
+    pub max_delay: Option<String>,
     pub handler: Option<String>,
     pub url: Option<String>,
     pub command: Option<String>,
@@ -422,6 +423,8 @@ pub struct TopicsConfig {
     pub partitions: Option<i32>,
     pub replication_factor: Option<i32>,
     pub create_main: bool,
+    /// `apply` accepts a topology with hazards instead of refusing it.
+    pub force: bool,
 }
 
 impl TopicsConfig {
@@ -447,6 +450,7 @@ impl TopicsConfig {
             partitions,
             replication_factor,
             create_main: args.create_main,
+            force: args.force,
         })
     }
 }
@@ -865,6 +869,27 @@ fn resolve_cluster(args: &TopologyArgs, file: &FileConfig) -> Result<ClusterConf
             "must be from 0 to 0.5 (a fraction of the tier delay)",
         ));
     }
+    if let Some(s) = args.max_delay.as_deref().or(file.max_delay.as_deref()) {
+        topology.max_delay = positive_duration("--max-delay", Some(s), "")?;
+    }
+    // rebound's own copies must pass the check on read: the last tier, stretched by jitter.
+    let longest = delays
+        .last()
+        .copied()
+        .unwrap_or_default()
+        .mul_f64(1.0 + topology.jitter);
+    if topology.max_delay < longest {
+        return Err(bad(
+            "--max-delay",
+            format!(
+                "{} is shorter than the last tier with its jitter ({}); rebound would dead-letter its own retries. Raise it or leave it out (default: {} x the last tier, at least {})",
+                duration::format(topology.max_delay),
+                duration::format(longest),
+                crate::topology::MAX_DELAY_FACTOR,
+                duration::format(crate::topology::MAX_DELAY_FLOOR),
+            ),
+        ));
+    }
     let mut kafka = Vec::new();
     for (k, v) in &file.kafka {
         let value = match v {
@@ -927,6 +952,7 @@ impl fmt::Display for Config {
             None => writeln!(f, "max-age          = off")?,
         }
         writeln!(f, "jitter           = {}", t.jitter)?;
+        writeln!(f, "max-delay        = {}", duration::Short(t.max_delay))?;
         match &self.handler {
             Some(HandlerSpec::Http {
                 url,
@@ -1204,6 +1230,31 @@ mod tests {
         a.offset = Some("7".into());
         let c = DlqShowConfig::resolve(&a).unwrap();
         assert_eq!((c.offset, c.partition), (7, None));
+    }
+
+    #[test]
+    fn max_delay_defaults_to_four_last_tiers_and_must_cover_the_last_tier_with_jitter() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(
+            c.cluster.topology.max_delay,
+            Duration::from_secs(4 * 32 * 60)
+        );
+        let mut a = run_args("orders");
+        a.topology.tiers = Some("1s".into());
+        let c = Config::for_run(&a).unwrap();
+        assert_eq!(c.cluster.topology.max_delay, Duration::from_secs(3600));
+        a.topology.max_delay = Some("90s".into());
+        assert_eq!(
+            Config::for_run(&a).unwrap().cluster.topology.max_delay,
+            Duration::from_secs(90)
+        );
+        a.topology.tiers = Some("1m,2m".into());
+        a.topology.jitter = Some("0.5".into());
+        let e = err(&a);
+        assert_eq!(e.field, "--max-delay");
+        assert!(e.problem.contains("3m"), "{e}");
+        a.topology.max_delay = Some("0s".into());
+        assert_eq!(err(&a).field, "--max-delay");
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
         partitions: Some(3),
         replication_factor: None,
         create_main: true,
+        force: false,
     })
     .await?;
     let _ = write!(out, "{plan}");

@@ -92,9 +92,28 @@ impl InvalidHeader {
     }
 }
 
+/// The latest time RFC 3339 can spell (its years have four digits): `9999-12-31T23:59:59.999Z`.
+pub fn latest_time() -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(253_402_300_799_999)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The earliest time RFC 3339 can spell: `0000-01-01T00:00:00.000Z`.
+pub fn earliest_time() -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(-62_167_219_200_000)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// RFC 3339, UTC, milliseconds: `2026-11-24T14:30:00.000Z`.
+///
+/// A time outside the years 0000–9999 is written as the nearest one inside: chrono would write
+/// `+33715-08-27T…`, which is not RFC 3339 and which [`parse_time`] (like any RFC 3339 reader)
+/// refuses. So every time rebound writes is one it reads back.
 pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    t.clamp(earliest_time(), latest_time())
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Reads a time header: RFC 3339 (any offset) or epoch milliseconds.
@@ -254,6 +273,22 @@ mod tests {
     }
 
     #[test]
+    fn times_beyond_year_9999_are_written_as_its_last_millisecond() {
+        let far = Utc.timestamp_millis_opt(1_000_000_000_000_000).unwrap();
+        assert_eq!(format_time(far), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            parse_time(PROCESS_AFTER, Some(b"9999-12-31T23:59:59.999Z")).unwrap(),
+            latest_time()
+        );
+        let early = Utc.timestamp_millis_opt(-100_000_000_000_000).unwrap();
+        assert_eq!(format_time(early), "0000-01-01T00:00:00.000Z");
+        assert_eq!(
+            parse_time(PROCESS_AFTER, Some(b"0000-01-01T00:00:00.000Z")).unwrap(),
+            earliest_time()
+        );
+    }
+
+    #[test]
     fn bad_times_are_invalid_not_panics() {
         for bad in [
             &b""[..],
@@ -334,6 +369,17 @@ mod tests {
         fn any_millisecond_time_round_trips(ms in MIN_EPOCH_MILLIS..4_102_444_800_000i64) {
             let t = Utc.timestamp_millis_opt(ms).unwrap();
             prop_assert_eq!(parse_time(PROCESS_AFTER, Some(format_time(t).as_bytes())).unwrap(), t);
+        }
+
+        /// Every time that can be formatted reads back: the same time within the years 0000–9999,
+        /// the nearest end of that range outside it.
+        #[test]
+        fn any_time_at_all_is_written_readably(
+            ms in DateTime::<Utc>::MIN_UTC.timestamp_millis()..=DateTime::<Utc>::MAX_UTC.timestamp_millis(),
+        ) {
+            let t = Utc.timestamp_millis_opt(ms).unwrap();
+            let back = parse_time(PROCESS_AFTER, Some(format_time(t).as_bytes())).unwrap();
+            prop_assert_eq!(back, t.clamp(earliest_time(), latest_time()));
         }
 
         #[test]

@@ -113,13 +113,17 @@ async fn dispatch(command: Command) -> ExitCode {
             let result = if apply {
                 topics::apply(&cfg).await
             } else {
-                topics::plan(&cfg)
+                topics::plan(&cfg).await
             };
             match result {
                 Ok(plan) => {
                     print!("{plan}");
+                    if apply && plan.unsafe_after_apply() {
+                        eprintln!("warning: --force: applied with the hazards listed above");
+                    }
                     ExitCode::SUCCESS
                 }
+                Err(e) if e.is_configuration() => usage_error(e),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(1)

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub handled: IntCounterVec,
     pub routed: IntCounterVec,
     pub dlq: IntCounterVec,
+    /// `rebound_invalid_total{tier, class}`: tier messages dead-lettered as `invalid` without a
+    /// handler call; `class` is `invalid_header` or `process_after_too_far`.
+    pub invalid: IntCounterVec,
     pub handler_duration: HistogramVec,
     pub lateness: HistogramVec,
     pub paused: IntGaugeVec,
@@ -113,6 +116,11 @@ impl Metrics {
             "Messages dead-lettered, by reason.",
             &["reason"],
         );
+        let invalid = counter(
+            "rebound_invalid_total",
+            "Tier messages dead-lettered as invalid without a handler call, by tier and class (invalid_header, process_after_too_far).",
+            &["tier", "class"],
+        );
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
@@ -189,6 +197,7 @@ impl Metrics {
             handled,
             routed,
             dlq,
+            invalid,
             handler_duration,
             lateness,
             paused,
@@ -218,6 +227,9 @@ impl Metrics {
             }
         }
         for tier in &topology.tiers {
+            for class in crate::topology::Unfit::CLASSES {
+                self.invalid.with_label_values(&[&tier.label, class]);
+            }
             self.lateness.with_label_values(&[&tier.label]);
             self.paused.with_label_values(&[&tier.label]).set(0);
         }
@@ -318,6 +330,9 @@ mod tests {
         m.handled.with_label_values(&["main", "success"]).inc();
         m.routed.with_label_values(&["main", "retry-2m"]).inc();
         m.dlq.with_label_values(&["permanent"]).inc();
+        m.invalid
+            .with_label_values(&["retry-2m", "process_after_too_far"])
+            .inc();
         m.handler_duration
             .with_label_values(&["main"])
             .observe(0.01);
@@ -330,6 +345,7 @@ mod tests {
             "rebound_handled_total",
             "rebound_routed_total",
             "rebound_dlq_total",
+            "rebound_invalid_total",
             "rebound_handler_duration_seconds",
             "rebound_retry_lateness_seconds",
             "rebound_paused_partitions",

@@ -41,7 +41,6 @@ use crate::breaker::{
 };
 use crate::delay::DelayQueue;
 use crate::handler::Message;
-use crate::headers;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
@@ -409,7 +408,8 @@ impl State {
         self.offsets.entry(tp).or_default().begin(m.offset());
         let intake = match stage {
             Stage::Main => Intake::Fresh,
-            Stage::Tier(_) => match headers::read_retry_state(&message.headers) {
+            // A due time beyond --max-delay is refused here, before it could pause the partition.
+            Stage::Tier(_) => match topology.read_tier_message(&message.headers, Utc::now()) {
                 Ok(state) => {
                     message.attempt = state.attempt;
                     Intake::Retry(state)

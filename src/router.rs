@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Signal;
 use crate::handler::{self, Handler, Message, Outcome};
-use crate::headers::{self, InvalidHeader, RetryState};
+use crate::headers::{self, RetryState};
 use crate::metrics::Metrics;
 use crate::produce::{self, ProduceError, Producer, Record};
-use crate::topology::{DlqReason, Route, Stage, Topology};
+use crate::topology::{DlqReason, Route, Stage, Topology, Unfit};
 
 /// A partition of the topology: which stage it belongs to, and its number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,8 +34,9 @@ pub enum Intake {
     Fresh,
     /// From a delay tier, due now.
     Retry(RetryState),
-    /// From a delay tier, with a routing header that cannot be read.
-    Invalid(InvalidHeader),
+    /// From a delay tier, with a routing header that cannot be read or a due time beyond
+    /// `--max-delay`: dead-lettered as `invalid` without a handler call.
+    Invalid(Unfit),
 }
 
 /// One message and what to do with it.
@@ -136,13 +137,17 @@ impl Router {
                 (state.attempt, state.first_failed_at)
             }
             Intake::Invalid(problem) => {
-                tracing::warn!(tier = label, partition = tp.partition, offset = message.offset, problem = %problem,
-                    "unreadable routing header; dead-lettering as invalid");
+                tracing::warn!(tier = label, partition = tp.partition, offset = message.offset, class = problem.class(),
+                    problem = %problem, "unfit tier message; dead-lettering as invalid");
+                self.metrics
+                    .invalid
+                    .with_label_values(&[label, problem.class()])
+                    .inc();
                 let headers = headers::rewrite(
                     &message.headers,
                     &[
                         (headers::ERROR_KIND, "permanent".into()),
-                        (headers::ERROR_CLASS, "invalid_header".into()),
+                        (headers::ERROR_CLASS, problem.class().into()),
                         (
                             headers::ERROR_MESSAGE,
                             headers::truncate(&problem.to_string(), headers::MAX_ERROR_MESSAGE)
@@ -209,7 +214,8 @@ impl Router {
                 Finish::Done
             }
             Route::Retry { tier, due, attempt } => {
-                let headers = self.failure_headers(
+                let headers = failure_headers(
+                    &self.topology,
                     tp,
                     message,
                     &outcome,
@@ -219,12 +225,22 @@ impl Router {
                     Some(due),
                     None,
                 );
+                if let Some(asked) = outcome
+                    .failure()
+                    .and_then(|f| f.retry_after)
+                    .filter(|w| *w > self.topology.max_delay)
+                {
+                    tracing::warn!(tier = label, partition = tp.partition, offset = message.offset,
+                        retry_after_s = asked.as_secs(), max_delay = %crate::duration::Short(self.topology.max_delay),
+                        "Retry-After beyond --max-delay; retrying after --max-delay instead");
+                }
                 tracing::debug!(tier = label, partition = tp.partition, offset = message.offset, attempt,
                     to = %self.topology.tiers[tier].label, due = %headers::format_time(due), "retrying later");
                 self.deliver(tp, message, Some(tier), None, headers).await
             }
             Route::Dead { reason, attempt } => {
-                let headers = self.failure_headers(
+                let headers = failure_headers(
+                    &self.topology,
                     tp,
                     message,
                     &outcome,
@@ -248,55 +264,6 @@ impl Router {
             }
         };
         (finish, Some(signal))
-    }
-
-    /// The contract's headers for a failed attempt; the user's headers are kept in front.
-    #[allow(clippy::too_many_arguments)]
-    fn failure_headers(
-        &self,
-        tp: Tp,
-        message: &Message,
-        outcome: &Outcome,
-        attempt: u32,
-        first_failed_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        due: Option<DateTime<Utc>>,
-        reason: Option<DlqReason>,
-    ) -> Vec<headers::Header> {
-        let failure = outcome.failure();
-        let mut set: Vec<(&'static str, String)> = Vec::with_capacity(12);
-        if tp.stage == Stage::Main {
-            set.push((headers::ORIGINAL_TOPIC, message.topic.clone()));
-            set.push((headers::ORIGINAL_PARTITION, message.partition.to_string()));
-            set.push((headers::ORIGINAL_OFFSET, message.offset.to_string()));
-            if let Some(ts) = message.timestamp {
-                set.push((headers::ORIGINAL_TIMESTAMP, ts.to_string()));
-            }
-        }
-        set.push((
-            headers::FIRST_FAILED_AT,
-            headers::format_time(first_failed_at.unwrap_or(now)),
-        ));
-        set.push((headers::ATTEMPT, attempt.to_string()));
-        if let Some(due) = due {
-            set.push((headers::PROCESS_AFTER, headers::format_time(due)));
-        }
-        let kind = match outcome {
-            Outcome::Permanent(_) => "permanent",
-            _ => "transient",
-        };
-        set.push((headers::ERROR_KIND, kind.into()));
-        if let Some(f) = failure {
-            set.push((headers::ERROR_CLASS, f.class.clone()));
-            set.push((
-                headers::ERROR_MESSAGE,
-                headers::truncate(&f.message, headers::MAX_ERROR_MESSAGE).into(),
-            ));
-        }
-        if let Some(reason) = reason {
-            set.push((headers::DLQ_REASON, reason.as_str().into()));
-        }
-        headers::rewrite(&message.headers, &set)
     }
 
     /// Produces the copy to a tier (`tier`) or the DLQ (`reason`) and waits for the broker.
@@ -418,5 +385,204 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// The contract's headers for a failed attempt; the user's headers are kept in front.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn failure_headers(
+    topology: &Topology,
+    tp: Tp,
+    message: &Message,
+    outcome: &Outcome,
+    attempt: u32,
+    first_failed_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+    reason: Option<DlqReason>,
+) -> Vec<headers::Header> {
+    let failure = outcome.failure();
+    let mut set: Vec<(&'static str, String)> = Vec::with_capacity(12);
+    if tp.stage == Stage::Main {
+        set.push((headers::ORIGINAL_TOPIC, message.topic.clone()));
+        set.push((headers::ORIGINAL_PARTITION, message.partition.to_string()));
+        set.push((headers::ORIGINAL_OFFSET, message.offset.to_string()));
+        if let Some(ts) = message.timestamp {
+            set.push((headers::ORIGINAL_TIMESTAMP, ts.to_string()));
+        }
+    }
+    set.push((
+        headers::FIRST_FAILED_AT,
+        headers::format_time(first_failed_at.unwrap_or(now)),
+    ));
+    set.push((headers::ATTEMPT, attempt.to_string()));
+    if let Some(due) = due {
+        set.push((headers::PROCESS_AFTER, headers::format_time(due)));
+    }
+    let kind = match outcome {
+        Outcome::Permanent(_) => "permanent",
+        _ => "transient",
+    };
+    set.push((headers::ERROR_KIND, kind.into()));
+    if let Some(f) = failure {
+        set.push((headers::ERROR_CLASS, f.class.clone()));
+        let mut text = f.message.clone();
+        if let Some(asked) = f.retry_after.filter(|w| *w > topology.max_delay) {
+            // Said first, so that cutting the message to 1 KiB keeps it.
+            text = format!(
+                "Retry-After of {}s cut to --max-delay ({}); {text}",
+                asked.as_secs(),
+                crate::duration::Short(topology.max_delay)
+            );
+        }
+        set.push((
+            headers::ERROR_MESSAGE,
+            headers::truncate(&text, headers::MAX_ERROR_MESSAGE).into(),
+        ));
+    }
+    if let Some(reason) = reason {
+        set.push((headers::DLQ_REASON, reason.as_str().into()));
+    }
+    headers::rewrite(&message.headers, &set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::http::parse_retry_after;
+    use crate::handler::Failure;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::time::SystemTime;
+
+    /// 0000-01-01 and 9999-12-31 in epoch milliseconds: the clock's whole RFC 3339 range.
+    const CLOCK_MS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+    fn message(stage: Stage) -> (Tp, Message) {
+        let tp = Tp {
+            stage,
+            partition: 0,
+        };
+        let m = Message {
+            topic: "orders".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: None,
+            headers: vec![],
+            timestamp: Some(1),
+            attempt: 0,
+        };
+        (tp, m)
+    }
+
+    /// A `Retry-After` as a server may send it: delay-seconds (any size, the absurd
+    /// 999999999999 included), more digits than a u64 holds, or an HTTP date up to 9999.
+    fn retry_after() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            any::<u64>().prop_map(|s| Some(s.to_string())),
+            Just(Some("999999999999".to_string())),
+            Just(Some("99999999999999999999999".to_string())),
+            (0u64..253_402_300_799).prop_map(|s| Some(httpdate::fmt_http_date(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+            ))),
+            Just(Some("Fri, 31 Dec 9999 23:59:59 GMT".to_string())),
+        ]
+    }
+
+    proptest! {
+        /// Every retry rebound writes is one it accepts when it reads it back, at any clock,
+        /// with any tiers, jitter, `--max-delay` and `Retry-After`: its headers parse, and its
+        /// `process_after` is within `--max-delay` of the write, so it is never dead-lettered
+        /// as `process_after_too_far` by rebound itself. It is never earlier than its tier's
+        /// delay minus jitter, nor than `Retry-After` cut to `--max-delay` (except where the
+        /// calendar ends, 9999-12-31).
+        #[test]
+        fn every_retry_rebound_writes_it_reads_back_and_admits(
+            first_ms in 1u64..=86_400_000,
+            steps in proptest::collection::vec(1u64..=10_000_000_000, 0..4),
+            jitter in 0.0f64..=0.5,
+            unit in -1.0f64..=1.0,
+            extra_ms in proptest::option::of(0u64..=u64::MAX / 2),
+            retry_after in retry_after(),
+            clock_ms in CLOCK_MS,
+            prior in 0u32..300,
+            from_main in any::<bool>(),
+        ) {
+            let mut delays = vec![Duration::from_millis(first_ms)];
+            for s in steps {
+                let next = *delays.last().unwrap() + Duration::from_millis(s);
+                delays.push(next);
+            }
+            let mut t = Topology::new("orders", &delays);
+            t.max_retries = 1000;
+            t.jitter = jitter;
+            let longest = delays.last().unwrap().mul_f64(1.0 + jitter);
+            if let Some(extra) = extra_ms {
+                // Any --max-delay config accepts: at least the last tier with its jitter.
+                t.max_delay = longest.saturating_add(Duration::from_millis(extra));
+            }
+            let now = Utc.timestamp_millis_opt(clock_ms).unwrap();
+            let system_now = SystemTime::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(clock_ms).unwrap_or(0));
+            let mut f = Failure::new("http_429", "slow down");
+            f.retry_after = retry_after.as_deref().and_then(|v| parse_retry_after(v, system_now));
+            let outcome = Outcome::Transient(f.clone());
+            let (prior, first) = if from_main { (0, None) } else { (prior, Some(now)) };
+            let (tp, m) = message(if from_main { Stage::Main } else { Stage::Tier(0) });
+            let Route::Retry { tier, due, attempt } = t.route(&outcome, prior, first, now, unit) else {
+                return Err(TestCaseError::fail("a transient failure with retries left is retried"));
+            };
+            let written = failure_headers(&t, tp, &m, &outcome, attempt, first, now, Some(due), None);
+            let back = t.read_tier_message(&written, now);
+            prop_assert!(back.is_ok(), "{:?} for {:?}", back, written);
+            let back = back.unwrap();
+            prop_assert_eq!(back.attempt, attempt);
+            prop_assert_eq!(back.process_after, due);
+            let wanted = f
+                .retry_after
+                .map_or(Duration::ZERO, |w| w.min(t.max_delay))
+                .max(t.tiers[tier].delay.mul_f64(1.0 - jitter));
+            let floor = chrono::Duration::from_std(wanted)
+                .ok()
+                .and_then(|w| now.checked_add_signed(w))
+                .unwrap_or(headers::latest_time())
+                .min(headers::latest_time());
+            prop_assert!(due + chrono::Duration::milliseconds(1) >= floor, "due {due} before {floor}");
+            prop_assert!(due - now <= chrono::Duration::from_std(t.max_delay).unwrap_or(chrono::Duration::MAX));
+        }
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_cut_to_max_delay_and_said_so() {
+        let t = Topology::new("orders", &[Duration::from_secs(60)]);
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+        let mut f = Failure::new("http_429", "slow down");
+        f.retry_after = parse_retry_after("999999999999", SystemTime::now());
+        let outcome = Outcome::Transient(f);
+        let Route::Retry { due, attempt, .. } = t.route(&outcome, 0, None, now, 0.0) else {
+            panic!("retried")
+        };
+        assert_eq!(
+            due,
+            now + chrono::Duration::hours(1),
+            "cut to the 1 h floor"
+        );
+        let (tp, m) = message(Stage::Main);
+        let hs = failure_headers(&t, tp, &m, &outcome, attempt, None, now, Some(due), None);
+        let text = headers::last(&hs, headers::ERROR_MESSAGE)
+            .and_then(|h| h.value.clone())
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text)
+                .starts_with("Retry-After of 999999999999s cut to --max-delay (1h)"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(
+            headers::last(&hs, headers::PROCESS_AFTER).and_then(|h| h.value.clone()),
+            Some(b"2026-11-30T13:00:00.000Z".to_vec())
+        );
     }
 }

@@ -39,6 +39,10 @@ pub enum ServiceError {
     MissingTopics(Vec<String>),
     #[error("cannot reach the brokers at {brokers}: {error}")]
     Unreachable { brokers: String, error: KafkaError },
+    /// A tier or the DLQ is set up to lose messages (compacted, or retention shorter than a
+    /// tier's delay); each line says how to fix it.
+    #[error("the topics would lose messages; fix them before starting:\n{}", .0.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n"))]
+    UnsafeTopics(Vec<crate::topics::Hazard>),
     #[error("metrics server cannot listen on {addr}: {error}")]
     MetricsBind {
         addr: std::net::SocketAddr,
@@ -51,7 +55,9 @@ impl ServiceError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            ServiceError::MissingTopics(_) | ServiceError::MetricsBind { .. }
+            ServiceError::MissingTopics(_)
+                | ServiceError::MetricsBind { .. }
+                | ServiceError::UnsafeTopics(_)
         )
     }
 }
@@ -111,6 +117,7 @@ impl Service {
             server_stop.cancel();
             return Ok(());
         }
+        check_topic_settings(cluster).await?;
         let producer = Producer::reporting_to(cluster, metrics.clone())?;
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
@@ -145,6 +152,35 @@ impl Service {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Refuses a topology whose tiers or DLQ lose messages in normal operation
+/// ([`Severity::Loss`](crate::topics::Severity)); warns of the other hazards. A broker that cannot
+/// describe topic configurations (or refuses to) gets a warning, not a refusal.
+async fn check_topic_settings(cluster: &ClusterConfig) -> Result<(), ServiceError> {
+    let hazards = match crate::topics::check(cluster).await {
+        Ok(plan) => {
+            if let Some(why) = plan.unreadable {
+                tracing::warn!(error = %why, "cannot read the topics' settings (cleanup.policy, retention.ms); not checked");
+            }
+            plan.hazards
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the topics' settings (cleanup.policy, retention.ms); starting anyway");
+            return Ok(());
+        }
+    };
+    let (fatal, other): (Vec<_>, Vec<_>) = hazards
+        .into_iter()
+        .partition(|h| h.severity == crate::topics::Severity::Loss);
+    for h in &other {
+        tracing::warn!(topic = %h.topic, problem = %h.problem, fix = %h.fix, "topic hazard");
+    }
+    if fatal.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::UnsafeTopics(fatal))
     }
 }
 

@@ -9,6 +9,55 @@ use chrono::{DateTime, Utc};
 
 use crate::duration;
 use crate::handler::Outcome;
+use crate::headers::{self, Header, InvalidHeader, RetryState};
+
+/// The default `--max-delay` is this many times the last tier's delay…
+pub const MAX_DELAY_FACTOR: u32 = 4;
+/// …and never less than this, so that short test tiers still honour a `Retry-After` of up to an
+/// hour (a common rate-limit window).
+pub const MAX_DELAY_FLOOR: Duration = Duration::from_secs(3600);
+/// A tier message may be due this much beyond `now + max_delay` before it is refused: rebound
+/// instances read copies that other instances wrote, and their clocks differ a little.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// The default `--max-delay` for these tiers: [`MAX_DELAY_FACTOR`] × the last tier's delay, at
+/// least [`MAX_DELAY_FLOOR`].
+pub fn default_max_delay(delays: &[Duration]) -> Duration {
+    let last = delays.last().copied().unwrap_or_default();
+    last.saturating_mul(MAX_DELAY_FACTOR).max(MAX_DELAY_FLOOR)
+}
+
+/// Why a message read from a delay tier is dead-lettered as `invalid` without a handler call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfit {
+    /// A routing header cannot be read.
+    #[error(transparent)]
+    Header(#[from] InvalidHeader),
+    /// `process_after` is further ahead than `--max-delay`: holding it would pause the tier
+    /// partition (and every message behind it) until then.
+    #[error("process_after {due} is more than --max-delay ({max_delay}) after {read_at}, when rebound read it; dead-lettered instead of holding its tier partition until then")]
+    TooFar {
+        /// The due time as read (RFC 3339).
+        due: String,
+        /// When rebound read the message (RFC 3339).
+        read_at: String,
+        /// The cap, in the short duration syntax.
+        max_delay: String,
+    },
+}
+
+impl Unfit {
+    /// Every value of [`Unfit::class`].
+    pub const CLASSES: [&'static str; 2] = ["invalid_header", "process_after_too_far"];
+
+    /// The `rebound-error-class` of the DLQ copy.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Unfit::Header(_) => "invalid_header",
+            Unfit::TooFar { .. } => "process_after_too_far",
+        }
+    }
+}
 
 /// One delay tier: a topic whose messages are not processed before their `process_after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +146,11 @@ pub struct Topology {
     pub max_age: Option<Duration>,
     /// Fraction of a tier's delay by which `process_after` is spread (0 = exact).
     pub jitter: f64,
+    /// No retry is due later than this after it is written (a `Retry-After` beyond it is cut to
+    /// it), and a tier message due later than this after it is read is dead-lettered as
+    /// `invalid` (class `process_after_too_far`) instead of pausing its partition.
+    /// Default: [`default_max_delay`].
+    pub max_delay: Duration,
 }
 
 impl Topology {
@@ -109,7 +163,30 @@ impl Topology {
             max_retries: delays.len() as u32,
             max_age: None,
             jitter: 0.0,
+            max_delay: default_max_delay(delays),
         }
+    }
+
+    /// Reads the routing headers of a message from a delay tier, read at `now`, and decides
+    /// whether it may wait in its tier: a due time more than `max_delay` (plus
+    /// [`CLOCK_SKEW_ALLOWANCE`]) ahead is [`Unfit::TooFar`]. The message's own timestamp is not
+    /// used: whoever wrote it chose it.
+    pub fn read_tier_message(
+        &self,
+        headers: &[Header],
+        now: DateTime<Utc>,
+    ) -> Result<RetryState, Unfit> {
+        let state = headers::read_retry_state(headers)?;
+        let limit = self.max_delay.saturating_add(CLOCK_SKEW_ALLOWANCE);
+        let ahead = state.process_after.signed_duration_since(now);
+        if ahead.to_std().is_ok_and(|ahead| ahead > limit) {
+            return Err(Unfit::TooFar {
+                due: headers::format_time(state.process_after),
+                read_at: headers::format_time(now),
+                max_delay: duration::format(self.max_delay),
+            });
+        }
+        Ok(state)
     }
 
     /// Every topic of the topology: main, tiers in order, DLQ.
@@ -209,10 +286,34 @@ impl Topology {
         let delay = self.tiers[tier].delay;
         let spread = self.jitter.clamp(0.0, 1.0) * jitter_unit.clamp(-1.0, 1.0);
         let jittered = delay.mul_f64(1.0 + spread);
-        let wait = failure.retry_after.map_or(jittered, |w| w.max(jittered));
-        let due = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-        Route::Retry { tier, due, attempt }
+        // A `Retry-After` beyond `max_delay` is cut to it: the copy must stay one that
+        // `read_tier_message` accepts.
+        let wait = failure
+            .retry_after
+            .map_or(jittered, |w| w.min(self.max_delay).max(jittered));
+        let due = chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|w| now.checked_add_signed(w))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            .min(headers::latest_time());
+        Route::Retry {
+            tier,
+            due: ceil_millis(due),
+            attempt,
+        }
     }
+}
+
+/// `t` rounded up to the millisecond: `process_after` is written in milliseconds, and rounding
+/// down would make a retry due before the delay it was given.
+fn ceil_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    let sub_ms = chrono::Duration::nanoseconds(i64::from(t.timestamp_subsec_nanos() % 1_000_000));
+    if sub_ms.is_zero() {
+        return t;
+    }
+    (t - sub_ms)
+        .checked_add_signed(chrono::Duration::milliseconds(1))
+        .unwrap_or(t - sub_ms)
 }
 
 #[cfg(test)]
@@ -381,7 +482,8 @@ mod tests {
 
     #[test]
     fn retry_after_picks_the_tier_that_covers_it() {
-        let t = topo();
+        let mut t = topo();
+        t.max_delay = secs(20_000); // above the 10 000 s asked for below
         let mut f = Failure::new("http_429", "slow down");
         f.retry_after = Some(secs(200));
         let r = t.route(&Outcome::Transient(f.clone()), 0, None, now(), 0.0);
@@ -400,6 +502,57 @@ mod tests {
             Route::Retry {
                 tier: 2,
                 due: now() + chrono::Duration::seconds(10_000),
+                attempt: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_default_max_delay_is_four_last_tiers_at_least_an_hour() {
+        assert_eq!(topo().max_delay, secs(4 * 480).max(secs(3600)));
+        let long = Topology::new("o", &[secs(120), secs(32 * 60)]);
+        assert_eq!(long.max_delay, secs(4 * 32 * 60));
+    }
+
+    #[test]
+    fn a_tier_message_due_beyond_max_delay_is_unfit_and_one_within_is_not() {
+        let t = topo();
+        let read = |due: &str| {
+            t.read_tier_message(
+                &[
+                    Header::new(headers::PROCESS_AFTER, due.as_bytes()),
+                    Header::new(headers::ATTEMPT, &b"1"[..]),
+                ],
+                now(),
+            )
+        };
+        let far = read("2999-01-01T00:00:00.000Z").unwrap_err();
+        assert_eq!(far.class(), "process_after_too_far");
+        let text = far.to_string();
+        assert!(
+            text.contains("2999-01-01T00:00:00.000Z")
+                && text.contains("--max-delay (1h)")
+                && text.contains("2026-11-24T14:30:00.000Z"),
+            "{text}"
+        );
+        // Within the cap plus the clock allowance: held as usual.
+        assert!(read("2026-11-24T15:31:00.000Z").is_ok());
+        assert!(read("2026-11-24T15:31:00.001Z").is_err());
+        assert!(read("1990-01-01T00:00:00.000Z").is_ok(), "past is due");
+        assert_eq!(read("garbage").unwrap_err().class(), "invalid_header");
+    }
+
+    #[test]
+    fn a_retry_after_beyond_max_delay_is_cut_to_it() {
+        let t = topo();
+        let mut f = Failure::new("http_429", "slow down");
+        f.retry_after = Some(Duration::MAX);
+        let r = t.route(&Outcome::Transient(f), 0, None, now(), 0.0);
+        assert_eq!(
+            r,
+            Route::Retry {
+                tier: 2,
+                due: now() + chrono::Duration::hours(1),
                 attempt: 1
             }
         );

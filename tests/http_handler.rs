@@ -294,6 +294,79 @@ async fn retry_after_delays_the_retry_at_least_that_long_and_picks_a_covering_ti
     assert_eq!(server.seen()[1].status, 200);
 }
 
+/// A server answering 429 with an absurd `Retry-After` (999999999999 seconds, or a date in the
+/// year 9999): the tier copy's `process_after` is cut to `--max-delay`, written so that rebound
+/// reads it back (it used to write `+33715-…` and then dead-letter its own copy as
+/// `invalid_header`), and the retry is handled. `--max-delay` is 2 s here so that the retry
+/// comes during the test; the default (1 h for these tiers) would only make it wait an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_is_cut_to_max_delay_and_the_retry_is_handled() {
+    let (server, url) = serve().await;
+    let main = unique("http-ra-absurd");
+    let mut topo = topology(&main, &[200]);
+    topo.max_delay = Duration::from_secs(2);
+    create_topology(&topo, 1).await;
+    let bodies = [
+        "retry-after:999999999999",
+        "retry-after:Fri, 31 Dec 9999 23:59:59 GMT",
+    ];
+    produce(
+        &main,
+        &bodies.iter().map(|b| Out::new("k", b)).collect::<Vec<_>>(),
+    )
+    .await;
+    let svc = start(
+        config(topo.clone(), &unique("g")),
+        http(&url, Duration::from_secs(5)),
+    );
+    let s = server.clone();
+    wait_until("both retries", T, move || {
+        s.seen().iter().filter(|x| x.status == 200).count() >= 2
+    })
+    .await;
+    svc.stop().await;
+
+    let copies = read_topic(&topo.tiers[0].topic, 2, T);
+    assert_eq!(copies.len(), 2);
+    for copy in &copies {
+        let time = |name| {
+            h::parse_time(name, copy.header(name).as_deref().map(str::as_bytes))
+                .unwrap_or_else(|e| panic!("{} is not readable: {e}", copy.payload_str()))
+        };
+        let waited = time(h::PROCESS_AFTER) - time(h::FIRST_FAILED_AT);
+        assert!(
+            (2000..2100).contains(&waited.num_milliseconds()),
+            "{}: due {waited} after the failure, not --max-delay",
+            copy.payload_str()
+        );
+        let text = copy.header(h::ERROR_MESSAGE).unwrap_or_default();
+        assert!(text.contains("cut to --max-delay (2s)"), "{text}");
+    }
+    let dlq = read_at(
+        &brokers(),
+        &topo.dlq,
+        0,
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
+    assert!(
+        dlq.is_empty(),
+        "nothing dead-lettered: {:?}",
+        dlq.iter()
+            .map(|g| g.header(h::ERROR_CLASS))
+            .collect::<Vec<_>>()
+    );
+    let seen = server.seen();
+    for body in bodies {
+        let statuses: Vec<u16> = seen
+            .iter()
+            .filter(|x| x.body == body)
+            .map(|x| x.status)
+            .collect();
+        assert_eq!(statuses, vec![429, 200], "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jitter_spreads_due_times_within_its_bounds() {
     let main = unique("jitter");

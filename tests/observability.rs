@@ -240,6 +240,7 @@ async fn a_real_prometheus_sees_every_contract_metric_and_every_dashboard_and_al
         ("rebound_handled_total", &["tier", "outcome"]),
         ("rebound_routed_total", &["from", "to"]),
         ("rebound_dlq_total", &["reason"]),
+        ("rebound_invalid_total", &["tier", "class"]),
         ("rebound_handler_duration_seconds_bucket", &["tier", "le"]),
         ("rebound_retry_lateness_seconds_bucket", &["tier", "le"]),
         ("rebound_paused_partitions", &["tier"]),

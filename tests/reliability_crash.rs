@@ -251,6 +251,13 @@ async fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
 /// through; committing on "sent" instead of "acknowledged" fails this test on any broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
+    if broker_kind() == "tansu" {
+        // Tansu 0.6 acknowledges a produce to a deleted topic, and after DeleteTopics of a
+        // subscribed tier it delivered nothing more to the group (docs/broker-compat.md): the
+        // set-up of this test cannot be made there.
+        eprintln!("skipped on Tansu: it acknowledges records sent to a deleted topic");
+        return;
+    }
     let brokers = brokers();
     let main = unique("unacked");
     let topo = topology(&main, &[200]);

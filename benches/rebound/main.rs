@@ -13,8 +13,12 @@
 //! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
 //! `KEY=VALUE` librdkafka properties for rebound, not the baselines).
+//!
+//! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
+//! (`spring.rs`; its jar is built by `scripts/bench`).
 
 mod scenarios;
+mod spring;
 mod support;
 
 use std::path::PathBuf;
@@ -60,8 +64,8 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem}; load average at start {load}")
 }
 
-fn print_table(rows: &[Row]) {
-    println!("| scenario | measure | rebound | baseline | ratio | bar | met |");
+fn print_table(rows: &[Row], baseline: &str) {
+    println!("| scenario | measure | rebound | {baseline} | ratio | bar | met |");
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
         let met = match r.met {
@@ -83,10 +87,17 @@ fn print_table(rows: &[Row]) {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os(spring::CHILD_ENV).is_some() {
+        // This binary re-executed as the rebound peer of the Spring comparison.
+        spring::child_main().await;
+        return;
+    }
     // `cargo bench` passes `--bench`; nothing else is understood.
-    let only: Vec<u32> = std::env::var("REBOUND_BENCH_ONLY")
-        .unwrap_or_else(|_| "1,2,3,4,5".into())
+    let only_list = std::env::var("REBOUND_BENCH_ONLY").unwrap_or_else(|_| "1,2,3,4,5".into());
+    let with_spring = only_list.split(',').any(|s| s.trim() == "spring");
+    let only: Vec<u32> = only_list
         .split(',')
+        .filter(|s| s.trim() != "spring")
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let scale: f64 = env_or("REBOUND_BENCH_SCALE", 1.0);
@@ -123,11 +134,27 @@ async fn main() {
         rows.append(&mut got);
     }
     rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    let peer_rows = if with_spring {
+        let t = Instant::now();
+        let got = spring::compare(&ctx).await;
+        eprintln!("[spring] took {:.0} s", t.elapsed().as_secs_f64());
+        got
+    } else {
+        Vec::new()
+    };
     println!();
     println!("{header}");
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
-    println!();
-    print_table(&rows);
+    if !rows.is_empty() {
+        println!();
+        print_table(&rows, "baseline");
+    }
+    if !peer_rows.is_empty() {
+        println!();
+        println!("rebound vs Spring Kafka retry topics (ratio = rebound ÷ Spring)");
+        println!();
+        print_table(&peer_rows, "Spring Kafka");
+    }
     // Consumers closed on helper threads may still hold the runtime; don't wait for them.
     drop(broker);
     std::process::exit(0);

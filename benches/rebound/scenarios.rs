@@ -31,7 +31,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn n(&self, full: usize, min: usize) -> usize {
+    pub(crate) fn n(&self, full: usize, min: usize) -> usize {
         ((full as f64 * self.scale) as usize).max(min)
     }
 }
@@ -65,7 +65,7 @@ fn fmt_rate(r: f64) -> String {
     format!("{r:.0} msg/s")
 }
 
-fn list(v: &[f64], digits: usize) -> String {
+pub(crate) fn list(v: &[f64], digits: usize) -> String {
     v.iter()
         .map(|x| format!("{x:.digits$}"))
         .collect::<Vec<_>>()
@@ -114,7 +114,7 @@ fn rebound_config(ctx: &Ctx, topology: Topology, group: &str) -> Config {
 
 /// Extra librdkafka properties for rebound (not the baselines), from `REBOUND_BENCH_X`
 /// (comma-separated `KEY=VALUE`), e.g. to compare fetch sizes.
-fn extra_props() -> Vec<(String, String)> {
+pub(crate) fn extra_props() -> Vec<(String, String)> {
     std::env::var("REBOUND_BENCH_X")
         .unwrap_or_default()
         .split(',')

@@ -93,11 +93,17 @@ impl HttpHandler {
     }
 }
 
-/// Reads `Retry-After`: delay-seconds or an HTTP date.
+/// Reads `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an HTTP date; `None` when it is
+/// neither. Delay-seconds too large for a `u64` read as [`Duration::MAX`] (the server asked for
+/// "very long"); a date in the past reads as zero. Routing cuts any value to `--max-delay`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
@@ -185,5 +191,20 @@ mod tests {
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(
+            parse_retry_after("999999999999", now),
+            Some(Duration::from_secs(999_999_999_999))
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::MAX)
+        );
+        let y9999 = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(
+            y9999 > Duration::from_secs(7_900 * 365 * 86_400),
+            "{y9999:?}"
+        );
     }
 }

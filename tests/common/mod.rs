@@ -85,13 +85,31 @@ pub async fn create_topics(topics: &[&str], partitions: i32) {
 }
 
 pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
+    create_topics_with(brokers, topics, partitions, &[]).await
+}
+
+/// Creates `topics` with `partitions` partitions and the topic configs `configs`, and waits until
+/// the broker's metadata lists each with a leader for every partition (Apache Kafka answers
+/// CreateTopics before its metadata cache has the topic; a service started at once could find
+/// it missing).
+pub async fn create_topics_with(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            configs.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                |n, (k, v)| n.set(k, v),
+            )
+        })
         .collect();
     let results = admin
         .create_topics(
@@ -103,36 +121,34 @@ pub async fn create_topics_at(brokers: &str, topics: &[&str], partitions: i32) {
     for r in results {
         r.expect("topic created");
     }
-    // The controller has created them; the broker's metadata may still lag (under load, rebound
-    // started at once was seen to find none of them and exit with "missing topics").
-    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-    let brokers = brokers.to_string();
-    tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("metadata client");
-        let until = Instant::now() + Duration::from_secs(60);
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let until = Instant::now() + Duration::from_secs(30);
+    for topic in topics {
         loop {
-            if let Ok(md) = client.fetch_metadata(None, Duration::from_secs(10)) {
-                let visible = |t: &String| {
-                    md.topics()
-                        .iter()
-                        .any(|m| m.name() == t && m.error().is_none() && !m.partitions().is_empty())
-                };
-                if names.iter().all(visible) {
-                    return;
-                }
+            let ready = client
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().first().map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
             }
             assert!(
                 Instant::now() < until,
-                "created topics not in the broker's metadata after 60 s"
+                "{topic} not in the metadata 30 s after it was created"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    })
-    .await
-    .expect("metadata wait");
+    }
 }
 
 /// Creates every topic of `topology` with `partitions` partitions.
@@ -438,13 +454,22 @@ pub fn start(config: Config, handler: Arc<dyn Handler>) -> Running {
     }
 }
 
-/// Waits for the service to be assigned its partitions.
+/// Waits for the service to be assigned its partitions; fails at once, with the service's own
+/// error, when the service has stopped instead.
 pub async fn wait_ready(r: &Running) {
     let m = r.metrics.clone();
-    wait_until("partition assignment", Duration::from_secs(30), move || {
-        m.health.assigned.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !m.health.assigned.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            !r.task.is_finished(),
+            "the service stopped before it was assigned partitions (its error is in the log)"
+        );
+        assert!(
+            Instant::now() < until,
+            "timed out after 30s waiting for partition assignment"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `f` with a deadline, failing the test with `what` if it is exceeded.
