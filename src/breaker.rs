@@ -1,39 +1,103 @@
-//! A circuit breaker around the handler (pure): closed → open → half-open → closed.
+//! A circuit breaker around the handler (pure): closed → open → half-open → closed. It judges
+//! the **downstream**, not single messages: a few poison messages that fail on every try must
+//! not stop a topic, and an outage must stop it before it drains every waiting retry into the
+//! DLQ.
 //!
-//! * **Closed**: outcomes are recorded in a sliding window of the last `window` calls. When the
-//!   window holds at least `min_calls` outcomes and the share of transient failures reaches
-//!   `threshold`, the breaker opens.
-//! * **Open**: no new message is started (the poll loop pauses fetching); messages already read
-//!   wait. After `cooldown` the breaker goes half-open.
-//! * **Half-open**: up to `probes` messages are let through. If they all succeed (or fail
-//!   permanently — a data problem, not an outage) the breaker closes; a transient failure
-//!   re-opens it for another cool-down.
+//! # What it counts
 //!
-//! Only transient failures count: they are the signal that the downstream is unhealthy.
+//! Every handler call reports [`Signal::Ok`] (success, or a permanent failure: the downstream
+//! answered, the message is bad) or [`Signal::Transient`]. Calls are kept in two sliding windows,
+//! each holding at most [`BreakerConfig::window`] calls, none older than
+//! [`BreakerConfig::window_time`]:
+//!
+//! * **first attempts** — messages read from the main topic. A retry of the same bad message is
+//!   not new evidence about the downstream; a first attempt is.
+//! * **retries** — messages read from a delay tier.
+//!
+//! # When it opens
+//!
+//! 1. When the first-attempt window holds at least `min_calls` calls, only first attempts are
+//!    judged: the breaker opens when their failure rate reaches `threshold`.
+//! 2. Otherwise, if a first attempt in the window **succeeded**, the downstream is known to work:
+//!    failing retries are the messages' own problem and never open the breaker.
+//! 3. Otherwise (the main topic is idle or slow, and what little of it there is fails), every
+//!    call in both windows is judged: at least `min_calls` calls with a failure rate reaching
+//!    `threshold` open it. So an outage while only due retries flow still opens the breaker.
+//!
+//! Results are judged in the order the handler gave them (the router publishes each as soon as
+//! the handler answers, before any copy is produced: judged at job ends, failures would arrive
+//! in bursts after the successes of the same moment).
+//!
+//! # What it holds back
+//!
+//! Closed, a call does not start while the calls already let through whose results are not in
+//! yet would, all failing, open the breaker ([`Breaker::try_start`]): an outage costs at most
+//! the calls that prove it (40 after a full window of successes, 20 from an empty one, by
+//! default), whatever the concurrency. So that this never holds a healthy loop below its
+//! concurrency, the windows hold at least `max_in_flight / threshold` calls ([`Breaker::new`]).
+//!
+//! # How it probes
+//!
+//! Open, it lets nothing start (the poll loop pauses fetching) for `cooldown`. Half-open, it
+//! lets `probes` calls through, **first attempts first**: a due retry may be a probe only when
+//! no first attempt is waiting and [`FRESH_PROBE_GRACE`] has passed since it half-opened (time
+//! for the resumed main topic to deliver). The probes are judged like the window: as soon as
+//! their failure rate is certain to reach `threshold` it opens again for another cool-down; as
+//! soon as it is certain to stay below, it closes (with the default 0.8 and 3 probes: one
+//! success closes it, three failures re-open it). Results of calls started before it opened,
+//! or in an earlier half-open round, change nothing.
+//!
+//! # Compared with Resilience4j
+//!
+//! Taken: `failureRateThreshold` (`threshold`), `minimumNumberOfCalls` (`min_calls`), a sliding
+//! window bounded both by count (`slidingWindowSize`, COUNT_BASED) and by age (TIME_BASED), in
+//! one (`window`, `window_time`), `waitDurationInOpenState` (`cooldown`),
+//! `permittedNumberOfCallsInHalfOpenState` (`probes`) judged with the same threshold, and
+//! "permanent failures are not failures" (`ignoreExceptions`). Not taken: slow-call rate (a
+//! call slower than the handler timeout is already a transient failure), automatic transition
+//! from open to half-open without traffic (rebound's loop wakes at the cool-down anyway).
+//! Different: the defaults (Resilience4j: 50 %, 100 calls, 60 s, 10 probes) and the split of
+//! first attempts from retries with its fallback, which Resilience4j cannot do (it does not know
+//! which call is a retry).
+//!
+//! The defaults ([`BreakerConfig::default`], the one source the CLI and README quote) are 80 %,
+//! 50 calls or 5 s, 20 calls at least, 30 s, 3 probes. 80 % and not 50 %: at a 50 % partial
+//! outage the retry topology still delivers (tier copies are at most one per message on
+//! average), while a breaker that opens there stalls the topic for a cool-down at a time; the
+//! chance that 40 of 50 calls fail when each fails with probability 1/2 is 1.2e-5.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Breaker settings.
+/// How long a half-open breaker waits for a first attempt (a main-topic message) before it lets
+/// a due retry be a probe. Fetching resumes when it half-opens, and the first fetch of the main
+/// topic comes back within a few fetch waits (`fetch.wait.max.ms`, 20 ms in rebound).
+pub const FRESH_PROBE_GRACE: Duration = Duration::from_secs(1);
+
+/// Breaker settings. [`BreakerConfig::default`] is the only place the defaults are written; the
+/// CLI's help and `rebound run --check-config` print them from there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
-    /// Share of transient failures (0..=1) that opens the breaker; 0 disables it.
+    /// Failure rate (0..=1) that opens the breaker; 0 turns the breaker off.
     pub threshold: f64,
-    /// How many recent outcomes the window holds.
+    /// Most calls each window (first attempts, retries) holds.
     pub window: usize,
-    /// Fewest outcomes in the window before the breaker may open.
+    /// Oldest call a window holds.
+    pub window_time: Duration,
+    /// Fewest calls judged before the breaker may open (see the module doc for which calls).
     pub min_calls: usize,
     /// How long the breaker stays open before probing.
     pub cooldown: Duration,
-    /// Probe messages let through when half-open.
+    /// Calls a half-open breaker lets through.
     pub probes: usize,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            threshold: 0.5,
+            threshold: 0.8,
             window: 50,
+            window_time: Duration::from_secs(5),
             min_calls: 20,
             cooldown: Duration::from_secs(30),
             probes: 3,
@@ -42,6 +106,7 @@ impl Default for BreakerConfig {
 }
 
 impl BreakerConfig {
+    /// The default settings with the breaker turned off (`threshold` 0).
     pub fn disabled() -> Self {
         BreakerConfig {
             threshold: 0.0,
@@ -49,6 +114,7 @@ impl BreakerConfig {
         }
     }
 
+    /// Whether the breaker can open at all.
     pub fn enabled(&self) -> bool {
         self.threshold > 0.0
     }
@@ -63,6 +129,7 @@ pub enum State {
 }
 
 impl State {
+    /// The `rebound_circuit_state` value: 0 closed, 1 half-open, 2 open.
     pub fn as_gauge(self) -> i64 {
         match self {
             State::Closed => 0,
@@ -71,6 +138,7 @@ impl State {
         }
     }
 
+    /// The state's name in logs.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
@@ -83,126 +151,355 @@ impl State {
 /// What a handler call said, as far as the breaker cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
+    /// Success or a permanent failure: the downstream answered.
     Ok,
+    /// A transient failure (including a timeout or a panic).
     Transient,
 }
 
+/// Which message a call was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A main-topic message: its first try.
+    First,
+    /// A delay-tier message.
+    Retry,
+}
+
+/// A probe let through by a half-open breaker; hand it back with the call's result
+/// ([`Breaker::record`]) or, if the call never happens, to [`Breaker::forget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    round: u64,
+}
+
+/// What [`Breaker::try_start`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Start it (closed breaker).
+    Yes,
+    /// Start it as a probe.
+    Probe(Probe),
+    /// Do not start it now.
+    No,
+}
+
+/// Why the breaker opened: what it judged, for the log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// Calls judged.
+    pub calls: usize,
+    /// Transient failures among them.
+    pub failures: usize,
+    /// Whether retries were judged too (no first attempt succeeded in the window).
+    pub with_retries: bool,
+}
+
+/// One recorded call: when, whether it failed, and the failures pushed up to and including it
+/// (so that the failures among the oldest `d` calls cost one subtraction).
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    at: Instant,
+    failed: bool,
+    cum: u64,
+}
+
+/// Calls of one kind in the sliding window, oldest first.
+#[derive(Debug, Default)]
+struct Window {
+    calls: VecDeque<Call>,
+    failures: usize,
+    pushed_failures: u64,
+}
+
+impl Window {
+    fn push(&mut self, now: Instant, failed: bool, max: usize) {
+        self.pushed_failures += u64::from(failed);
+        self.calls.push_back(Call {
+            at: now,
+            failed,
+            cum: self.pushed_failures,
+        });
+        self.failures += usize::from(failed);
+        while self.calls.len() > max {
+            self.pop();
+        }
+    }
+
+    /// (calls, failures) as they would be after `p` more failures, `max` calls at most.
+    fn with_failures(&self, p: usize, max: usize) -> (usize, usize) {
+        let n = self.calls.len();
+        let kept = (n + p).min(max);
+        let dropped = n + p - kept;
+        if dropped >= n {
+            return (kept, kept);
+        }
+        let failed_dropped = match (self.calls.front(), dropped.checked_sub(1)) {
+            (Some(first), Some(last)) => {
+                let before = first.cum - u64::from(first.failed);
+                (self.calls[last].cum - before) as usize
+            }
+            _ => 0,
+        };
+        (kept, self.failures - failed_dropped + p)
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.calls.len(), self.failures)
+    }
+
+    fn expire(&mut self, now: Instant, max_age: Duration) {
+        while self
+            .calls
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.at) > max_age)
+        {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some(c) = self.calls.pop_front() {
+            self.failures -= usize::from(c.failed);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.calls.clear();
+        self.failures = 0;
+    }
+}
+
+/// The breaker. Time is passed in (`now`), so every decision is testable without waiting.
 #[derive(Debug)]
 pub struct Breaker {
     config: BreakerConfig,
     state: State,
-    recent: VecDeque<Signal>,
-    transient_in_window: usize,
+    first: Window,
+    retries: Window,
     opened_at: Option<Instant>,
-    /// Half-open: probes started, and probes that came back fine.
+    /// The current (or last) half-open round; probes of earlier rounds are ignored.
+    round: u64,
+    half_opened_at: Option<Instant>,
+    /// Half-open: a due retry may be a probe (the fresh-work grace is over).
+    retries_may_probe: bool,
     probes_started: usize,
-    probes_passed: usize,
+    probes_done: usize,
+    probes_failed: usize,
+    evidence: Option<Evidence>,
 }
 
 impl Breaker {
-    pub fn new(config: BreakerConfig) -> Breaker {
+    /// A closed breaker for a loop that has at most `max_in_flight` calls running. The windows
+    /// hold at least `max_in_flight / threshold` calls, so that calls in flight alone, even all
+    /// failing, cannot open the breaker while the window is full of successes (and
+    /// [`Breaker::try_start`] never holds a healthy loop below `max_in_flight`).
+    pub fn new(config: BreakerConfig, max_in_flight: usize) -> Breaker {
+        let mut config = config;
+        if config.enabled() {
+            let needed = (max_in_flight as f64 / config.threshold).floor() as usize + 1;
+            config.window = config.window.max(needed.min(100_000));
+        }
         Breaker {
             config,
             state: State::Closed,
-            recent: VecDeque::with_capacity(config.window),
-            transient_in_window: 0,
+            first: Window::default(),
+            retries: Window::default(),
             opened_at: None,
+            round: 0,
+            half_opened_at: None,
+            retries_may_probe: false,
             probes_started: 0,
-            probes_passed: 0,
+            probes_done: 0,
+            probes_failed: 0,
+            evidence: None,
         }
     }
 
+    /// The current state.
     pub fn state(&self) -> State {
         self.state
     }
 
-    /// Moves open → half-open once the cool-down has passed. Returns the new state if it changed.
-    pub fn tick(&mut self, now: Instant) -> Option<State> {
-        if self.state == State::Open
-            && self
-                .opened_at
-                .is_some_and(|t| now >= t + self.config.cooldown)
-        {
-            self.state = State::HalfOpen;
-            self.probes_started = 0;
-            self.probes_passed = 0;
-            return Some(State::HalfOpen);
-        }
-        None
+    /// What the breaker judged when it last opened.
+    pub fn evidence(&self) -> Option<Evidence> {
+        self.evidence
     }
 
-    /// When the open breaker will half-open.
-    pub fn wakes_at(&self) -> Option<Instant> {
+    /// Moves open → half-open once the cool-down has passed (returning the new state), and lets
+    /// due retries be probes once [`FRESH_PROBE_GRACE`] has passed in half-open (no state
+    /// change: the caller tries to start waiting work after every tick).
+    pub fn tick(&mut self, now: Instant) -> Option<State> {
         match self.state {
-            State::Open => self.opened_at.map(|t| t + self.config.cooldown),
+            State::Open
+                if self
+                    .opened_at
+                    .is_some_and(|t| now >= t + self.config.cooldown) =>
+            {
+                self.state = State::HalfOpen;
+                self.round += 1;
+                self.half_opened_at = Some(now);
+                self.retries_may_probe = false;
+                self.probes_started = 0;
+                self.probes_done = 0;
+                self.probes_failed = 0;
+                Some(State::HalfOpen)
+            }
+            State::HalfOpen
+                if self
+                    .half_opened_at
+                    .is_some_and(|t| now >= t + FRESH_PROBE_GRACE) =>
+            {
+                self.retries_may_probe = true;
+                None
+            }
             _ => None,
         }
     }
 
-    /// Whether one more message may start now; counts it as a probe when half-open.
-    pub fn try_start(&mut self) -> bool {
+    /// When [`Breaker::tick`] has something to do: the end of the cool-down, or of the grace
+    /// for fresh probes.
+    pub fn wakes_at(&self) -> Option<Instant> {
         match self.state {
-            State::Closed => true,
-            State::Open => false,
-            State::HalfOpen => {
-                if self.probes_started < self.config.probes {
-                    self.probes_started += 1;
-                    true
+            State::Open => self.opened_at.map(|t| t + self.config.cooldown),
+            State::HalfOpen if !self.retries_may_probe => {
+                self.half_opened_at.map(|t| t + FRESH_PROBE_GRACE)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a call for an `attempt` may start now, with `unknown` calls started whose results
+    /// have not been recorded yet.
+    ///
+    /// Closed, a call waits while the unknown calls, were they all to fail, would open the
+    /// breaker: their results decide first. This bounds the calls an outage costs by what it
+    /// takes to open the breaker (40 with a full window, 20 with an empty one, by default),
+    /// whatever the concurrency. Half-open, a yes is a [`Probe`]; a retry gets one only after
+    /// the grace for first attempts (the caller offers first attempts first).
+    pub fn try_start(&mut self, attempt: Attempt, unknown: usize) -> Admit {
+        match self.state {
+            State::Closed => {
+                let first = self.first.with_failures(unknown, self.config.window);
+                if unknown > 0
+                    && self.config.enabled()
+                    && self.verdict(first, self.retries.counts()).is_some()
+                {
+                    Admit::No
                 } else {
-                    false
+                    Admit::Yes
+                }
+            }
+            State::Open => Admit::No,
+            State::HalfOpen => {
+                let may = attempt == Attempt::First || self.retries_may_probe;
+                if may && self.probes_started < self.config.probes {
+                    self.probes_started += 1;
+                    Admit::Probe(Probe { round: self.round })
+                } else {
+                    Admit::No
                 }
             }
         }
     }
 
-    /// Records an outcome. Returns the new state if it changed.
-    pub fn record(&mut self, signal: Signal, now: Instant) -> Option<State> {
+    /// A probe that will never report (its message was handed back): another may take its place.
+    pub fn forget(&mut self, probe: Probe) {
+        if self.state == State::HalfOpen && probe.round == self.round {
+            self.probes_started = self.probes_started.saturating_sub(1);
+        }
+    }
+
+    /// Records a call's result (`probe`: what [`Breaker::try_start`] gave it, if it was one).
+    /// Returns the new state if it changed.
+    pub fn record(
+        &mut self,
+        signal: Signal,
+        attempt: Attempt,
+        probe: Option<Probe>,
+        now: Instant,
+    ) -> Option<State> {
         if !self.config.enabled() {
             return None;
         }
+        let failed = signal == Signal::Transient;
         match self.state {
             State::Closed => {
-                self.recent.push_back(signal);
-                if signal == Signal::Transient {
-                    self.transient_in_window += 1;
-                }
-                if self.recent.len() > self.config.window
-                    && self.recent.pop_front() == Some(Signal::Transient)
-                {
-                    self.transient_in_window -= 1;
-                }
-                let n = self.recent.len();
-                if n >= self.config.min_calls
-                    && self.transient_in_window as f64 >= self.config.threshold * n as f64
-                {
-                    return Some(self.open(now));
-                }
-                None
+                self.push(attempt, failed, now);
+                self.judge(now).then(|| self.open(now))
             }
-            State::HalfOpen => match signal {
-                Signal::Transient => Some(self.open(now)),
-                Signal::Ok => {
-                    self.probes_passed += 1;
-                    if self.probes_passed >= self.config.probes {
-                        self.state = State::Closed;
-                        self.recent.clear();
-                        self.transient_in_window = 0;
-                        Some(State::Closed)
-                    } else {
-                        None
-                    }
+            State::HalfOpen => {
+                if probe.is_none_or(|p| p.round != self.round) {
+                    // Started before it opened, or in an earlier round: not a probe of this one.
+                    return None;
                 }
-            },
+                // The probes start the next closed window.
+                self.push(attempt, failed, now);
+                self.probes_done += 1;
+                self.probes_failed += usize::from(failed);
+                let limit = self.config.threshold * self.config.probes as f64;
+                let undecided = self.config.probes.saturating_sub(self.probes_done);
+                if self.probes_failed as f64 >= limit {
+                    self.evidence = Some(Evidence {
+                        calls: self.probes_done,
+                        failures: self.probes_failed,
+                        with_retries: false,
+                    });
+                    Some(self.open(now))
+                } else if ((self.probes_failed + undecided) as f64) < limit {
+                    self.state = State::Closed;
+                    Some(State::Closed)
+                } else {
+                    None
+                }
+            }
             // Results of messages started before the breaker opened change nothing.
             State::Open => None,
         }
     }
 
+    fn push(&mut self, attempt: Attempt, failed: bool, now: Instant) {
+        let window = match attempt {
+            Attempt::First => &mut self.first,
+            Attempt::Retry => &mut self.retries,
+        };
+        window.push(now, failed, self.config.window);
+    }
+
+    /// Whether the windows say "open" (the rules in the module doc); sets the evidence if so.
+    fn judge(&mut self, now: Instant) -> bool {
+        self.first.expire(now, self.config.window_time);
+        self.retries.expire(now, self.config.window_time);
+        let verdict = self.verdict(self.first.counts(), self.retries.counts());
+        if verdict.is_some() {
+            self.evidence = verdict;
+        }
+        verdict.is_some()
+    }
+
+    /// The rules of the module doc on (calls, failures) of first attempts and of retries: the
+    /// evidence if they open the breaker.
+    fn verdict(&self, first: (usize, usize), retries: (usize, usize)) -> Option<Evidence> {
+        let (min, rate) = (self.config.min_calls, self.config.threshold);
+        let (calls, failures, with_retries) = if first.0 >= min {
+            (first.0, first.1, false)
+        } else if first.1 < first.0 {
+            return None;
+        } else {
+            (first.0 + retries.0, first.1 + retries.1, true)
+        };
+        (calls >= min && failures as f64 >= rate * calls as f64).then_some(Evidence {
+            calls,
+            failures,
+            with_retries,
+        })
+    }
+
     fn open(&mut self, now: Instant) -> State {
         self.state = State::Open;
         self.opened_at = Some(now);
-        self.recent.clear();
-        self.transient_in_window = 0;
+        self.first.clear();
+        self.retries.clear();
         State::Open
     }
 }
@@ -211,84 +508,328 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    use Attempt::{First, Retry};
+    use Signal::{Ok as Good, Transient as Bad};
+
     fn cfg() -> BreakerConfig {
-        BreakerConfig {
-            threshold: 0.5,
-            window: 10,
-            min_calls: 4,
-            cooldown: Duration::from_secs(5),
-            probes: 2,
+        BreakerConfig::default()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Opens `b` with first attempts that all fail; returns when it opened.
+    fn open(b: &mut Breaker, t0: Instant) -> Instant {
+        for i in 0..b.config.min_calls {
+            if b.record(Bad, First, None, t0) == Some(State::Open) {
+                assert_eq!(i + 1, b.config.min_calls);
+                return t0;
+            }
         }
+        panic!("did not open");
+    }
+
+    fn half_open(b: &mut Breaker, t0: Instant) -> Instant {
+        let t1 = open(b, t0) + b.config.cooldown;
+        assert_eq!(b.tick(t1), Some(State::HalfOpen));
+        t1
     }
 
     #[test]
-    fn opens_when_transient_failures_pass_the_threshold_with_enough_calls() {
-        let now = Instant::now();
-        let mut b = Breaker::new(cfg());
-        assert_eq!(b.record(Signal::Transient, now), None);
-        assert_eq!(b.record(Signal::Transient, now), None);
+    fn the_defaults_are_the_documented_ones() {
+        let d = BreakerConfig::default();
         assert_eq!(
-            b.record(Signal::Transient, now),
-            None,
-            "fewer than min_calls"
+            (
+                d.threshold,
+                d.window,
+                d.window_time,
+                d.min_calls,
+                d.cooldown,
+                d.probes
+            ),
+            (
+                0.8,
+                50,
+                Duration::from_secs(5),
+                20,
+                Duration::from_secs(30),
+                3
+            )
         );
-        assert_eq!(b.record(Signal::Transient, now), Some(State::Open));
-        assert!(!b.try_start());
+        assert!(d.enabled() && !BreakerConfig::disabled().enabled());
     }
 
     #[test]
-    fn a_healthy_mix_stays_closed() {
-        let now = Instant::now();
-        let mut b = Breaker::new(cfg());
-        for i in 0..100 {
-            let s = if i % 4 == 0 {
-                Signal::Transient
-            } else {
-                Signal::Ok
+    fn an_outage_opens_after_min_calls_first_attempts_when_the_window_was_empty() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        for _ in 0..19 {
+            assert_eq!(b.record(Bad, First, None, t0), None, "fewer than min_calls");
+        }
+        assert_eq!(b.record(Bad, First, None, t0), Some(State::Open));
+        assert_eq!(b.try_start(First, 0), Admit::No);
+        let e = b.evidence().unwrap();
+        assert_eq!((e.calls, e.failures, e.with_retries), (20, 20, false));
+    }
+
+    #[test]
+    fn after_a_full_window_of_successes_an_outage_opens_within_40_calls() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        for _ in 0..500 {
+            b.record(Good, First, None, t0);
+        }
+        let mut failed = 0;
+        while b.record(Bad, First, None, t0).is_none() {
+            failed += 1;
+        }
+        assert_eq!(failed + 1, 40, "40 of the last 50 first attempts");
+    }
+
+    #[test]
+    fn at_a_low_rate_old_successes_expire_and_an_outage_opens_within_the_window_time() {
+        // 10 calls a second: the window holds 5 s of them (50).
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        let mut t = t0;
+        for _ in 0..100 {
+            b.record(Good, First, None, t);
+            t += ms(100);
+        }
+        let outage = t;
+        while b.record(Bad, First, None, t).is_none() {
+            t += ms(100);
+        }
+        assert!(t - outage <= Duration::from_secs(4), "{:?}", t - outage);
+    }
+
+    #[test]
+    fn a_quarter_or_half_of_first_attempts_failing_never_opens_it_whatever_the_retries_do() {
+        // (one first attempt in `every` fails, retries: poison that always fails / as first)
+        for (every, poison) in [(4, true), (2, false)] {
+            let mut b = Breaker::new(cfg(), 32);
+            let mut t = Instant::now();
+            for i in 0..10_000 {
+                let s = if i % every == 0 { Bad } else { Good };
+                assert_eq!(b.record(s, First, None, t), None);
+                let r = if poison { Bad } else { s };
+                assert_eq!(b.record(r, Retry, None, t), None);
+                assert_eq!(b.record(r, Retry, None, t), None);
+                t += ms(3);
+            }
+            assert_eq!(b.state(), State::Closed);
+        }
+    }
+
+    #[test]
+    fn with_the_main_topic_idle_failing_retries_open_it() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        for _ in 0..19 {
+            assert_eq!(b.record(Bad, Retry, None, t0), None);
+        }
+        assert_eq!(b.record(Bad, Retry, None, t0), Some(State::Open));
+        assert!(b.evidence().unwrap().with_retries);
+    }
+
+    #[test]
+    fn with_a_slow_main_topic_failing_retries_open_it_only_if_no_first_attempt_succeeded() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        b.record(Good, First, None, t0);
+        for _ in 0..100 {
+            assert_eq!(b.record(Bad, Retry, None, t0), None, "the downstream works");
+        }
+        // Once that success is older than the window, the retries are judged.
+        let t1 = t0 + Duration::from_secs(6);
+        b.record(Bad, First, None, t1);
+        let mut n = 1;
+        while b.record(Bad, Retry, None, t1).is_none() {
+            n += 1;
+        }
+        assert!(n < 50, "retries judged ({n} calls)");
+    }
+
+    #[test]
+    fn half_open_probes_first_attempts_first_and_retries_after_the_grace() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        let t1 = half_open(&mut b, t0);
+        assert_eq!(b.wakes_at(), Some(t1 + FRESH_PROBE_GRACE));
+        assert_eq!(b.try_start(Retry, 0), Admit::No, "fresh work first");
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
+        assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE - ms(1)), None);
+        assert_eq!(b.try_start(Retry, 0), Admit::No);
+        assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE), None);
+        assert_eq!(b.wakes_at(), None);
+        assert!(matches!(b.try_start(Retry, 0), Admit::Probe(_)));
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
+        assert_eq!(b.try_start(First, 0), Admit::No, "only `probes` calls");
+    }
+
+    #[test]
+    fn one_good_probe_closes_it_and_three_failed_probes_reopen_it() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        let t1 = half_open(&mut b, t0);
+        let Admit::Probe(p) = b.try_start(First, 0) else {
+            panic!()
+        };
+        assert_eq!(b.record(Good, First, Some(p), t1), Some(State::Closed));
+        assert_eq!(b.try_start(Retry, 0), Admit::Yes);
+
+        let mut b = Breaker::new(cfg(), 32);
+        let t1 = half_open(&mut b, t0);
+        let probes: Vec<Probe> = (0..3)
+            .map(|_| match b.try_start(First, 0) {
+                Admit::Probe(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(b.record(Bad, First, Some(probes[0]), t1), None);
+        assert_eq!(b.record(Bad, First, Some(probes[1]), t1), None);
+        assert_eq!(b.record(Bad, First, Some(probes[2]), t1), Some(State::Open));
+        assert_eq!(b.wakes_at(), Some(t1 + cfg().cooldown));
+    }
+
+    #[test]
+    fn closing_keeps_the_probes_as_evidence_so_poison_retries_do_not_reopen_it() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        let t1 = half_open(&mut b, t0);
+        let Admit::Probe(p) = b.try_start(First, 0) else {
+            panic!()
+        };
+        b.record(Good, First, Some(p), t1);
+        for _ in 0..100 {
+            assert_eq!(b.record(Bad, Retry, None, t1), None);
+        }
+    }
+
+    #[test]
+    fn results_of_calls_that_are_not_probes_of_this_round_change_nothing() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        let t1 = half_open(&mut b, t0);
+        let Admit::Probe(old) = b.try_start(First, 0) else {
+            panic!()
+        };
+        for _ in 0..10 {
+            assert_eq!(b.record(Bad, First, None, t1), None, "started before");
+        }
+        // This round fails; the next one must not count the old probe.
+        for _ in 0..2 {
+            let Admit::Probe(p) = b.try_start(First, 0) else {
+                panic!()
             };
-            assert_eq!(b.record(s, now), None);
+            b.record(Bad, First, Some(p), t1);
         }
-        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.record(Bad, First, Some(old), t1), Some(State::Open));
+        let t2 = t1 + cfg().cooldown;
+        b.tick(t2);
+        assert_eq!(b.record(Good, First, Some(old), t2), None, "earlier round");
+        assert_eq!(b.state(), State::HalfOpen);
     }
 
     #[test]
-    fn half_opens_after_cooldown_and_closes_on_good_probes() {
+    fn a_forgotten_probe_frees_its_place() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
-        for _ in 0..4 {
-            b.record(Signal::Transient, t0);
-        }
-        assert_eq!(b.tick(t0 + Duration::from_secs(4)), None);
-        assert_eq!(b.wakes_at(), Some(t0 + Duration::from_secs(5)));
-        assert_eq!(b.tick(t0 + Duration::from_secs(5)), Some(State::HalfOpen));
-        assert!(b.try_start() && b.try_start());
-        assert!(!b.try_start(), "only `probes` messages while half-open");
-        assert_eq!(b.record(Signal::Ok, t0), None);
-        assert_eq!(b.record(Signal::Ok, t0), Some(State::Closed));
-        assert!(b.try_start());
+        let mut b = Breaker::new(cfg(), 32);
+        half_open(&mut b, t0);
+        let ps: Vec<Admit> = (0..3).map(|_| b.try_start(First, 0)).collect();
+        assert_eq!(b.try_start(First, 0), Admit::No);
+        let Admit::Probe(p) = ps[0] else { panic!() };
+        b.forget(p);
+        assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
     }
 
     #[test]
-    fn a_failed_probe_reopens() {
-        let t0 = Instant::now();
-        let mut b = Breaker::new(cfg());
-        for _ in 0..4 {
-            b.record(Signal::Transient, t0);
+    fn permanent_failures_are_answers_not_failures() {
+        // The router reports a permanent failure as `Ok`; 100 of them never open it.
+        let mut b = Breaker::new(cfg(), 32);
+        for _ in 0..100 {
+            assert_eq!(b.record(Good, First, None, Instant::now()), None);
         }
-        let t1 = t0 + Duration::from_secs(5);
-        b.tick(t1);
-        assert!(b.try_start());
-        assert_eq!(b.record(Signal::Transient, t1), Some(State::Open));
-        assert_eq!(b.wakes_at(), Some(t1 + Duration::from_secs(5)));
     }
 
     #[test]
     fn disabled_never_opens() {
         let now = Instant::now();
-        let mut b = Breaker::new(BreakerConfig::disabled());
+        let mut b = Breaker::new(BreakerConfig::disabled(), 32);
         for _ in 0..100 {
-            assert_eq!(b.record(Signal::Transient, now), None);
+            assert_eq!(b.record(Bad, First, None, now), None);
+            assert_eq!(b.record(Bad, Retry, None, now), None);
         }
-        assert!(b.try_start());
+        assert_eq!(b.try_start(Retry, 0), Admit::Yes);
+    }
+
+    #[test]
+    fn closed_it_holds_calls_back_while_those_in_flight_could_open_it() {
+        let now = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        // Empty window: 19 unknown calls cannot open it, 20 could.
+        assert_eq!(b.try_start(First, 19), Admit::Yes);
+        assert_eq!(b.try_start(First, 20), Admit::No);
+        // A full window of successes absorbs 39 failures, not 40.
+        for _ in 0..50 {
+            b.record(Good, First, None, now);
+        }
+        assert_eq!(b.try_start(Retry, 39), Admit::Yes);
+        assert_eq!(b.try_start(Retry, 40), Admit::No);
+        // With 10 failures among the newest calls: 29 more at most.
+        for _ in 0..10 {
+            b.record(Bad, First, None, now);
+        }
+        assert_eq!(b.try_start(First, 29), Admit::Yes);
+        assert_eq!(b.try_start(First, 30), Admit::No);
+        // Nothing unknown: always (the next call is what may open it).
+        assert_eq!(b.try_start(First, 0), Admit::Yes);
+    }
+
+    #[test]
+    fn an_outage_costs_at_most_what_it_takes_to_open_whatever_the_concurrency() {
+        // 32 calls in flight at a time, each failing; calls start only when admitted.
+        for warm in [0, 500] {
+            let now = Instant::now();
+            let mut b = Breaker::new(cfg(), 32);
+            for _ in 0..warm {
+                b.record(Good, First, None, now);
+            }
+            let (mut started, mut running) = (0, 0usize);
+            loop {
+                while running < 32 && b.try_start(First, running) == Admit::Yes {
+                    started += 1;
+                    running += 1;
+                }
+                assert!(running > 0, "nothing running and nothing admitted");
+                running -= 1;
+                if b.record(Bad, First, None, now) == Some(State::Open) {
+                    break;
+                }
+            }
+            assert_eq!(started, if warm == 0 { 20 } else { 40 });
+        }
+    }
+
+    #[test]
+    fn a_large_max_in_flight_widens_the_window_so_healthy_calls_are_never_held() {
+        let now = Instant::now();
+        let mut b = Breaker::new(cfg(), 200);
+        for _ in 0..1000 {
+            b.record(Good, First, None, now);
+        }
+        assert_eq!(b.try_start(First, 199), Admit::Yes);
+    }
+
+    #[test]
+    fn windows_are_bounded() {
+        let now = Instant::now();
+        let mut b = Breaker::new(cfg(), 32);
+        for _ in 0..1000 {
+            b.record(Good, First, None, now);
+            b.record(Bad, Retry, None, now);
+        }
+        assert_eq!((b.first.counts().0, b.retries.counts().0), (50, 50));
     }
 }

@@ -6,6 +6,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::breaker::BreakerConfig;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rebound",
@@ -175,21 +177,29 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
 
-    /// Share of transient failures (0 to 1) in the breaker's window that opens it; 0 turns the
-    /// circuit breaker off [default: 0.5].
-    #[arg(long, env = "REBOUND_BREAKER_THRESHOLD", value_name = "FRACTION")]
+    /// Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the
+    /// breaker off.
+    #[arg(long, env = "REBOUND_BREAKER_THRESHOLD", value_name = "FRACTION", help = breaker_help("threshold"))]
     pub breaker_threshold: Option<String>,
 
-    /// How many recent handler outcomes the breaker judges (it needs that many) [default: 20].
-    #[arg(long, env = "REBOUND_BREAKER_WINDOW", value_name = "N")]
+    /// Most calls each of the breaker's windows (first attempts, retries) holds.
+    #[arg(long, env = "REBOUND_BREAKER_WINDOW", value_name = "N", help = breaker_help("window"))]
     pub breaker_window: Option<String>,
 
-    /// How long an open breaker keeps fetching paused before probing [default: 30s].
-    #[arg(long, env = "REBOUND_BREAKER_COOLDOWN", value_name = "DURATION")]
+    /// Oldest call the breaker's windows hold.
+    #[arg(long, env = "REBOUND_BREAKER_WINDOW_TIME", value_name = "DURATION", help = breaker_help("window-time"))]
+    pub breaker_window_time: Option<String>,
+
+    /// Fewest calls the breaker judges before it may open.
+    #[arg(long, env = "REBOUND_BREAKER_MIN_CALLS", value_name = "N", help = breaker_help("min-calls"))]
+    pub breaker_min_calls: Option<String>,
+
+    /// How long an open breaker keeps fetching paused before probing.
+    #[arg(long, env = "REBOUND_BREAKER_COOLDOWN", value_name = "DURATION", help = breaker_help("cooldown"))]
     pub breaker_cooldown: Option<String>,
 
-    /// Probe messages a half-open breaker lets through; all must succeed to close it [default: 3].
-    #[arg(long, env = "REBOUND_BREAKER_PROBES", value_name = "N")]
+    /// Calls a half-open breaker lets through, main-topic messages first.
+    #[arg(long, env = "REBOUND_BREAKER_PROBES", value_name = "N", help = breaker_help("probes"))]
     pub breaker_probes: Option<String>,
 
     /// Message headers the `http` handler forwards as request headers (comma-separated names).
@@ -416,6 +426,40 @@ pub struct ConsoleArgs {
     /// Skip (with a note) messages already replayed this many times [default: 3].
     #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N")]
     pub max_replays: Option<String>,
+}
+
+/// The `--help` line of a `--breaker-*` flag (`which` is the part after `--breaker-`), with its
+/// default read from [`BreakerConfig::default`], the one place breaker defaults are written.
+fn breaker_help(which: &str) -> String {
+    let d = BreakerConfig::default();
+    let short = |x| crate::duration::format(x);
+    let (what, default) = match which {
+        "threshold" => (
+            "Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the breaker off",
+            d.threshold.to_string(),
+        ),
+        "window" => (
+            "Most calls each of the breaker's windows (first attempts, retries) holds",
+            d.window.to_string(),
+        ),
+        "window-time" => (
+            "Oldest call the breaker's windows hold",
+            short(d.window_time),
+        ),
+        "min-calls" => (
+            "Fewest calls the breaker judges before it may open",
+            d.min_calls.to_string(),
+        ),
+        "cooldown" => (
+            "How long an open breaker keeps fetching paused before probing",
+            short(d.cooldown),
+        ),
+        _ => (
+            "Calls a half-open breaker lets through, main-topic messages first",
+            d.probes.to_string(),
+        ),
+    };
+    format!("{what} [default: {default}]")
 }
 
 #[cfg(test)]

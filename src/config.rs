@@ -79,6 +79,8 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<String>,
     pub breaker_threshold: Option<f64>,
     pub breaker_window: Option<usize>,
+    pub breaker_window_time: Option<String>,
+    pub breaker_min_calls: Option<usize>,
     pub breaker_cooldown: Option<String>,
     pub breaker_probes: Option<usize>,
     pub forward_headers: Option<StringOrList>,
@@ -438,29 +440,47 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
     }
     let window = match args.breaker_window.as_deref() {
         Some(s) => parse_num::<usize>("--breaker-window", s)?,
-        None => file.breaker_window.unwrap_or(20),
+        None => file.breaker_window.unwrap_or(d.window),
     };
     if !(1..=100_000).contains(&window) {
-        return Err(bad("--breaker-window", "must be from 1 to 100000"));
+        return Err(bad("--breaker-window", "must be from 1 to 100000 calls"));
     }
+    let min_calls = match args.breaker_min_calls.as_deref() {
+        Some(s) => parse_num::<usize>("--breaker-min-calls", s)?,
+        None => file.breaker_min_calls.unwrap_or(d.min_calls),
+    };
+    if !(1..=window).contains(&min_calls) {
+        return Err(bad(
+            "--breaker-min-calls",
+            format!("must be from 1 to --breaker-window ({window})"),
+        ));
+    }
+    let window_time = positive_duration(
+        "--breaker-window-time",
+        args.breaker_window_time
+            .as_deref()
+            .or(file.breaker_window_time.as_deref()),
+        &duration::format(d.window_time),
+    )?;
     let probes = match args.breaker_probes.as_deref() {
         Some(s) => parse_num::<usize>("--breaker-probes", s)?,
         None => file.breaker_probes.unwrap_or(d.probes),
     };
-    if probes == 0 {
-        return Err(bad("--breaker-probes", "must be at least 1"));
+    if !(1..=1000).contains(&probes) {
+        return Err(bad("--breaker-probes", "must be from 1 to 1000"));
     }
     let cooldown = positive_duration(
         "--breaker-cooldown",
         args.breaker_cooldown
             .as_deref()
             .or(file.breaker_cooldown.as_deref()),
-        "30s",
+        &duration::format(d.cooldown),
     )?;
     Ok(BreakerConfig {
         threshold,
         window,
-        min_calls: window,
+        window_time,
+        min_calls,
         cooldown,
         probes,
     })
@@ -1109,6 +1129,21 @@ impl fmt::Display for Config {
             b.partition_bytes,
             duration::Short(b.horizon)
         )?;
+        let b = &self.breaker;
+        if b.enabled() {
+            writeln!(
+                f,
+                "breaker          = opens at a failure rate >= {} of >= {} calls (windows: {} calls within {}); cool-down {}; {} probes",
+                b.threshold,
+                b.min_calls,
+                b.window,
+                duration::Short(b.window_time),
+                duration::Short(b.cooldown),
+                b.probes
+            )?;
+        } else {
+            writeln!(f, "breaker          = off")?;
+        }
         for (k, v) in c.kafka.redacted() {
             writeln!(f, "kafka.{k} = {v}")?;
         }

@@ -20,7 +20,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::BreakerConfig;
 use crate::config::{ClusterConfig, Config, KafkaProps, TopicsConfig};
 use crate::handler::{Handler, Message, Outcome};
 use crate::headers;
@@ -154,8 +153,6 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
     config.cluster.kafka = kafka;
     config.metrics_addr = cfg.metrics_addr;
     config.commit_interval = Duration::from_millis(500);
-    // A 30% failure rate is the point of the demo, not an outage.
-    config.breaker = BreakerConfig::disabled();
     let service = Service::new(config, handler);
     let metrics = service.metrics();
     let service_stop = CancellationToken::new();

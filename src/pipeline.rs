@@ -40,7 +40,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use crate::breaker::{
+    Admit, Attempt, Breaker, BreakerConfig, Probe, Signal, State as BreakerState,
+};
 use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
@@ -78,6 +80,12 @@ struct State {
     /// Read and due, waiting for the circuit breaker to let them start (FIFO).
     parked: VecDeque<Job>,
     breaker: Breaker,
+    /// Probes a half-open breaker let through and that have not reported yet.
+    probes: Vec<ProbeJob>,
+    /// Handler results taken from the router, reused so that taking them allocates nothing.
+    signals: Vec<(Tp, i64, Signal)>,
+    /// Jobs whose handler result the breaker has, still running (producing their copy).
+    judged_running: usize,
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
@@ -96,6 +104,23 @@ struct State {
     /// When the `/status` snapshot was last published.
     status_published: Option<std::time::Instant>,
     draining: bool,
+}
+
+/// Probes of a revoked partition will not report (or not as probes): others take their place.
+fn forget_probes(probes: &mut Vec<ProbeJob>, breaker: &mut Breaker, tp: Tp) {
+    probes.retain(|p| {
+        if p.tp == tp {
+            breaker.forget(p.probe);
+        }
+        p.tp != tp
+    });
+}
+
+/// A probe a half-open breaker let through: which job, to recognise its completion.
+struct ProbeJob {
+    tp: Tp,
+    offset: i64,
+    probe: Probe,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -144,7 +169,10 @@ impl Pipeline {
                 buffered_gauges,
                 gate: KeyGate::default(),
                 parked: VecDeque::new(),
-                breaker: Breaker::new(limits.breaker),
+                breaker: Breaker::new(limits.breaker, limits.max_in_flight),
+                probes: Vec::new(),
+                signals: Vec::new(),
+                judged_running: 0,
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
@@ -358,6 +386,7 @@ impl State {
                     let before = self.parked.len();
                     self.parked.retain(|j| j.tp != tp);
                     handed_back += before - self.parked.len();
+                    forget_probes(&mut self.probes, &mut self.breaker, tp);
                     // The lag of a partition that moved is its new owner's to report.
                     let _ = self
                         .metrics
@@ -502,18 +531,89 @@ impl State {
     }
 
     /// Starts parked jobs while the breaker lets them through; a job waits behind an in-flight
-    /// message with the same key.
+    /// message with the same key. A half-open breaker gets main-topic jobs first (fresh work is
+    /// the best probe); it takes a due retry only when none is waiting.
     fn pump(&mut self) {
-        while !self.draining && !self.parked.is_empty() && self.breaker.try_start() {
-            let Some(job) = self.parked.pop_front() else {
+        while !self.draining && !self.parked.is_empty() {
+            // Let through, and the breaker does not have their result yet.
+            let unknown = (self.jobs.len() + self.finished.len() + self.gate.waiting())
+                .saturating_sub(self.judged_running);
+            let (at, admit) = match self.breaker.state() {
+                BreakerState::Closed => (0, self.breaker.try_start(Attempt::First, unknown)),
+                BreakerState::Open => break,
+                BreakerState::HalfOpen => {
+                    let fresh = self.parked.iter().position(|j| j.tp.stage == Stage::Main);
+                    let (at, attempt) = fresh.map_or((0, Attempt::Retry), |i| (i, Attempt::First));
+                    (at, self.breaker.try_start(attempt, unknown))
+                }
+            };
+            if admit == Admit::No {
+                break;
+            }
+            let Some(job) = self.parked.remove(at) else {
                 break;
             };
             if self.epochs.get(&job.tp) != Some(&job.epoch) {
+                if let Admit::Probe(probe) = admit {
+                    self.breaker.forget(probe);
+                }
                 continue;
+            }
+            if let Admit::Probe(probe) = admit {
+                self.probes.push(ProbeJob {
+                    tp: job.tp,
+                    offset: job.message.offset,
+                    probe,
+                });
             }
             if let Some(job) = self.gate.admit(job.tp, job, |j| j.message.key.as_deref()) {
                 self.start(job);
             }
+        }
+    }
+
+    /// The probe the job for (`tp`, `offset`) was, if it was one.
+    fn take_probe(&mut self, tp: Tp, offset: i64) -> Option<Probe> {
+        if self.probes.is_empty() {
+            return None;
+        }
+        let i = self
+            .probes
+            .iter()
+            .position(|p| p.tp == tp && p.offset == offset)?;
+        Some(self.probes.swap_remove(i).probe)
+    }
+
+    /// Gives the breaker the handler results the router has published, in their order.
+    fn judge_signals(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        {
+            let mut shared = self
+                .router
+                .signals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if shared.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *shared, &mut self.signals);
+        }
+        let now = std::time::Instant::now();
+        let mut signals = std::mem::take(&mut self.signals);
+        for (tp, offset, signal) in signals.drain(..) {
+            self.judged_running += 1;
+            let probe = self.take_probe(tp, offset);
+            let attempt = match tp.stage {
+                Stage::Main => Attempt::First,
+                Stage::Tier(_) => Attempt::Retry,
+            };
+            if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
+                self.on_breaker_change(consumer, new);
+            }
+        }
+        self.signals = signals;
+        // A closed breaker may have held jobs back until these results were known.
+        if !self.parked.is_empty() {
+            self.pump();
         }
     }
 
@@ -541,14 +641,23 @@ impl State {
         self.metrics.circuit_state.set(new.as_gauge());
         match new {
             BreakerState::Open => {
+                let e = self.breaker.evidence();
                 tracing::warn!(
                     waiting = self.parked.len(),
-                    "circuit breaker open: too many transient failures; fetching paused"
+                    calls = e.map_or(0, |e| e.calls),
+                    failures = e.map_or(0, |e| e.failures),
+                    retries_judged = e.is_some_and(|e| e.with_retries),
+                    cooldown_ms = self.limits.breaker.cooldown.as_millis() as u64,
+                    "circuit breaker open: the handler's transient failures reached the threshold; fetching paused"
                 );
+                self.probes.clear();
                 self.set_fetching(consumer, false);
             }
             BreakerState::HalfOpen => {
-                tracing::info!("circuit breaker half-open: probing the handler");
+                tracing::info!(
+                    probes = self.limits.breaker.probes,
+                    "circuit breaker half-open: probing the handler, main-topic messages first"
+                );
                 self.set_fetching(consumer, true);
                 self.pump();
             }
@@ -563,8 +672,10 @@ impl State {
     }
 
     fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        if let Some(new) = self.breaker.tick(std::time::Instant::now()) {
-            self.on_breaker_change(consumer, new);
+        match self.breaker.tick(std::time::Instant::now()) {
+            Some(new) => self.on_breaker_change(consumer, new),
+            // Half-open and the grace for fresh probes is over: due retries may probe now.
+            None => self.pump(),
         }
     }
 
@@ -639,14 +750,19 @@ impl State {
         self.jobs.spawn(job);
     }
 
-    /// Accounts for every finished job, including those that finishing ones let start.
+    /// Accounts for every finished job, including those that finishing ones let start. The
+    /// breaker gets every handler result before the job that gave it is accounted for.
     fn settle(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        while let Some(done) = self.finished.pop() {
-            self.on_completion(consumer, done);
+        loop {
+            self.judge_signals(consumer);
+            let Some(done) = self.finished.pop() else {
+                break;
+            };
+            self.on_completion(done);
         }
     }
 
-    fn on_completion(&mut self, consumer: &StreamConsumer<TopologyContext>, done: Completion) {
+    fn on_completion(&mut self, done: Completion) {
         if let Some(next) = self.gate.release(done.tp, done.key.as_deref()) {
             if self.draining {
                 // Not started: handed back, its offset stays uncommitted.
@@ -654,10 +770,16 @@ impl State {
                 self.start(next);
             }
         }
-        if let Some(signal) = done.signal {
-            if let Some(new) = self.breaker.record(signal, std::time::Instant::now()) {
-                self.on_breaker_change(consumer, new);
-            }
+        if done.signal.is_some() {
+            // The breaker had its result (`judge_signals` runs first).
+            self.judged_running = self.judged_running.saturating_sub(1);
+        } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
+            // Handed back or never called: no evidence; another message may probe.
+            self.breaker.forget(probe);
+        }
+        if !self.parked.is_empty() {
+            // One less result unknown: a held-back job may start.
+            self.pump();
         }
         if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
             return;

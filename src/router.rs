@@ -81,6 +81,10 @@ pub struct Router {
     pub abandon: CancellationToken,
     /// Per-stage metric series, from [`Metrics::stage_series`].
     pub series: Vec<crate::metrics::StageSeries>,
+    /// Handler results the poll loop has not seen yet, in the order the handler gave them: the
+    /// circuit breaker takes them then, not when the job's copy is acknowledged (a failure needs
+    /// a produce, a success does not, so job ends would reach it successes first).
+    pub signals: std::sync::Mutex<Vec<(Tp, i64, Signal)>>,
 }
 
 impl Router {
@@ -181,6 +185,10 @@ impl Router {
             Outcome::Transient(_) => Signal::Transient,
             _ => Signal::Ok,
         };
+        self.signals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((tp, message.offset, signal));
 
         // A success goes nowhere and needs no clock (`route` does not look at `now` for it).
         let now = match outcome {

@@ -134,6 +134,7 @@ impl Service {
             handler_timeout: config.handler_timeout,
             abandon: CancellationToken::new(),
             series,
+            signals: Default::default(),
         });
         let limits = Limits {
             max_in_flight: config.max_in_flight,

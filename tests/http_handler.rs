@@ -378,7 +378,10 @@ async fn jitter_spreads_due_times_within_its_bounds() {
         .collect();
     produce(&main, &recs).await;
     let rec = Recorder::default();
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
+    let mut cfg = config(topo.clone(), &unique("g"));
+    // Every first try fails on purpose (60 due times to look at): the breaker would rightly open.
+    cfg.breaker = rebound::breaker::BreakerConfig::disabled();
+    let svc = start(cfg, Arc::new(rec.clone()));
     let tier = read_topic(&topo.tiers[0].topic, 60, T);
     svc.stop().await;
 
@@ -461,12 +464,11 @@ async fn the_breaker_opens_under_a_failing_server_and_closes_when_it_recovers_lo
 
     let mut cfg = config(topo.clone(), &unique("g"));
     cfg.max_in_flight = 4;
+    // A short cool-down so that the test sees two probe rounds; 2 probes to count them.
     cfg.breaker = rebound::breaker::BreakerConfig {
-        threshold: 0.5,
-        window: 10,
-        min_calls: 10,
         cooldown: Duration::from_millis(800),
         probes: 2,
+        ..rebound::breaker::BreakerConfig::default()
     };
     let svc = start(cfg, http(&url, Duration::from_secs(5)));
     let m = svc.metrics.clone();

@@ -40,7 +40,7 @@ async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {
     let log = dir.path().join("rebound.log");
     let group = unique("g");
     let mut args = run_args(&brokers, &topo, &group, &sink, port);
-    args.extend(["--commit-interval", "1s", "--breaker-threshold", "0"].map(String::from));
+    args.extend(["--commit-interval", "1s"].map(String::from));
     let mut p = Proc::spawn(&args, port, &log, &[]);
     wait_readyz(&p, Duration::from_secs(60)).await;
 

@@ -63,8 +63,6 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
         [
             "--commit-interval",
             "1s",
-            "--breaker-threshold",
-            "0",
             // A killed member stays in the group until its session times out; keep that short
             // so the restarted process gets the partitions back soon.
             "-X",

@@ -48,8 +48,7 @@ async fn soak_steady_mixed_traffic_memory_stays_flat_and_nothing_is_lost() {
     let sink = Sink::start().await;
     let dir = workdir("soak");
     let port = free_port();
-    let mut args = run_args(&brokers, &topo, &unique("g"), &sink, port);
-    args.extend(["--breaker-threshold", "0"].map(String::from));
+    let args = run_args(&brokers, &topo, &unique("g"), &sink, port);
     let mut p = Proc::spawn(&args, port, &dir.path().join("rebound.log"), &[]);
     wait_readyz(&p, Duration::from_secs(60)).await;
 

@@ -20,8 +20,6 @@ fn args_for(brokers: &str, topo: &rebound::Topology, group: &str, sink: &Sink) -
         [
             "--commit-interval",
             "1s",
-            "--breaker-threshold",
-            "0",
             "--shutdown-timeout",
             "3s",
             "--handler-timeout",

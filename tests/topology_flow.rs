@@ -224,7 +224,10 @@ async fn retries_are_never_early_and_lateness_stays_under_a_second() {
     produce(&main, &recs).await;
 
     let rec = Recorder::default();
-    let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
+    let mut cfg = config(topo.clone(), &unique("g"));
+    // Every message fails twice on purpose (60 retries to time): the breaker would rightly open.
+    cfg.breaker = rebound::breaker::BreakerConfig::disabled();
+    let svc = start(cfg, Arc::new(rec.clone()));
     let r = rec.clone();
     wait_until("30 messages tried 3 times", T, move || r.count() >= 90).await;
     svc.stop().await;

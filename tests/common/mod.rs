@@ -370,7 +370,8 @@ fn behaviour_succeeds(id: &str, attempt: u32, _r: &Recorder) -> bool {
     outcome_for(behaviour, attempt) == Outcome::Success
 }
 
-fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
+/// What the scripted `behaviour` (see [`Recorder`]) answers on a message's try number `attempt` (0 = first).
+pub fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
     match behaviour {
         "ok" => Outcome::Success,
         "always" => Outcome::transient("test_transient", "always fails"),
@@ -438,8 +439,6 @@ pub fn config(topology: Topology, group: &str) -> Config {
     c.commit_interval = Duration::from_millis(200);
     c.shutdown_timeout = Duration::from_secs(20);
     c.handler_timeout = Duration::from_secs(5);
-    // Tests that fail most messages on purpose must not trip the breaker; breaker tests turn it on.
-    c.breaker = rebound::breaker::BreakerConfig::disabled();
     c
 }
 
