@@ -211,8 +211,8 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_TIER_BUFFER", value_name = "SIZE")]
     pub tier_buffer: Option<String>,
 
-    /// Messages one tier partition keeps in memory, its head included; 1 holds only the head
-    /// [default: 1000].
+    /// Messages one tier partition keeps in memory, its head included; 1 holds only the head,
+    /// 1000 reads ahead (opt-in for now; see README) [default: 1].
     #[arg(long, env = "REBOUND_TIER_BUFFER_MESSAGES", value_name = "N")]
     pub tier_buffer_messages: Option<String>,
 

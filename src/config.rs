@@ -1191,7 +1191,7 @@ mod tests {
     fn tier_buffer_defaults_sizes_and_bad_values() {
         let c = Config::for_run(&run_args("orders")).unwrap();
         assert_eq!(c.tier_buffer.total_bytes, 32 << 20);
-        assert_eq!(c.tier_buffer.partition_messages, 1000);
+        assert_eq!(c.tier_buffer.partition_messages, 1);
         assert_eq!(c.tier_buffer.partition_bytes, 1 << 20);
         assert_eq!(c.tier_buffer.horizon, Duration::from_secs(120));
 
