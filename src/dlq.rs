@@ -379,7 +379,10 @@ pub struct Browse {
     pub page: Vec<Entry>,
 }
 
-/// Reads the whole DLQ once: counts everything, and keeps one page of what `filter` selects.
+/// Reads the whole DLQ once: counts everything, and keeps one page of what `filter` selects, in
+/// (partition, offset) order. The scan interleaves partitions in whatever order the broker
+/// answers, so the page is taken from the `skip + take` first selected positions, kept in a
+/// bounded ordered map (memory grows with the page number, not with the DLQ).
 pub async fn browse(
     cluster: &ClusterConfig,
     filter: &Filter,
@@ -388,18 +391,29 @@ pub async fn browse(
 ) -> Result<Browse, DlqError> {
     let mut builder = StatsBuilder::new(&cluster.topology.dlq);
     let mut matched = 0u64;
-    let mut page = Vec::new();
+    let keep = usize::try_from(skip)
+        .unwrap_or(usize::MAX)
+        .saturating_add(take);
+    let mut first: std::collections::BTreeMap<(i32, i64), select::Entry> = Default::default();
     let complete = scan(cluster, &Filter::default(), |e| {
         builder.add(&e);
         if filter.matches(&e) {
-            if matched >= skip && page.len() < take {
-                page.push(e);
-            }
             matched += 1;
+            if keep > 0 {
+                first.insert((e.partition, e.offset), e);
+                if first.len() > keep {
+                    first.pop_last();
+                }
+            }
         }
         Ok(true)
     })
     .await?;
+    let page: Vec<select::Entry> = first
+        .into_values()
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        .take(take)
+        .collect();
     let mut stats = builder.finish(TOP_ERRORS);
     stats.incomplete = !complete;
     Ok(Browse {

@@ -149,13 +149,23 @@ impl Browser {
         }
     }
 
+    /// The text of the element `css` selects. The job page reloads itself every second, so an
+    /// element found just before a reload is stale when read: find it again (bounded).
     async fn text(&self, css: &str) -> String {
-        let id = self.find(css).await;
-        self.s("GET", &format!("/element/{id}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        let deadline = Instant::now() + T;
+        loop {
+            let id = self.find(css).await;
+            let url = format!("{}/session/{}/element/{id}/text", self.base, self.session);
+            let body = self.http.get(url).send().await.unwrap().text().await;
+            let v: Value = serde_json::from_str(&body.unwrap_or_default()).unwrap_or(Value::Null);
+            match v["value"]["error"].as_str() {
+                None => return v["value"].as_str().unwrap_or_default().to_string(),
+                Some("stale element reference") if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(e) => panic!("webdriver text of {css}: {e}: {}", v["value"]),
+            }
+        }
     }
 
     async fn click(&self, css: &str) {
