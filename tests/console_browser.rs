@@ -218,6 +218,22 @@ impl Browser {
             .unwrap_or_default()
             .to_string()
     }
+
+    /// Waits until the page's address ends with `suffix` (a click's navigation is asynchronous).
+    async fn wait_url(&self, suffix: &str) {
+        let deadline = Instant::now() + T;
+        loop {
+            let url = self.url().await;
+            if url.ends_with(suffix) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page stayed at {url}, not …{suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +280,7 @@ async fn an_operator_filters_opens_a_message_and_redrives_the_filtered_set_in_a_
     b.wait_text("#would", "3").await;
     b.screenshot("redrive-dry-run").await;
     b.click("#confirm").await;
-    assert!(b.url().await.ends_with("/redrive/job"));
+    b.wait_url("/redrive/job").await;
     b.find("#job-summary").await;
     b.wait_text("#redriven", "3").await;
     b.screenshot("redrive-done").await;
