@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{
-    Admit, Attempt, Breaker, BreakerConfig, Probe, Signal, State as BreakerState,
+    Admit, Attempt, Breaker, BreakerConfig, Probe, Signal, SlowCalls, State as BreakerState,
 };
 use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
@@ -86,6 +86,8 @@ struct State {
     signals: Vec<(Tp, i64, Signal)>,
     /// Jobs whose handler result the breaker has, still running (producing their copy).
     judged_running: usize,
+    /// Calls in the handler, for the breaker's slow-call rule.
+    slow: SlowCalls<(Tp, i64)>,
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
@@ -173,6 +175,12 @@ impl Pipeline {
                 probes: Vec::new(),
                 signals: Vec::new(),
                 judged_running: 0,
+                slow: SlowCalls::new(
+                    limits
+                        .breaker
+                        .slow_call
+                        .filter(|_| limits.breaker.enabled()),
+                ),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
@@ -197,15 +205,31 @@ impl Pipeline {
         // One timer for the earliest buffered head (or buffer wake-up), moved only when that
         // time changes.
         let mut timer = DueTimer::default();
-        let mut recv_errors = 0u32;
         loop {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
             }
             // Before anything polls the consumer (a revoke callback commits what is stored).
             self.state.store_finished(&self.consumer);
-            let wake = timer.wake_for(self.state.delays.next_due());
-            let breaker_wake = self.state.breaker.wakes_at().map(Instant::from_std);
+            // Due retries stay in the tier buffers while the breaker would refuse them.
+            let retries_wanted = self.state.breaker.admits_retries();
+            let wake = timer.wake_for(self.state.delays.next_due().filter(|_| retries_wanted));
+            let stall_wake = (self.state.breaker.state() == BreakerState::Closed)
+                .then(|| {
+                    self.state
+                        .slow
+                        .stalls_at(self.state.limits.breaker.min_calls)
+                })
+                .flatten();
+            let breaker_wake = [
+                self.state.breaker.wakes_at(),
+                self.state.slow.wakes_at(),
+                stall_wake,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::from_std);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
             let consumer = &self.consumer;
@@ -239,7 +263,6 @@ impl Pipeline {
                 }
                 received = consumer.recv(), if room => match received {
                     Ok(m) => {
-                        recv_errors = 0;
                         // The message may have come with a rebalance; see it first.
                         while let Ok(event) = self.events.try_recv() {
                             state.on_rebalance(consumer, event);
@@ -265,20 +288,22 @@ impl Pipeline {
                             state.settle(consumer);
                         }
                         // A head that came due meanwhile goes now, not a loop turn later.
-                        if state.delays.next_due().is_some_and(|d| d <= Utc::now()) {
+                        if state.breaker.admits_retries()
+                            && state.delays.next_due().is_some_and(|d| d <= Utc::now())
+                        {
                             state.release_due(consumer);
                             state.settle(consumer);
                         }
                     }
+                    // Informational: librdkafka retries on its own, at its reconnect backoff.
+                    // No back-off here: an outage queues hundreds of these behind the messages,
+                    // and sleeping on each (as this loop once did) kept the pipeline replaying
+                    // that backlog, one error per sleep, long after the brokers were back.
                     Err(e) => {
-                        recv_errors += 1;
                         if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
                             kafka::note_client_error(&state.metrics, &e, "consumer");
                         } else {
                             tracing::warn!(error = %e, "consumer error");
-                        }
-                        if recv_errors > 3 {
-                            tokio::time::sleep(Duration::from_millis(100 * recv_errors.min(20) as u64)).await;
                         }
                     }
                 },
@@ -584,6 +609,43 @@ impl State {
         Some(self.probes.swap_remove(i).probe)
     }
 
+    /// Judges the calls that have been in the handler for `--breaker-slow-call` as failures,
+    /// without waiting for their end.
+    fn judge_slow(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        let now = std::time::Instant::now();
+        for (tp, offset) in self.slow.slow(now) {
+            self.judged_running += 1;
+            let probe = self.take_probe(tp, offset);
+            let attempt = match tp.stage {
+                Stage::Main => Attempt::First,
+                Stage::Tier(_) => Attempt::Retry,
+            };
+            tracing::debug!(
+                tier = self.router.topology.label(tp.stage),
+                partition = tp.partition,
+                offset,
+                "handler call slower than --breaker-slow-call: the breaker counts it as failed"
+            );
+            if let Some(new) = self.breaker.record(Signal::Transient, attempt, probe, now) {
+                self.on_breaker_change(consumer, new);
+            }
+        }
+        if self.slow.stalled(now, self.limits.breaker.min_calls) {
+            let hung = self.slow.hung();
+            if let Some(new) = self.breaker.stall(hung, now) {
+                tracing::warn!(
+                    hung,
+                    slow_call_ms = self.limits.breaker.slow_call.map_or(0, |d| d.as_millis() as u64),
+                    "the handler answered nothing while these calls waited on it past --breaker-slow-call: a hung downstream"
+                );
+                self.on_breaker_change(consumer, new);
+            }
+        }
+        if !self.parked.is_empty() {
+            self.pump();
+        }
+    }
+
     /// Gives the breaker the handler results the router has published, in their order.
     fn judge_signals(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         {
@@ -600,6 +662,10 @@ impl State {
         let now = std::time::Instant::now();
         let mut signals = std::mem::take(&mut self.signals);
         for (tp, offset, signal) in signals.drain(..) {
+            if self.slow.answered((tp, offset), now) {
+                // Judged when it passed --breaker-slow-call.
+                continue;
+            }
             self.judged_running += 1;
             let probe = self.take_probe(tp, offset);
             let attempt = match tp.stage {
@@ -667,21 +733,30 @@ impl State {
                     self.set_fetching(consumer, true);
                 }
                 self.pump();
+                self.release_due(consumer);
             }
         }
     }
 
     fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        self.judge_slow(consumer);
         match self.breaker.tick(std::time::Instant::now()) {
             Some(new) => self.on_breaker_change(consumer, new),
             // Half-open and the grace for fresh probes is over: due retries may probe now.
-            None => self.pump(),
+            None => {
+                self.pump();
+                self.release_due(consumer);
+            }
         }
     }
 
     /// Dispatches the tier messages that are due, and resumes the partitions whose buffers
-    /// drained (seeking each back to the first message it did not keep, if any).
+    /// drained (seeking each back to the first message it did not keep, if any). Nothing while
+    /// the breaker would refuse a retry: they wait in the buffers, within its bounds.
     fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        if !self.breaker.admits_retries() {
+            return;
+        }
         let now = Utc::now();
         let tick = self.delays.pop_due(now);
         for released in tick.released {
@@ -730,6 +805,8 @@ impl State {
     /// no trip through the loop. A job that has to wait is moved into its own task, which polls it
     /// again at once, so nothing registered with the throw-away waker is lost.
     fn start(&mut self, job: Job) {
+        self.slow
+            .started((job.tp, job.message.offset), std::time::Instant::now());
         let mut job = Box::pin(self.router.clone().process(job));
         self.started += 1;
         if self.spawn_only > 0 {
@@ -770,8 +847,8 @@ impl State {
                 self.start(next);
             }
         }
-        if done.signal.is_some() {
-            // The breaker had its result (`judge_signals` runs first).
+        if done.signal.is_some() || self.slow.ended((done.tp, done.offset)) {
+            // The breaker had its result (`judge_signals` runs first), or judged it slow.
             self.judged_running = self.judged_running.saturating_sub(1);
         } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
             // Handed back or never called: no evidence; another message may probe.
