@@ -20,7 +20,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, Config, KafkaProps, TopicsConfig};
+use crate::cli::DemoArgs;
+use crate::cluster::{ClusterConfig, KafkaProps};
+use crate::config::{Config, ConfigError, TopicsConfig};
+use crate::defaults;
 use crate::handler::{Handler, Message, Outcome};
 use crate::headers;
 use crate::topology::Topology;
@@ -36,6 +39,70 @@ pub struct DemoConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub keep: bool,
     pub kafka: KafkaProps,
+}
+
+impl DemoConfig {
+    /// Resolves `rebound demo`'s flags (the demo reads no file).
+    pub fn resolve(args: &DemoArgs) -> Result<DemoConfig, ConfigError> {
+        let messages = match args.messages.as_deref() {
+            Some(s) => s.trim().parse::<usize>().map_err(|_| {
+                ConfigError::new("--messages", format!("{s:?} is not a whole number"))
+            })?,
+            None => defaults::DEMO_MESSAGES,
+        };
+        if !(1..=1_000_000).contains(&messages) {
+            return Err(ConfigError::new("--messages", "must be from 1 to 1000000"));
+        }
+        let items: Vec<String> = args
+            .tiers
+            .as_deref()
+            .unwrap_or(defaults::DEMO_TIERS)
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let tiers = crate::config::parse_tiers("--tiers", &items)?;
+        let transient_rate = match args.failure_rate.as_deref() {
+            Some(s) => s.trim().parse::<f64>().map_err(|_| {
+                ConfigError::new(
+                    "--failure-rate",
+                    format!("{s:?} is not a number such as 0.3"),
+                )
+            })?,
+            None => defaults::DEMO_FAILURE_RATE,
+        };
+        if !(0.0..1.0).contains(&transient_rate) {
+            return Err(ConfigError::new(
+                "--failure-rate",
+                "must be from 0 to below 1",
+            ));
+        }
+        let metrics_addr = match args
+            .metrics_addr
+            .as_deref()
+            .unwrap_or(defaults::DEMO_METRICS_ADDR)
+        {
+            "off" | "" => None,
+            a => Some(a.parse().map_err(|_| {
+                ConfigError::new("--metrics-addr", format!("{a:?} is not IP:PORT, or `off`"))
+            })?),
+        };
+        // Against Tansu the demo adds one record per produce batch (`demo::run` probes the
+        // broker); -X overrides that.
+        let kafka = KafkaProps::parse(Vec::new(), &args.kafka)
+            .map_err(|e| ConfigError::new("-X", e.to_string()))?;
+        Ok(DemoConfig {
+            brokers: args
+                .brokers
+                .clone()
+                .unwrap_or_else(|| defaults::BROKERS.to_string()),
+            messages,
+            tiers,
+            transient_rate,
+            metrics_addr,
+            keep: args.keep,
+            kafka,
+        })
+    }
 }
 
 /// Why the demo failed.
@@ -270,7 +337,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
         report.push_str(&format!(
             "\nthe console shows a topology and its dead letters on http://{}/ : run the demo \
              with --keep, then the `rebound console` command it prints\n",
-            crate::console::DEFAULT_LISTEN
+            defaults::CONSOLE_LISTEN
         ));
     } else {
         report.push_str(&format!(
@@ -289,7 +356,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
             topology.main,
             tiers.join(","),
             cluster.group,
-            crate::console::DEFAULT_LISTEN
+            defaults::CONSOLE_LISTEN
         ));
     }
     if !accounted || missing > 0 {

@@ -25,7 +25,7 @@ mod decide;
 mod ledger;
 mod reading;
 mod render;
-mod select;
+pub(crate) mod select;
 mod stats;
 
 pub use decide::{came_back, decide, replay_headers, Decision, ReplayRules, ReplaySummary};
@@ -47,7 +47,8 @@ use rdkafka::metadata::Metadata;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, DlqReadConfig, DlqShowConfig, ReplayConfig};
+use crate::cluster::ClusterConfig;
+use crate::config::{DlqReadConfig, DlqShowConfig, ReplayConfig};
 use crate::headers;
 use crate::kafka::{self, LoggingContext};
 use crate::produce::{ProduceError, Producer, Record};

@@ -18,7 +18,7 @@ use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 use rdkafka::{ClientConfig, Statistics, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::ClusterConfig;
+use crate::cluster::ClusterConfig;
 use crate::headers::Header;
 use crate::metrics::Metrics;
 
@@ -364,7 +364,7 @@ impl ConsumerContext for LoggingContext {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaProps;
+    use crate::cluster::KafkaProps;
     use crate::topology::Topology;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::Headers;

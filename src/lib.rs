@@ -9,8 +9,10 @@
 
 pub mod breaker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod console;
+pub mod defaults;
 pub mod delay;
 pub mod demo;
 pub mod dlq;

@@ -22,7 +22,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, Config};
+use crate::cluster::ClusterConfig;
+use crate::config::Config;
 use crate::handler::Handler;
 use crate::kafka::{self, LoggingContext, TopologyContext};
 use crate::metrics::{self, Metrics};

@@ -20,7 +20,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{ClusterConfig, TopicsConfig};
+use crate::cluster::ClusterConfig;
+use crate::config::TopicsConfig;
 use crate::duration;
 use crate::kafka;
 use crate::topology::Topology;
@@ -737,7 +738,7 @@ fn mark_created(plan: &mut Plan, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, KafkaProps};
+    use crate::cluster::{ClusterConfig, KafkaProps};
 
     fn cfg() -> TopicsConfig {
         let topology = Topology::new(

@@ -27,6 +27,38 @@ pub fn default_max_delay(delays: &[Duration]) -> Duration {
     last.saturating_mul(MAX_DELAY_FACTOR).max(MAX_DELAY_FLOOR)
 }
 
+/// Why a name is not a valid Kafka topic name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicNameError {
+    /// Empty or longer than 249 characters.
+    #[error("{0:?} must be 1 to 249 characters long")]
+    Length(String),
+    /// A character outside `[a-zA-Z0-9._-]`.
+    #[error("{0:?} contains {1:?}; topic names use only letters, digits, '.', '_' and '-'")]
+    Character(String, char),
+    /// `.` or `..`.
+    #[error("a topic cannot be named '.' or '..'")]
+    Dots,
+}
+
+/// Kafka's topic name rules: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..` (Kafka's
+/// `org.apache.kafka.common.internals.Topic.validate`).
+pub fn check_topic_name(name: &str) -> Result<(), TopicNameError> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(TopicNameError::Length(name.to_string()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(TopicNameError::Character(name.to_string(), c));
+    }
+    if name == "." || name == ".." {
+        return Err(TopicNameError::Dots);
+    }
+    Ok(())
+}
+
 /// Why a message read from a delay tier is dead-lettered as `invalid` without a handler call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unfit {
