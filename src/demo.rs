@@ -26,8 +26,9 @@ use crate::config::{Config, ConfigError, TopicsConfig};
 use crate::defaults;
 use crate::handler::{Handler, Message, Outcome};
 use crate::headers;
+use crate::service::{Service, ServiceError};
 use crate::topology::Topology;
-use crate::{duration, topics, Service};
+use crate::{duration, topics};
 
 /// Settings of `rebound demo`.
 #[derive(Debug, Clone)]
@@ -113,7 +114,7 @@ pub enum DemoError {
     #[error("kafka: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the service failed: {0}")]
-    Service(#[from] crate::ServiceError),
+    Service(#[from] ServiceError),
     #[error("{missing} of {total} messages were not accounted for within {waited:?}")]
     Unaccounted {
         missing: usize,

@@ -278,8 +278,8 @@ fn pause(consumer: &StreamConsumer<LoggingContext>, topic: &str, partition: i32)
     }
 }
 
-/// Drops the consumer on a helper thread and waits at most `limit` (see FINDINGS: a close can
-/// hang on this broker; nothing is left to commit at this point).
+/// Drops the consumer on a helper thread and waits at most `limit` (docs/broker-compat.md,
+/// "Consumer close hang"; nothing is left to commit at this point).
 fn close_bounded(consumer: StreamConsumer<LoggingContext>, limit: Duration) {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()

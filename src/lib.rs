@@ -20,6 +20,8 @@ pub mod duration;
 pub mod handler;
 pub mod headers;
 pub mod kafka;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod offsets;
 pub mod ordering;
