@@ -14,18 +14,16 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DemoArgs;
 use crate::cluster::{ClusterConfig, KafkaProps};
 use crate::config::{Config, ConfigError, TopicsConfig};
 use crate::defaults;
+use crate::dlq::{self, DlqError, Filter};
 use crate::handler::{Handler, Message, Outcome};
-use crate::headers;
+use crate::kafka;
 use crate::service::{Service, ServiceError};
 use crate::topology::Topology;
 use crate::{duration, topics};
@@ -115,6 +113,8 @@ pub enum DemoError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the service failed: {0}")]
     Service(#[from] ServiceError),
+    #[error("reading the DLQ: {0}")]
+    Dlq(#[from] DlqError),
     #[error("{missing} of {total} messages were not accounted for within {waited:?}")]
     Unaccounted {
         missing: usize,
@@ -308,7 +308,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
     service_result?;
 
     // Account for every id: handled successfully, or present in the DLQ.
-    let dlq = read_dlq(&cluster, &topology.dlq, Duration::from_secs(20), total);
+    let dlq = read_dlq(&cluster).await?;
     let fates = fates.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut rows: BTreeMap<String, usize> = BTreeMap::new();
     let mut missing = 0;
@@ -408,12 +408,7 @@ async fn produce_samples(
     cluster: &ClusterConfig,
     n: usize,
 ) -> Result<Vec<(String, &'static str)>, DemoError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &cluster.brokers);
-    for (k, v) in &cluster.kafka.0 {
-        config.set(k, v);
-    }
-    let producer: FutureProducer = config.create()?;
+    let producer: FutureProducer = kafka::producer_config(cluster).create()?;
     let mut ids = Vec::with_capacity(n);
     let mut sends = Vec::with_capacity(n);
     for i in 0..n {
@@ -446,62 +441,20 @@ async fn produce_samples(
     Ok(ids)
 }
 
-/// Reads the DLQ from the beginning: key → `rebound-dlq-reason`.
-fn read_dlq(
-    cluster: &ClusterConfig,
-    dlq: &str,
-    limit: Duration,
-    most: usize,
-) -> HashMap<String, String> {
+/// Every message of the DLQ: key → `rebound-dlq-reason`, read with the DLQ commands' reader.
+async fn read_dlq(cluster: &ClusterConfig) -> Result<HashMap<String, String>, DlqError> {
     let mut out = HashMap::new();
-    let Ok(consumer) = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .set("group.id", format!("{}.reader", cluster.group))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create::<BaseConsumer>()
-    else {
-        return out;
-    };
-    let Ok(md) = consumer.fetch_metadata(Some(dlq), Duration::from_secs(10)) else {
-        return out;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let _ = tpl.add_partition_offset(dlq, p.id(), Offset::Beginning);
-        }
-    }
-    if consumer.assign(&tpl).is_err() {
-        return out;
-    }
-    let until = Instant::now() + limit;
-    let mut idle_since = Instant::now();
-    while Instant::now() < until
-        && out.len() < most
-        && idle_since.elapsed() < Duration::from_secs(3)
-    {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            idle_since = Instant::now();
-            let hs = crate::kafka::read_headers(m.headers());
-            let reason = headers::last(&hs, headers::DLQ_REASON)
-                .and_then(|h| h.value.as_deref())
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            let key = m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            out.insert(key, reason);
-        }
-    }
-    out
+    dlq::scan(cluster, &Filter::default(), |e| {
+        let key = String::from_utf8_lossy(e.key.as_deref().unwrap_or_default()).into_owned();
+        out.insert(key, e.reason().unwrap_or_default());
+        Ok(true)
+    })
+    .await?;
+    Ok(out)
 }
 
 async fn delete_topics(cluster: &ClusterConfig, topology: &Topology) {
-    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .create();
+    let admin: Result<AdminClient<DefaultClientContext>, _> = kafka::admin_config(cluster).create();
     if let Ok(admin) = admin {
         let names = topology.topics();
         match admin.delete_topics(&names, &AdminOptions::new()).await {
