@@ -4,6 +4,9 @@
 //! defaults and validates the result, so that flags, env vars and the file share one set of
 //! error messages.
 
+// `<topic>` in the help texts is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::breaker::BreakerConfig;

@@ -7,7 +7,7 @@
 //! format [`FileConfig`], [`ConfigError`]). The other commands' settings are in `config/`:
 //! `topology.rs` (cluster and topology flags, every command), `dlq.rs` (`dlq`, `replay-dlq`,
 //! the DLQ filters), `topics.rs`; the demo's and the console's are in their own modules.
-//! Defaults come from [`crate::defaults`], [`BreakerConfig::default`] and [`crate::delay`].
+//! Defaults come from `defaults.rs`, [`BreakerConfig::default`] and [`crate::delay`].
 
 mod dlq;
 mod parse;
@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,7 +34,9 @@ pub use crate::cluster::{ClusterConfig, KafkaProps};
 use crate::defaults;
 use crate::delay::BufferBounds;
 use crate::duration;
-use crate::handler::command::CommandHandler;
+use crate::handler::command::{self, CommandHandler};
+use crate::handler::http::{self, HttpHandler};
+use crate::handler::Handler;
 use crate::topology::Topology;
 
 /// A configuration problem: which setting, and what to do about it.
@@ -56,7 +59,8 @@ impl ConfigError {
     }
 }
 
-/// The `--config` file. Keys are the long flag names.
+/// The `--config` file. Keys are the long flag names. (The binary's, not a stable API.)
+#[doc(hidden)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
@@ -95,6 +99,7 @@ pub struct FileConfig {
 }
 
 /// `tier-buffer = "32MiB"` or `tier-buffer = 33554432` (bytes).
+#[doc(hidden)]
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum SizeValue {
@@ -103,6 +108,7 @@ pub enum SizeValue {
 }
 
 /// `tiers = "2m,4m"` or `tiers = ["2m", "4m"]`.
+#[doc(hidden)]
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum StringOrList {
@@ -133,29 +139,60 @@ impl FileConfig {
     }
 }
 
-/// Which built-in handler the binary runs.
+/// Which built-in handler the binary runs (checked; built once, by [`HandlerSpec::build`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandlerSpec {
+    /// POST each message to `url` ([`HttpHandler`]).
     Http {
+        /// An `http://` or `https://` URL.
         url: String,
+        /// Message headers forwarded as request headers.
         forward_headers: Vec<String>,
     },
+    /// Run a program per message ([`CommandHandler`]).
     Command {
+        /// The program and its arguments, split like a shell would.
         command_line: String,
     },
+}
+
+impl HandlerSpec {
+    /// Builds the handler; `timeout` bounds each HTTP request. A failure names the flag.
+    pub fn build(&self, timeout: Duration) -> Result<Arc<dyn Handler>, ConfigError> {
+        Ok(match self {
+            HandlerSpec::Http {
+                url,
+                forward_headers,
+            } => Arc::new(
+                HttpHandler::new(url, timeout)
+                    .map_err(|e| bad("--url", e.to_string()))?
+                    .forward_headers(forward_headers.clone()),
+            ),
+            HandlerSpec::Command { command_line } => Arc::new(
+                CommandHandler::parse(command_line).map_err(|e| bad("--command", e.to_string()))?,
+            ),
+        })
+    }
 }
 
 /// A validated configuration for `rebound run`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Brokers, group, `-X` properties and the topology.
     pub cluster: ClusterConfig,
     /// `None` when a library user supplies the handler.
     pub handler: Option<HandlerSpec>,
+    /// Longest a handler call may take; a slower one is a transient `timeout`.
     pub handler_timeout: Duration,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served; `None`: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// Messages handled at once (same-key messages stay in order).
     pub max_in_flight: usize,
+    /// How often finished offsets are committed.
     pub commit_interval: Duration,
+    /// How long a graceful stop may take before in-flight work is handed back.
     pub shutdown_timeout: Duration,
+    /// The circuit breaker's settings.
     pub breaker: BreakerConfig,
     /// Bounds of the tier partitions' read-ahead buffer.
     pub tier_buffer: BufferBounds,
@@ -198,7 +235,7 @@ impl Config {
             }
             Some("http") => {
                 let url = url.ok_or_else(|| bad("--url", "missing: `--handler http` needs the URL to POST to"))?;
-                crate::handler::http::HttpHandler::new(&url, Duration::from_secs(1)).map_err(|e| bad("--url", e))?;
+                http::check_url(&url).map_err(|e| bad("--url", e.to_string()))?;
                 let forward_headers = match (&args.forward_headers, &file.forward_headers) {
                     (Some(s), _) | (None, Some(StringOrList::One(s))) => s.split(',').map(|h| h.trim().to_string()).collect(),
                     (None, Some(StringOrList::Many(v))) => v.clone(),
@@ -216,7 +253,7 @@ impl Config {
                 let line = command.ok_or_else(|| {
                     bad("--command", "missing: `--handler command` needs the program to run, e.g. --command './process.sh'")
                 })?;
-                CommandHandler::parse(&line).map_err(|e| bad("--command", e))?;
+                command::split(&line).map_err(|e| bad("--command", e.to_string()))?;
                 HandlerSpec::Command { command_line: line }
             }
             Some(other) => return Err(bad("--handler", format!("unknown handler {other:?}; use `http` or `command`"))),

@@ -3,9 +3,9 @@
 //!
 //! The decisions are pure, in the submodules, and unit-tested without a broker: what a message
 //! says about itself and which messages a [`Filter`] selects (`select`), what [`Stats`] count
-//! (`stats`), what replay does with a message ([`decide`]), when reading has reached the end of
+//! (`stats`), what replay does with a message (`decide`), when reading has reached the end of
 //! the DLQ ([`EndOfLog`]), and how messages are printed (`render`). This file is the I/O around
-//! them: it reads the DLQ with rdkafka and produces with [`crate::produce::Producer`].
+//! them: it reads the DLQ with rdkafka and produces with `produce::Producer`.
 //!
 //! Invariants:
 //! * `stats`, `list` and `show` never commit: their consumers are assigned partitions, never

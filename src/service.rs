@@ -34,19 +34,25 @@ use crate::router::Router;
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// A Kafka client could not be created or failed.
     #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
+    /// Topics of the topology do not exist (their names).
     #[error("topics missing: {}; create them with `rebound topics apply` (same flags)", .0.join(", "))]
     MissingTopics(Vec<String>),
+    /// The brokers did not answer.
     #[error(transparent)]
     Unreachable(#[from] kafka::Unreachable),
     /// A tier or the DLQ is set up to lose messages (compacted, or retention shorter than a
     /// tier's delay); each line says how to fix it.
     #[error("the topics would lose messages; fix them before starting:\n{}", .0.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n"))]
     UnsafeTopics(Vec<crate::topics::Hazard>),
+    /// The metrics server could not listen.
     #[error("metrics server cannot listen on {addr}: {error}")]
     MetricsBind {
+        /// `--metrics-addr`.
         addr: std::net::SocketAddr,
+        /// Why not.
         error: std::io::Error,
     },
 }
@@ -71,6 +77,7 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service of `config` calling `handler`; nothing connects before [`Service::run`].
     pub fn new(config: Config, handler: Arc<dyn Handler>) -> Service {
         Service {
             config,
@@ -79,7 +86,9 @@ impl Service {
         }
     }
 
-    /// The service's metrics (also served on `metrics_addr` when set).
+    /// The service's metrics (also served on `metrics_addr` when set). Not a stable API: the
+    /// tests and the demo read counters from it.
+    #[doc(hidden)]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }

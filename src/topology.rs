@@ -94,6 +94,7 @@ impl Unfit {
 /// One delay tier: a topic whose messages are not processed before their `process_after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
+    /// How long a message waits in it.
     pub delay: Duration,
     /// `retry-2m`: the tier's label in metrics and the suffix of its topic.
     pub label: String,
@@ -102,6 +103,7 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The tier of `main` with this delay: `<main>.retry-<delay>`.
     pub fn new(main: &str, delay: Duration) -> Tier {
         let label = format!("retry-{}", duration::format(delay));
         Tier {
@@ -115,6 +117,7 @@ impl Tier {
 /// Where a message was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
+    /// The main topic.
     Main,
     /// Index into [`Topology::tiers`].
     Tier(usize),
@@ -134,6 +137,7 @@ pub enum DlqReason {
 }
 
 impl DlqReason {
+    /// Every reason, in the order reports list them.
     pub const ALL: [DlqReason; 4] = [
         DlqReason::Permanent,
         DlqReason::Exhausted,
@@ -141,6 +145,7 @@ impl DlqReason {
         DlqReason::Invalid,
     ];
 
+    /// The header value: `permanent`, `exhausted`, `expired` or `invalid`.
     pub fn as_str(self) -> &'static str {
         match self {
             DlqReason::Permanent => "permanent",
@@ -158,19 +163,30 @@ pub enum Route {
     Done,
     /// Produce to `tiers[tier]`, not to be processed before `due`. `attempt` = failed attempts so far.
     Retry {
+        /// Index into [`Topology::tiers`].
         tier: usize,
+        /// The copy's `process_after`.
         due: DateTime<Utc>,
+        /// Failed attempts so far.
         attempt: u32,
     },
     /// Produce to the DLQ. `attempt` = failed attempts so far, this one included.
-    Dead { reason: DlqReason, attempt: u32 },
+    Dead {
+        /// The copy's `rebound-dlq-reason`.
+        reason: DlqReason,
+        /// Failed attempts so far, this one included.
+        attempt: u32,
+    },
 }
 
 /// A whole topology: the main topic, its tiers and its DLQ, with the retry policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
+    /// The main topic.
     pub main: String,
+    /// The delay tiers, shortest first.
     pub tiers: Vec<Tier>,
+    /// The dead-letter topic (`<main>.dlq` unless set).
     pub dlq: String,
     /// A message is tried at most `1 + max_retries` times.
     pub max_retries: u32,
@@ -256,6 +272,7 @@ impl Topology {
         }
     }
 
+    /// The topic of `stage`.
     pub fn topic(&self, stage: Stage) -> &str {
         match stage {
             Stage::Main => &self.main,

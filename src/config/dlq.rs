@@ -13,10 +13,13 @@ use crate::topology::DlqReason;
 /// Settings of `rebound dlq stats|list`.
 #[derive(Debug, Clone)]
 pub struct DlqReadConfig {
+    /// The cluster; its topology names the DLQ.
     pub cluster: ClusterConfig,
+    /// Which messages are counted or listed.
     pub filter: Filter,
     /// `list` prints at most this many messages.
     pub limit: Option<u64>,
+    /// JSON output.
     pub json: bool,
 }
 
@@ -45,9 +48,11 @@ impl DlqReadConfig {
 /// Settings of `rebound dlq show`.
 #[derive(Debug, Clone)]
 pub struct DlqShowConfig {
+    /// The cluster; its topology names the DLQ.
     pub cluster: ClusterConfig,
     /// Needed when the DLQ has more than one partition.
     pub partition: Option<i32>,
+    /// The message's offset.
     pub offset: i64,
 }
 
@@ -80,17 +85,21 @@ impl DlqShowConfig {
 /// Settings of `rebound replay-dlq`. `cluster.group` is the replay's own consumer group.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
+    /// The cluster; its topology names the DLQ, its group is the replay group.
     pub cluster: ClusterConfig,
+    /// Which messages are replayed.
     pub filter: Filter,
     /// Destination instead of `rebound-original-topic`.
     pub to: Option<String>,
     /// Replay at most this many messages.
     pub limit: Option<u64>,
+    /// Print what would be sent; send and commit nothing.
     pub dry_run: bool,
     /// Messages per second.
     pub rate: Option<f64>,
     /// Messages replayed this often already are skipped unless `force`.
     pub max_replays: u32,
+    /// Replay messages at `max_replays` too.
     pub force: bool,
     /// A progress line on stderr every this many messages (when stderr is not a terminal).
     pub progress_every: u64,

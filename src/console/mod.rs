@@ -11,7 +11,7 @@
 //! (`<group>.replay`) and replay ledger: a console redrive and a CLI replay of the same selection,
 //! in either order, send nothing twice, and what a selection did not choose stays available.
 //!
-//! Safety (see [`check_request`]):
+//! Safety (see `check_request`):
 //! * read-only unless started with `--allow-replay`; every write (`POST`) needs the page's CSRF
 //!   token, which is random per process;
 //! * bound to loopback by default; any other address needs `--token`, then every request needs
