@@ -368,14 +368,10 @@ impl Peer {
 
 /// Waits until `done()` or `limit`; false on the deadline.
 async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
+    crate::common::waited(limit, Duration::from_millis(10), || {
+        std::future::ready(done())
+    })
+    .await
 }
 
 fn now_us() -> i64 {

@@ -2,15 +2,13 @@
 //! writes crafted DLQ records (the contract's headers, as rebound would write them) into its own
 //! topology and checks what the commands report, send and commit.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use rebound::config::{ClusterConfig, DlqReadConfig, DlqShowConfig, ReplayConfig};
 use rebound::dlq::{self, Filter, ReplaySummary};
 use rebound::headers as h;
@@ -404,7 +402,7 @@ async fn a_replay_reaches_the_main_topic_clean_is_processed_and_is_not_repeated(
         .collect();
     produce(&topo.dlq, &records).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("svc")), Arc::new(rec.clone()));
     wait_ready(&svc).await;
 
@@ -456,7 +454,7 @@ async fn a_replay_reaches_the_main_topic_clean_is_processed_and_is_not_repeated(
     assert_eq!((again.read, again.replayed), (0, 0), "{again}");
     svc.stop().await;
 
-    let calls = rec.calls();
+    let calls = rec.records();
     assert_eq!(
         calls.len(),
         6,
@@ -496,7 +494,7 @@ async fn messages_that_fail_again_are_not_replayed_again_by_the_same_run() {
         })
         .collect();
     produce(&topo.dlq, &records).await;
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("svc")), Arc::new(rec.clone()));
     wait_ready(&svc).await;
 
