@@ -133,6 +133,9 @@ pub enum DlqError {
     NoTopic { flag: &'static str, topic: String },
     #[error("{0}")]
     Usage(String),
+    /// A flag, env var or file setting is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("no message at partition {partition}, offset {offset} of {topic} (the broker reports {held})")]
     NotFound {
         topic: String,
@@ -158,7 +161,10 @@ impl DlqError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            DlqError::NoDlqTopic(_) | DlqError::NoTopic { .. } | DlqError::Usage(_)
+            DlqError::NoDlqTopic(_)
+                | DlqError::NoTopic { .. }
+                | DlqError::Usage(_)
+                | DlqError::Config(_)
         )
     }
 }

@@ -167,8 +167,7 @@ async fn dlq_command(cmd: DlqCommand) -> ExitCode {
     let result: Result<bool, dlq::DlqError> = async {
         match &cmd {
             DlqCommand::Stats(args) => {
-                let cfg = DlqReadConfig::for_stats(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqReadConfig::for_stats(args)?;
                 let stats = dlq::stats(&cfg).await?;
                 let text = if cfg.json {
                     serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n"
@@ -179,14 +178,12 @@ async fn dlq_command(cmd: DlqCommand) -> ExitCode {
                 Ok(stats.incomplete)
             }
             DlqCommand::List(args) => {
-                let cfg = DlqReadConfig::for_list(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqReadConfig::for_list(args)?;
                 dlq::list(&cfg, &mut std::io::stdout()).await?;
                 Ok(false)
             }
             DlqCommand::Show(args) => {
-                let cfg = DlqShowConfig::resolve(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqShowConfig::resolve(args)?;
                 let entry = dlq::show(&cfg).await?;
                 let text = dlq::render_show(&cfg.cluster.topology.dlq, &entry);
                 dlq::emit(&mut std::io::stdout(), &text)?;

@@ -521,15 +521,11 @@ pub async fn inspect(
     let md = kafka::metadata(cluster, Duration::from_secs(15)).await?;
     let mut observed: HashMap<String, Observed> = HashMap::new();
     for topic in cluster.topology.topics() {
-        if let Some(t) = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        {
+        if let Some(parts) = kafka::partitions_of(&md, topic) {
             observed.insert(
                 topic.to_string(),
                 Observed {
-                    partitions: t.partitions().len(),
+                    partitions: parts.len(),
                     ..Observed::default()
                 },
             );
