@@ -357,10 +357,7 @@ async fn an_absurd_retry_after_is_cut_to_max_delay_and_the_retry_is_handled() {
 async fn jitter_spreads_due_times_within_its_bounds() {
     let Scenario { main, mut topo } = Scenario::create("jitter", &[1000], 1).await;
     topo.jitter = 0.2;
-    let recs: Vec<Out> = (0..60)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-once")))
-        .collect();
-    produce(&main, &recs).await;
+    produce(&main, &scripted(60, "fail-once")).await;
     let rec = Recording::scripted();
     let mut cfg = config(topo.clone(), &unique("g"));
     // Every first try fails on purpose (60 due times to look at): the breaker would rightly open.

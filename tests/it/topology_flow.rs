@@ -13,10 +13,7 @@ const T: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_is_handled_once_and_routes_nowhere() {
     let Scenario { main, topo } = Scenario::create("ok", &[300, 600], 2).await;
-    let recs: Vec<Out> = (0..20)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:ok")))
-        .collect();
-    produce(&main, &recs).await;
+    produce(&main, &scripted(20, "ok")).await;
 
     let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
@@ -206,10 +203,7 @@ async fn permanent_goes_to_the_dlq_at_once_with_everything_the_user_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_never_early_and_lateness_stays_under_a_second() {
     let Scenario { main, topo } = Scenario::create("late", &[500, 1000], 2).await;
-    let recs: Vec<Out> = (0..30)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-2")))
-        .collect();
-    produce(&main, &recs).await;
+    produce(&main, &scripted(30, "fail-2")).await;
 
     let rec = Recording::scripted();
     let mut cfg = config(topo.clone(), &unique("g"));
@@ -350,10 +344,7 @@ async fn unreadable_routing_headers_are_dead_lettered_as_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_a_clean_stop_resumes_without_loss_or_duplicates() {
     let Scenario { main, topo } = Scenario::create("restart", &[300], 3).await;
-    let recs: Vec<Out> = (0..200)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:ok")))
-        .collect();
-    produce(&main, &recs).await;
+    produce(&main, &scripted(200, "ok")).await;
     let group = unique("g");
 
     // A slow handler, so that the stop lands mid-run.

@@ -545,6 +545,13 @@ pub fn topology(main: &str, tiers_ms: &[u64]) -> Topology {
     Topology::new(main, &delays)
 }
 
+/// `n` scripted messages (see [`Scripted`]): key `k<i>`, payload `m<i>:<behaviour>`.
+pub fn scripted(n: usize, behaviour: &str) -> Vec<Out> {
+    (0..n)
+        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:{behaviour}")))
+        .collect()
+}
+
 /// The suite's one scenario builder: a fresh topology (`<prefix>-…` with tiers of `tiers_ms`)
 /// whose topics exist on the broker. Adjust `topo` (retries, max age, …) after creating it:
 /// only its topic names are created.
