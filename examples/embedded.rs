@@ -54,7 +54,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.metrics_addr = Some("127.0.0.1:9464".parse()?);
     config.max_in_flight = 16;
 
-    let stop = rebound::shutdown::on_signals();
+    // Ctrl-C stops gracefully: in-flight work finishes or is handed back, offsets are committed.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
     Service::new(config, Arc::new(Orders)).run(stop).await?;
     Ok(())
 }

@@ -134,8 +134,11 @@ impl BreakerConfig {
 /// The breaker's state; `as_gauge` gives the `rebound_circuit_state` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Calls go through; failures are counted.
     Closed,
+    /// After the cool-down: a few probe calls go through.
     HalfOpen,
+    /// Fetching is paused until the cool-down ends.
     Open,
 }
 

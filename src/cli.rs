@@ -4,9 +4,13 @@
 //! defaults and validates the result, so that flags, env vars and the file share one set of
 //! error messages.
 
+// `<topic>` in the help texts is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::breaker::BreakerConfig;
+use crate::{defaults, duration};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +37,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: main consumer, delay tiers, router, metrics server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show or create the topics of a topology.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -50,24 +54,24 @@ pub enum Command {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct DemoArgs {
-    /// Bootstrap brokers [default: 127.0.0.1:9092].
-    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...")]
+    /// Bootstrap brokers.
+    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...", help = with_default("Bootstrap brokers", defaults::BROKERS))]
     pub brokers: Option<String>,
 
-    /// How many sample messages to send [default: 300].
-    #[arg(long, env = "REBOUND_MESSAGES", value_name = "N")]
+    /// How many sample messages to send.
+    #[arg(long, env = "REBOUND_MESSAGES", value_name = "N", help = with_default("How many sample messages to send", defaults::DEMO_MESSAGES))]
     pub messages: Option<String>,
 
-    /// Delay tiers of the demo topology [default: 2s,4s,8s].
-    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...")]
+    /// Delay tiers of the demo topology.
+    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...", help = with_default("Delay tiers of the demo topology", defaults::DEMO_TIERS))]
     pub tiers: Option<String>,
 
-    /// Share of calls the simulated downstream fails transiently [default: 0.3].
-    #[arg(long, env = "REBOUND_FAILURE_RATE", value_name = "FRACTION")]
+    /// Share of calls the simulated downstream fails transiently.
+    #[arg(long, env = "REBOUND_FAILURE_RATE", value_name = "FRACTION", help = with_default("Share of calls the simulated downstream fails transiently", defaults::DEMO_FAILURE_RATE))]
     pub failure_rate: Option<String>,
 
-    /// Address of the metrics server, or `off` [default: 127.0.0.1:9464].
-    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR")]
+    /// Address of the metrics server, or `off`.
+    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR", help = with_default("Address of the metrics server, or `off`", defaults::DEMO_METRICS_ADDR))]
     pub metrics_addr: Option<String>,
 
     /// Keep the demo topics afterwards (they are deleted by default).
@@ -79,9 +83,9 @@ pub struct DemoArgs {
     pub kafka: Vec<String>,
 }
 
-/// Flags shared by every command that works on a topology.
+/// How to reach the cluster: every command that talks to Kafka (all but `demo`).
 #[derive(Debug, Clone, Default, Args)]
-pub struct TopologyArgs {
+pub struct ConnectArgs {
     /// TOML file with any of these settings, e.g. topics/orders.toml (flags and env vars win over
     /// it). `--file` is the same flag.
     #[arg(
@@ -92,29 +96,46 @@ pub struct TopologyArgs {
     )]
     pub config: Option<std::path::PathBuf>,
 
-    /// Bootstrap brokers [default: 127.0.0.1:9092].
-    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...")]
+    /// Bootstrap brokers.
+    #[arg(long, env = "REBOUND_BROKERS", value_name = "HOST:PORT,...", help = with_default("Bootstrap brokers", defaults::BROKERS))]
     pub brokers: Option<String>,
 
-    /// Consumer group [default: rebound.<topic>].
-    #[arg(long, env = "REBOUND_GROUP", value_name = "NAME")]
-    pub group: Option<String>,
+    /// Any librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; `[kafka]` in the file).
+    #[arg(
+        short = 'X',
+        value_name = "KEY=VALUE",
+        env = "REBOUND_X",
+        value_delimiter = '\n'
+    )]
+    pub kafka: Vec<String>,
+}
 
+/// The topology's main topic and dead-letter topic: every command but `demo`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NameArgs {
     /// The main topic.
     #[arg(long, env = "REBOUND_TOPIC", value_name = "MAIN")]
     pub topic: Option<String>,
 
-    /// Delay tiers, strictly increasing [default: 2m,4m,8m,16m,32m].
-    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...")]
-    pub tiers: Option<String>,
-
-    /// Retries after the first try; past the last tier the last tier repeats [default: one per tier].
-    #[arg(long, env = "REBOUND_MAX_RETRIES", value_name = "N")]
-    pub max_retries: Option<String>,
-
     /// Dead-letter topic [default: <topic>.dlq].
     #[arg(long, env = "REBOUND_DLQ", value_name = "TOPIC")]
     pub dlq: Option<String>,
+}
+
+/// The delay tiers: `run`, `topics`, `replay-dlq` (which refuses a tier as `--to`), `console`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TierArgs {
+    /// Delay tiers, strictly increasing.
+    #[arg(long, env = "REBOUND_TIERS", value_name = "D,D,...", help = with_default("Delay tiers, strictly increasing", defaults::TIERS))]
+    pub tiers: Option<String>,
+}
+
+/// How messages are retried: `run` only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetryArgs {
+    /// Retries after the first try; past the last tier the last tier repeats [default: one per tier].
+    #[arg(long, env = "REBOUND_MAX_RETRIES", value_name = "N")]
+    pub max_retries: Option<String>,
 
     /// Send a message to the DLQ as `expired` once its first failure is older than this [default: off].
     #[arg(long, env = "REBOUND_MAX_AGE", value_name = "DURATION")]
@@ -129,15 +150,50 @@ pub struct TopologyArgs {
     /// partition [default: 4 × the last tier, at least 1h].
     #[arg(long, env = "REBOUND_MAX_DELAY", value_name = "DURATION")]
     pub max_delay: Option<String>,
+}
 
-    /// Any librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; `[kafka]` in the file).
-    #[arg(
-        short = 'X',
-        value_name = "KEY=VALUE",
-        env = "REBOUND_X",
-        value_delimiter = '\n'
-    )]
-    pub kafka: Vec<String>,
+/// Every topology flag: what `run` takes. The other commands flatten only the groups they use
+/// and turn them into a `TopologyArgs` (the rest left empty) for [`crate::config`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct TopologyArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
+
+    #[command(flatten)]
+    pub tiers: TierArgs,
+
+    /// Consumer group [default: rebound.<topic>].
+    #[arg(long, env = "REBOUND_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}
+
+impl TopologyArgs {
+    /// The flags of a command that takes no `--tiers`, `--group` or retry flags.
+    pub fn of(connect: &ConnectArgs, names: &NameArgs) -> TopologyArgs {
+        TopologyArgs {
+            connect: connect.clone(),
+            names: names.clone(),
+            ..TopologyArgs::default()
+        }
+    }
+
+    /// With `--tiers`.
+    pub fn with_tiers(mut self, tiers: &TierArgs) -> TopologyArgs {
+        self.tiers = tiers.clone();
+        self
+    }
+
+    /// With `--group`.
+    pub fn with_group(mut self, group: Option<String>) -> TopologyArgs {
+        self.group = group;
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -157,24 +213,24 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_COMMAND", value_name = "PROGRAM ARGS...")]
     pub command: Option<String>,
 
-    /// Longest a handler call may take before it counts as a transient `timeout` [default: 10s].
-    #[arg(long, env = "REBOUND_HANDLER_TIMEOUT", value_name = "DURATION")]
+    /// Longest a handler call may take before it counts as a transient `timeout`.
+    #[arg(long, env = "REBOUND_HANDLER_TIMEOUT", value_name = "DURATION", help = with_default("Longest a handler call may take before it counts as a transient `timeout`", duration::format(defaults::HANDLER_TIMEOUT)))]
     pub handler_timeout: Option<String>,
 
-    /// Address of the /metrics, /healthz and /readyz server, or `off` [default: 0.0.0.0:9464].
-    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR")]
+    /// Address of the /metrics, /healthz and /readyz server, or `off`.
+    #[arg(long, env = "REBOUND_METRICS_ADDR", value_name = "ADDR", help = with_default("Address of the /metrics, /healthz and /readyz server, or `off`", defaults::METRICS_ADDR))]
     pub metrics_addr: Option<String>,
 
-    /// Messages handled at once; messages with the same key are still handled in order [default: 32].
-    #[arg(long, env = "REBOUND_MAX_IN_FLIGHT", value_name = "N")]
+    /// Messages handled at once; messages with the same key are still handled in order.
+    #[arg(long, env = "REBOUND_MAX_IN_FLIGHT", value_name = "N", help = with_default("Messages handled at once; messages with the same key are still handled in order", defaults::MAX_IN_FLIGHT))]
     pub max_in_flight: Option<String>,
 
-    /// How often finished offsets are committed [default: 1s].
-    #[arg(long, env = "REBOUND_COMMIT_INTERVAL", value_name = "DURATION")]
+    /// How often finished offsets are committed.
+    #[arg(long, env = "REBOUND_COMMIT_INTERVAL", value_name = "DURATION", help = with_default("How often finished offsets are committed", duration::format(defaults::COMMIT_INTERVAL)))]
     pub commit_interval: Option<String>,
 
-    /// How long a graceful stop may take before in-flight work is handed back [default: 30s].
-    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    /// How long a graceful stop may take before in-flight work is handed back.
+    #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION", help = with_default("How long a graceful stop may take before in-flight work is handed back", duration::format(defaults::SHUTDOWN_TIMEOUT)))]
     pub shutdown_timeout: Option<String>,
 
     /// Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the
@@ -245,7 +301,13 @@ pub enum TopicsCommand {
 #[derive(Debug, Clone, Default, Args)]
 pub struct TopicsArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
+
+    #[command(flatten)]
+    pub tiers: TierArgs,
 
     /// Partitions for new topics [default: the main topic's count, else 3].
     #[arg(long, env = "REBOUND_PARTITIONS", value_name = "N")]
@@ -314,7 +376,10 @@ pub struct DlqFilterArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct DlqStatsArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
 
     #[command(flatten)]
     pub filter: DlqFilterArgs,
@@ -327,7 +392,10 @@ pub struct DlqStatsArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct DlqListArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
 
     #[command(flatten)]
     pub filter: DlqFilterArgs,
@@ -344,7 +412,10 @@ pub struct DlqListArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct DlqShowArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
 
     /// The message's offset (as `list` shows it: PARTITION/OFFSET).
     #[arg(long, env = "REBOUND_OFFSET", value_name = "N")]
@@ -359,12 +430,19 @@ pub struct DlqShowArgs {
 /// replayed; it reads `REBOUND_REPLAY_GROUP`, not `REBOUND_GROUP`, because `REBOUND_GROUP` is
 /// usually the service's group in the same environment, and the replay must never commit there.
 #[derive(Debug, Clone, Default, Args)]
-#[command(mut_arg("group", |a| a
-    .env("REBOUND_REPLAY_GROUP")
-    .help("The replay's own consumer group, which remembers what was replayed [default: <service-group>.replay]")))]
 pub struct ReplayArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
+
+    #[command(flatten)]
+    pub names: NameArgs,
+
+    #[command(flatten)]
+    pub tiers: TierArgs,
+
+    /// The replay's own consumer group, which remembers what was replayed [default: <service-group>.replay].
+    #[arg(long, env = "REBOUND_REPLAY_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
 
     #[command(flatten)]
     pub filter: DlqFilterArgs,
@@ -389,8 +467,8 @@ pub struct ReplayArgs {
     #[arg(long, env = "REBOUND_RATE", value_name = "N")]
     pub rate: Option<String>,
 
-    /// Skip (with a warning) messages already replayed this many times [default: 3].
-    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N")]
+    /// Skip (with a warning) messages already replayed this many times.
+    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N", help = with_default("Skip (with a warning) messages already replayed this many times", defaults::MAX_REPLAYS))]
     pub max_replays: Option<String>,
 
     /// Replay messages even when they reached --max-replays.
@@ -403,10 +481,20 @@ pub struct ReplayArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConsoleArgs {
     #[command(flatten)]
-    pub topology: TopologyArgs,
+    pub connect: ConnectArgs,
 
-    /// Address to serve on; anything but a loopback address needs --token [default: 127.0.0.1:9465].
-    #[arg(long, env = "REBOUND_CONSOLE_LISTEN", value_name = "ADDR")]
+    #[command(flatten)]
+    pub names: NameArgs,
+
+    #[command(flatten)]
+    pub tiers: TierArgs,
+
+    /// The service's consumer group, whose offsets and lag are shown [default: rebound.<topic>].
+    #[arg(long, env = "REBOUND_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// Address to serve on; anything but a loopback address needs --token.
+    #[arg(long, env = "REBOUND_CONSOLE_LISTEN", value_name = "ADDR", help = with_default("Address to serve on; anything but a loopback address needs --token", defaults::CONSOLE_LISTEN))]
     pub listen: Option<String>,
 
     /// Base URLs of running instances' metrics servers, whose /status the topology page shows.
@@ -427,16 +515,22 @@ pub struct ConsoleArgs {
     )]
     pub token: Option<String>,
 
-    /// Skip (with a note) messages already replayed this many times [default: 3].
-    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N")]
+    /// Skip (with a note) messages already replayed this many times.
+    #[arg(long, env = "REBOUND_MAX_REPLAYS", value_name = "N", help = with_default("Skip (with a note) messages already replayed this many times", defaults::MAX_REPLAYS))]
     pub max_replays: Option<String>,
+}
+
+/// A `--help` line ending in its default, read from [`crate::defaults`] (the one place it is
+/// written).
+fn with_default(what: &str, default: impl std::fmt::Display) -> String {
+    format!("{what} [default: {default}]")
 }
 
 /// The `--help` line of a `--breaker-*` flag (`which` is the part after `--breaker-`), with its
 /// default read from [`BreakerConfig::default`], the one place breaker defaults are written.
 fn breaker_help(which: &str) -> String {
     let d = BreakerConfig::default();
-    let short = |x| crate::duration::format(x);
+    let short = duration::format;
     let (what, default) = match which {
         "threshold" => (
             "Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the breaker off",
@@ -467,7 +561,7 @@ fn breaker_help(which: &str) -> String {
             d.probes.to_string(),
         ),
     };
-    format!("{what} [default: {default}]")
+    with_default(what, default)
 }
 
 #[cfg(test)]
@@ -478,5 +572,72 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).expect("subcommand");
+        }
+        sub.render_long_help().to_string()
+    }
+
+    /// Each command's `--help` lists only the flags it uses, and a flag it does not use is a
+    /// usage error (clap's exit code 2), not silently ignored.
+    #[test]
+    fn each_command_takes_only_the_flags_it_uses() {
+        let not_for = |path: &[&str], flags: &[&str]| {
+            let text = help(path);
+            for flag in flags {
+                assert!(
+                    !text.contains(flag),
+                    "{path:?} --help lists {flag}:\n{text}"
+                );
+                let mut argv = vec!["rebound"];
+                argv.extend_from_slice(path);
+                argv.extend_from_slice(&["--topic", "orders", flag, "1"]);
+                let e = Cli::try_parse_from(&argv).unwrap_err();
+                assert_eq!(e.exit_code(), 2, "{argv:?}: {e}");
+                assert_eq!(
+                    e.kind(),
+                    clap::error::ErrorKind::UnknownArgument,
+                    "{argv:?}"
+                );
+            }
+        };
+        let retry = ["--max-retries", "--max-age", "--jitter", "--max-delay"];
+        for dlq in ["stats", "list", "show"] {
+            not_for(&["dlq", dlq], &retry);
+            not_for(&["dlq", dlq], &["--tiers", "--group", "--handler"]);
+        }
+        not_for(&["topics", "plan"], &retry);
+        not_for(&["topics", "apply"], &["--group", "--handler"]);
+        not_for(&["replay-dlq"], &retry);
+        not_for(&["console"], &retry);
+        for flag in retry.iter().chain(&["--tiers", "--group", "--dlq", "-X"]) {
+            assert!(help(&["run"]).contains(flag), "run --help lacks {flag}");
+        }
+        assert!(help(&["dlq", "show"]).contains("--brokers"));
+        assert!(help(&["replay-dlq"]).contains("--tiers"));
+    }
+
+    /// The defaults `--help` shows are the ones the library uses.
+    #[test]
+    fn help_shows_the_librarys_defaults() {
+        let run = help(&["run"]);
+        let b = BreakerConfig::default();
+        for shown in [
+            format!("[default: {}]", b.window),
+            format!("[default: {}]", b.min_calls),
+            format!("[default: {}]", duration::format(defaults::HANDLER_TIMEOUT)),
+            format!("[default: {}]", defaults::MAX_IN_FLIGHT),
+            format!("[default: {}]", defaults::TIERS),
+            format!("[default: {}]", defaults::METRICS_ADDR),
+        ] {
+            assert!(run.contains(&shown), "run --help lacks {shown}");
+        }
+        assert!(help(&["console"]).contains(defaults::CONSOLE_LISTEN));
+        assert!(help(&["demo"]).contains(defaults::DEMO_TIERS));
     }
 }

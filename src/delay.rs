@@ -78,16 +78,24 @@ pub enum Offer<T> {
     /// Due, and nothing of its partition is ahead of it: handle it now.
     Ready(T),
     /// Kept. When `pause`, the caller pauses the partition now.
-    Kept { pause: bool },
+    Kept {
+        /// Pause the partition now.
+        pause: bool,
+    },
     /// Not kept (no room, or due beyond the horizon); the message is dropped. When `pause`, the
     /// caller pauses the partition now; it will be read again from this message's offset.
-    Dropped { pause: bool },
+    Dropped {
+        /// Pause the partition now.
+        pause: bool,
+    },
 }
 
 /// Messages that became due on one partition, in partition order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Released<P, T> {
+    /// The partition.
     pub partition: P,
+    /// The messages, oldest first.
     pub items: Vec<T>,
     /// The bytes they were counted for.
     pub bytes: usize,
@@ -96,6 +104,7 @@ pub struct Released<P, T> {
 /// A paused partition that may read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume<P> {
+    /// The partition.
     pub partition: P,
     /// Seek the partition to this offset before resuming it: messages from here on were read
     /// and not kept.
@@ -105,7 +114,9 @@ pub struct Resume<P> {
 /// What [`DelayQueue::pop_due`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Tick<P, T> {
+    /// Messages now due, per partition.
     pub released: Vec<Released<P, T>>,
+    /// Paused partitions that may read again.
     pub resume: Vec<Resume<P>>,
 }
 
@@ -175,6 +186,7 @@ impl<P: Ord + Hash + Copy, T> Default for DelayQueue<P, T> {
 }
 
 impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
+    /// An empty queue with these bounds (each count raised to at least 1).
     pub fn new(bounds: BufferBounds) -> Self {
         let bounds = BufferBounds {
             partition_messages: bounds.partition_messages.max(1),
@@ -196,6 +208,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         }
     }
 
+    /// The bounds in force.
     pub fn bounds(&self) -> BufferBounds {
         self.bounds
     }
@@ -458,6 +471,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         self.total_messages
     }
 
+    /// Whether no message is kept.
     pub fn is_empty(&self) -> bool {
         self.total_messages == 0
     }

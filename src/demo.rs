@@ -14,17 +14,19 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, Config, KafkaProps, TopicsConfig};
+use crate::cli::DemoArgs;
+use crate::cluster::{ClusterConfig, KafkaProps};
+use crate::config::{Config, ConfigError, TopicsConfig};
+use crate::defaults;
+use crate::dlq::{self, DlqError, Filter};
 use crate::handler::{Handler, Message, Outcome};
-use crate::headers;
+use crate::kafka;
+use crate::service::{Service, ServiceError};
 use crate::topology::Topology;
-use crate::{duration, topics, Service};
+use crate::{duration, topics};
 
 /// Settings of `rebound demo`.
 #[derive(Debug, Clone)]
@@ -38,6 +40,70 @@ pub struct DemoConfig {
     pub kafka: KafkaProps,
 }
 
+impl DemoConfig {
+    /// Resolves `rebound demo`'s flags (the demo reads no file).
+    pub fn resolve(args: &DemoArgs) -> Result<DemoConfig, ConfigError> {
+        let messages = match args.messages.as_deref() {
+            Some(s) => s.trim().parse::<usize>().map_err(|_| {
+                ConfigError::new("--messages", format!("{s:?} is not a whole number"))
+            })?,
+            None => defaults::DEMO_MESSAGES,
+        };
+        if !(1..=1_000_000).contains(&messages) {
+            return Err(ConfigError::new("--messages", "must be from 1 to 1000000"));
+        }
+        let items: Vec<String> = args
+            .tiers
+            .as_deref()
+            .unwrap_or(defaults::DEMO_TIERS)
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        let tiers = crate::config::parse_tiers("--tiers", &items)?;
+        let transient_rate = match args.failure_rate.as_deref() {
+            Some(s) => s.trim().parse::<f64>().map_err(|_| {
+                ConfigError::new(
+                    "--failure-rate",
+                    format!("{s:?} is not a number such as 0.3"),
+                )
+            })?,
+            None => defaults::DEMO_FAILURE_RATE,
+        };
+        if !(0.0..1.0).contains(&transient_rate) {
+            return Err(ConfigError::new(
+                "--failure-rate",
+                "must be from 0 to below 1",
+            ));
+        }
+        let metrics_addr = match args
+            .metrics_addr
+            .as_deref()
+            .unwrap_or(defaults::DEMO_METRICS_ADDR)
+        {
+            "off" | "" => None,
+            a => Some(a.parse().map_err(|_| {
+                ConfigError::new("--metrics-addr", format!("{a:?} is not IP:PORT, or `off`"))
+            })?),
+        };
+        // Against Tansu the demo adds one record per produce batch (`demo::run` probes the
+        // broker); -X overrides that.
+        let kafka = KafkaProps::parse(Vec::new(), &args.kafka)
+            .map_err(|e| ConfigError::new("-X", e.to_string()))?;
+        Ok(DemoConfig {
+            brokers: args
+                .brokers
+                .clone()
+                .unwrap_or_else(|| defaults::BROKERS.to_string()),
+            messages,
+            tiers,
+            transient_rate,
+            metrics_addr,
+            keep: args.keep,
+            kafka,
+        })
+    }
+}
+
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -46,7 +112,9 @@ pub enum DemoError {
     #[error("kafka: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the service failed: {0}")]
-    Service(#[from] crate::ServiceError),
+    Service(#[from] ServiceError),
+    #[error("reading the DLQ: {0}")]
+    Dlq(#[from] DlqError),
     #[error("{missing} of {total} messages were not accounted for within {waited:?}")]
     Unaccounted {
         missing: usize,
@@ -240,7 +308,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
     service_result?;
 
     // Account for every id: handled successfully, or present in the DLQ.
-    let dlq = read_dlq(&cluster, &topology.dlq, Duration::from_secs(20), total);
+    let dlq = read_dlq(&cluster).await?;
     let fates = fates.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut rows: BTreeMap<String, usize> = BTreeMap::new();
     let mut missing = 0;
@@ -270,7 +338,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
         report.push_str(&format!(
             "\nthe console shows a topology and its dead letters on http://{}/ : run the demo \
              with --keep, then the `rebound console` command it prints\n",
-            crate::console::DEFAULT_LISTEN
+            defaults::CONSOLE_LISTEN
         ));
     } else {
         report.push_str(&format!(
@@ -289,7 +357,7 @@ pub async fn run(cfg: DemoConfig, stop: CancellationToken) -> Result<String, Dem
             topology.main,
             tiers.join(","),
             cluster.group,
-            crate::console::DEFAULT_LISTEN
+            defaults::CONSOLE_LISTEN
         ));
     }
     if !accounted || missing > 0 {
@@ -340,12 +408,7 @@ async fn produce_samples(
     cluster: &ClusterConfig,
     n: usize,
 ) -> Result<Vec<(String, &'static str)>, DemoError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &cluster.brokers);
-    for (k, v) in &cluster.kafka.0 {
-        config.set(k, v);
-    }
-    let producer: FutureProducer = config.create()?;
+    let producer: FutureProducer = kafka::producer_config(cluster).create()?;
     let mut ids = Vec::with_capacity(n);
     let mut sends = Vec::with_capacity(n);
     for i in 0..n {
@@ -378,62 +441,20 @@ async fn produce_samples(
     Ok(ids)
 }
 
-/// Reads the DLQ from the beginning: key → `rebound-dlq-reason`.
-fn read_dlq(
-    cluster: &ClusterConfig,
-    dlq: &str,
-    limit: Duration,
-    most: usize,
-) -> HashMap<String, String> {
+/// Every message of the DLQ: key → `rebound-dlq-reason`, read with the DLQ commands' reader.
+async fn read_dlq(cluster: &ClusterConfig) -> Result<HashMap<String, String>, DlqError> {
     let mut out = HashMap::new();
-    let Ok(consumer) = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .set("group.id", format!("{}.reader", cluster.group))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create::<BaseConsumer>()
-    else {
-        return out;
-    };
-    let Ok(md) = consumer.fetch_metadata(Some(dlq), Duration::from_secs(10)) else {
-        return out;
-    };
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let _ = tpl.add_partition_offset(dlq, p.id(), Offset::Beginning);
-        }
-    }
-    if consumer.assign(&tpl).is_err() {
-        return out;
-    }
-    let until = Instant::now() + limit;
-    let mut idle_since = Instant::now();
-    while Instant::now() < until
-        && out.len() < most
-        && idle_since.elapsed() < Duration::from_secs(3)
-    {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            idle_since = Instant::now();
-            let hs = crate::kafka::read_headers(m.headers());
-            let reason = headers::last(&hs, headers::DLQ_REASON)
-                .and_then(|h| h.value.as_deref())
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            let key = m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            out.insert(key, reason);
-        }
-    }
-    out
+    dlq::scan(cluster, &Filter::default(), |e| {
+        let key = String::from_utf8_lossy(e.key.as_deref().unwrap_or_default()).into_owned();
+        out.insert(key, e.reason().unwrap_or_default());
+        Ok(true)
+    })
+    .await?;
+    Ok(out)
 }
 
 async fn delete_topics(cluster: &ClusterConfig, topology: &Topology) {
-    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.brokers)
-        .create();
+    let admin: Result<AdminClient<DefaultClientContext>, _> = kafka::admin_config(cluster).create();
     if let Ok(admin) = admin {
         let names = topology.topics();
         match admin.delete_topics(&names, &AdminOptions::new()).await {

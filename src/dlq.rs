@@ -3,9 +3,9 @@
 //!
 //! The decisions are pure, in the submodules, and unit-tested without a broker: what a message
 //! says about itself and which messages a [`Filter`] selects (`select`), what [`Stats`] count
-//! (`stats`), what replay does with a message ([`decide`]), when reading has reached the end of
+//! (`stats`), what replay does with a message (`decide`), when reading has reached the end of
 //! the DLQ ([`EndOfLog`]), and how messages are printed (`render`). This file is the I/O around
-//! them: it reads the DLQ with rdkafka and produces with [`crate::produce::Producer`].
+//! them: it reads the DLQ with rdkafka and produces with `produce::Producer`.
 //!
 //! Invariants:
 //! * `stats`, `list` and `show` never commit: their consumers are assigned partitions, never
@@ -25,7 +25,7 @@ mod decide;
 mod ledger;
 mod reading;
 mod render;
-mod select;
+pub(crate) mod select;
 mod stats;
 
 pub use decide::{came_back, decide, replay_headers, Decision, ReplayRules, ReplaySummary};
@@ -37,17 +37,19 @@ pub use stats::{render_stats, ErrorCount, Located, Stats, StatsBuilder, NONE, TO
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::metadata::Metadata;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, DlqReadConfig, DlqShowConfig, ReplayConfig};
+use crate::cluster::ClusterConfig;
+use crate::config::{DlqReadConfig, DlqShowConfig, ReplayConfig};
 use crate::headers;
 use crate::kafka::{self, LoggingContext};
 use crate::produce::{ProduceError, Producer, Record};
@@ -131,6 +133,9 @@ pub enum DlqError {
     NoTopic { flag: &'static str, topic: String },
     #[error("{0}")]
     Usage(String),
+    /// A flag, env var or file setting is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("no message at partition {partition}, offset {offset} of {topic} (the broker reports {held})")]
     NotFound {
         topic: String,
@@ -139,8 +144,8 @@ pub enum DlqError {
         /// What the partition holds, e.g. `offsets 0 to 41`.
         held: String,
     },
-    #[error("cannot reach the brokers at {brokers}: {error}")]
-    Unreachable { brokers: String, error: KafkaError },
+    #[error(transparent)]
+    Unreachable(#[from] kafka::Unreachable),
     #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("the DLQ could not be read to its end (a partition stopped before its high watermark); try again")]
@@ -156,7 +161,10 @@ impl DlqError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            DlqError::NoDlqTopic(_) | DlqError::NoTopic { .. } | DlqError::Usage(_)
+            DlqError::NoDlqTopic(_)
+                | DlqError::NoTopic { .. }
+                | DlqError::Usage(_)
+                | DlqError::Config(_)
         )
     }
 }
@@ -183,59 +191,31 @@ const META_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `group.id` of the read-only consumers; no offset is ever committed under it.
 const READER_GROUP: &str = "rebound.dlq-reader";
 
+/// A consumer shared with the blocking pool (watermarks, committed offsets, commits).
+type Shared = Arc<StreamConsumer<LoggingContext>>;
+
 /// A consumer for reading only: partitions are assigned, never subscribed, and nothing is ever
 /// committed. (librdkafka's consumer queue wants a `group.id` even so; this one never joins.)
-fn reader(cluster: &ClusterConfig) -> Result<StreamConsumer<LoggingContext>, KafkaError> {
+fn read_only_consumer(cluster: &ClusterConfig) -> Result<Shared, KafkaError> {
     let mut c: ClientConfig = kafka::consumer_config(cluster);
     c.set("group.id", READER_GROUP)
         .set("statistics.interval.ms", "0")
         .set("enable.auto.commit", "false");
-    c.create_with_context(LoggingContext)
+    Ok(Arc::new(c.create_with_context(LoggingContext)?))
 }
 
 /// The replay's consumer: group `cluster.group`, nothing committed or stored automatically.
-fn replay_consumer(cluster: &ClusterConfig) -> Result<StreamConsumer<LoggingContext>, KafkaError> {
+fn replay_consumer(cluster: &ClusterConfig) -> Result<Shared, KafkaError> {
     let mut c: ClientConfig = kafka::consumer_config(cluster);
     c.set("statistics.interval.ms", "0")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    c.create_with_context(LoggingContext)
-}
-
-fn metadata(
-    consumer: &StreamConsumer<LoggingContext>,
-    cluster: &ClusterConfig,
-) -> Result<Metadata, DlqError> {
-    let mut last = None;
-    for _ in 0..3 {
-        match consumer.fetch_metadata(None, META_TIMEOUT) {
-            Ok(md) => return Ok(md),
-            Err(e) => {
-                tracing::warn!(error = %e, brokers = %cluster.brokers, "cannot fetch metadata yet");
-                last = Some(e);
-            }
-        }
-    }
-    Err(DlqError::Unreachable {
-        brokers: cluster.brokers.clone(),
-        error: last.unwrap_or(KafkaError::NoMessageReceived),
-    })
-}
-
-fn partitions_of(md: &Metadata, topic: &str) -> Option<Vec<i32>> {
-    md.topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| {
-            let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-            ps.sort_unstable();
-            ps
-        })
+    Ok(Arc::new(c.create_with_context(LoggingContext)?))
 }
 
 /// The DLQ's partitions that `filter` reads.
 fn dlq_partitions(md: &Metadata, dlq: &str, filter: &Filter) -> Result<Vec<i32>, DlqError> {
-    let all = partitions_of(md, dlq).ok_or_else(|| DlqError::NoDlqTopic(dlq.to_string()))?;
+    let all = kafka::partitions_of(md, dlq).ok_or_else(|| DlqError::NoDlqTopic(dlq.to_string()))?;
     if let Some(p) = filter.partition {
         if !all.contains(&p) {
             return Err(DlqError::Usage(format!(
@@ -250,12 +230,17 @@ fn dlq_partitions(md: &Metadata, dlq: &str, filter: &Filter) -> Result<Vec<i32>,
         .collect())
 }
 
-fn watermarks(
-    consumer: &StreamConsumer<LoggingContext>,
+/// The low and high watermarks of a partition (a blocking request, run off the async threads).
+async fn watermarks(
+    consumer: &Shared,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), KafkaError> {
-    consumer.fetch_watermarks(topic, partition, META_TIMEOUT)
+    let topic = topic.to_string();
+    kafka::blocking(consumer, move |c| {
+        c.fetch_watermarks(&topic, partition, META_TIMEOUT)
+    })
+    .await
 }
 
 fn entry_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Entry {
@@ -269,17 +254,9 @@ fn entry_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Entry {
     }
 }
 
-fn pause(consumer: &StreamConsumer<LoggingContext>, topic: &str, partition: i32) {
-    let mut tpl = TopicPartitionList::with_capacity(1);
-    tpl.add_partition(topic, partition);
-    if let Err(e) = consumer.pause(&tpl) {
-        tracing::debug!(topic, partition, error = %e, "pause failed");
-    }
-}
-
-/// Drops the consumer on a helper thread and waits at most `limit` (see FINDINGS: a close can
-/// hang on this broker; nothing is left to commit at this point).
-fn close_bounded(consumer: StreamConsumer<LoggingContext>, limit: Duration) {
+/// Drops the consumer on a helper thread and waits at most `limit` (docs/broker-compat.md,
+/// "Consumer close hang"; nothing is left to commit at this point).
+fn close_bounded(consumer: Shared, limit: Duration) {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("rebound-dlq-close".into())
@@ -292,52 +269,157 @@ fn close_bounded(consumer: StreamConsumer<LoggingContext>, limit: Duration) {
     }
 }
 
+/// What [`Reader::next`] found.
+enum Read {
+    Entry(Entry),
+    /// The end of every partition was reached (or every partition was closed).
+    End,
+    /// The stop token was cancelled.
+    Stopped,
+}
+
+/// The one reader of the DLQ (and of the replay ledger): reads partitions of one topic from
+/// chosen start offsets to their end, as [`EndOfLog`] decides, in whatever order the broker
+/// answers. `dlq stats|list|show`, `replay-dlq`, the console and the demo all read through it.
+struct Reader {
+    consumer: Shared,
+    topic: String,
+    end: EndOfLog,
+    to_offset: Option<i64>,
+}
+
+impl Reader {
+    /// (partition, start, high watermark) of each of `partitions`: the start is
+    /// `start(partition, low watermark)`.
+    async fn plan(
+        consumer: &Shared,
+        topic: &str,
+        partitions: &[i32],
+        start: impl Fn(i32, i64) -> i64,
+    ) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+        let mut ends = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let (low, high) = watermarks(consumer, topic, p).await?;
+            ends.push((p, start(p, low), high));
+        }
+        Ok(ends)
+    }
+
+    /// Assigns the planned partitions; nothing past `to_offset` is returned.
+    fn assign(
+        consumer: &Shared,
+        topic: &str,
+        ends: &[(i32, i64, i64)],
+        to_offset: Option<i64>,
+    ) -> Result<Reader, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(p, start, _) in ends {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Reader {
+            consumer: consumer.clone(),
+            topic: topic.to_string(),
+            end: EndOfLog::new(ends, to_offset, Instant::now()),
+            to_offset,
+        })
+    }
+
+    /// [`Reader::plan`] and [`Reader::assign`].
+    async fn open(
+        consumer: &Shared,
+        topic: &str,
+        partitions: &[i32],
+        to_offset: Option<i64>,
+        start: impl Fn(i32, i64) -> i64,
+    ) -> Result<Reader, KafkaError> {
+        let ends = Reader::plan(consumer, topic, partitions, start).await?;
+        Reader::assign(consumer, topic, &ends, to_offset)
+    }
+
+    /// The next message of an open partition, not yet [`seen`](Reader::seen).
+    async fn next(&mut self, stop: &CancellationToken) -> Read {
+        loop {
+            if self.end.done(Instant::now()) {
+                return Read::End;
+            }
+            let received = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Read::Stopped,
+                r = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => r,
+            };
+            let entry = match received {
+                Err(_) => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "consumer error");
+                    continue;
+                }
+                // A record of a topic read before (the ledger) fetched before it was unassigned.
+                Ok(Ok(m)) if m.topic() != self.topic => continue,
+                Ok(Ok(m)) => entry_of(&m),
+            };
+            if self.end.is_closed(entry.partition) {
+                continue; // fetched before the partition was stopped
+            }
+            if self.to_offset.is_some_and(|t| entry.offset > t) {
+                self.close(entry.partition);
+                continue;
+            }
+            return Read::Entry(entry);
+        }
+    }
+
+    /// `entry` counts as read; its partition is closed when it is at `to_offset`.
+    fn seen(&mut self, entry: &Entry) {
+        self.end.seen(entry.partition, entry.offset, Instant::now());
+        if self.to_offset == Some(entry.offset) {
+            self.close(entry.partition);
+        }
+    }
+
+    /// The message returned last is finished with; waiting for the next one starts now.
+    fn touch(&mut self) {
+        self.end.touch(Instant::now());
+    }
+
+    /// Nothing more is read from `partition`.
+    fn close(&mut self, partition: i32) {
+        self.end.close(partition, Instant::now());
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition(&self.topic, partition);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::debug!(topic = %self.topic, partition, error = %e, "pause failed");
+        }
+    }
+
+    /// Whether every partition reached its end.
+    fn complete(&self) -> bool {
+        !self.end.incomplete()
+    }
+}
+
 /// Reads the DLQ from the beginning (or `--from-offset`) to its end without a group, calling
 /// `each` for every message the filter selects until it returns `false`. Returns whether the
-/// end was reached.
-async fn scan(
+/// end was reached. The demo reads its DLQ with it too.
+pub async fn scan(
     cluster: &ClusterConfig,
     filter: &Filter,
     mut each: impl FnMut(Entry) -> Result<bool, DlqError>,
 ) -> Result<bool, DlqError> {
     let dlq = cluster.topology.dlq.as_str();
-    let consumer = reader(cluster)?;
-    let md = metadata(&consumer, cluster)?;
+    let consumer = read_only_consumer(cluster)?;
+    let md = kafka::metadata(cluster, META_TIMEOUT).await?;
     let parts = dlq_partitions(&md, dlq, filter)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for &p in &parts {
-        let (low, high) = watermarks(&consumer, dlq, p)?;
-        let start = filter.from_offset.map_or(low, |f| f.max(low));
-        tpl.add_partition_offset(dlq, p, Offset::Offset(start))?;
-        ends.push((p, start, high));
-    }
-    consumer.assign(&tpl)?;
-    let mut end = EndOfLog::new(&ends, filter.to_offset, Instant::now());
+    let mut reader = Reader::open(&consumer, dlq, &parts, filter.to_offset, |_, low| {
+        filter.from_offset.map_or(low, |f| f.max(low))
+    })
+    .await?;
+    let never = CancellationToken::new();
     let result = loop {
-        if end.done(Instant::now()) {
-            break Ok(!end.incomplete());
-        }
-        let m = match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            Err(_) => continue,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
-                continue;
-            }
-            Ok(Ok(m)) => m,
+        let Read::Entry(entry) = reader.next(&never).await else {
+            break Ok(reader.complete());
         };
-        let entry = entry_of(&m);
-        drop(m);
-        if end.is_closed(entry.partition) {
-            continue;
-        }
-        if filter.to_offset.is_some_and(|t| entry.offset > t) {
-            end.close(entry.partition, Instant::now());
-            pause(&consumer, dlq, entry.partition);
-            continue;
-        }
-        end.seen(entry.partition, entry.offset, Instant::now());
-        let (p, last) = (entry.partition, filter.to_offset == Some(entry.offset));
+        reader.seen(&entry);
         if filter.matches(&entry) {
             match each(entry) {
                 Ok(true) => {}
@@ -345,12 +427,9 @@ async fn scan(
                 Err(e) => break Err(e),
             }
         }
-        if last {
-            end.close(p, Instant::now());
-            pause(&consumer, dlq, p);
-        }
-        end.touch(Instant::now());
+        reader.touch();
     };
+    drop(reader);
     close_bounded(consumer, Duration::from_secs(5));
     result
 }
@@ -450,8 +529,8 @@ pub async fn list(cfg: &DlqReadConfig, out: &mut (dyn Write + Send)) -> Result<u
 pub async fn show(cfg: &DlqShowConfig) -> Result<Entry, DlqError> {
     let cluster = &cfg.cluster;
     let dlq = cluster.topology.dlq.as_str();
-    let consumer = reader(cluster)?;
-    let md = metadata(&consumer, cluster)?;
+    let consumer = read_only_consumer(cluster)?;
+    let md = kafka::metadata(cluster, META_TIMEOUT).await?;
     let all = dlq_partitions(&md, dlq, &Filter::default())?;
     let partition = match cfg.partition {
         Some(p) if all.contains(&p) => p,
@@ -469,7 +548,7 @@ pub async fn show(cfg: &DlqShowConfig) -> Result<Entry, DlqError> {
             )))
         }
     };
-    let (low, high) = watermarks(&consumer, dlq, partition)?;
+    let (low, high) = watermarks(&consumer, dlq, partition).await?;
     let not_found = || DlqError::NotFound {
         topic: dlq.to_string(),
         partition,
@@ -483,30 +562,21 @@ pub async fn show(cfg: &DlqShowConfig) -> Result<Entry, DlqError> {
     if cfg.offset < low {
         return Err(not_found());
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(dlq, partition, Offset::Offset(cfg.offset))?;
-    consumer.assign(&tpl)?;
     // The offset may lie past a lagging watermark (see EndOfLog), so look for it anyway.
-    let end = EndOfLog::new(&[(partition, cfg.offset, high)], None, Instant::now());
-    let found = loop {
-        if end.done(Instant::now()) {
-            break None;
-        }
-        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            Ok(Ok(m)) if m.offset() == cfg.offset => break Some(entry_of(&m)),
-            Ok(Ok(m)) if m.offset() > cfg.offset => break None,
-            Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            _ => {}
-        }
+    let mut reader = Reader::assign(&consumer, dlq, &[(partition, cfg.offset, high)], None)?;
+    let found = match reader.next(&CancellationToken::new()).await {
+        Read::Entry(e) if e.offset == cfg.offset => Some(e),
+        _ => None,
     };
+    drop(reader);
     close_bounded(consumer, Duration::from_secs(5));
     found.ok_or_else(not_found)
 }
 
-/// Commits whatever moved since the last commit (synchronously).
-fn commit_decided(
+/// Commits whatever moved since the last commit (synchronously, off the async threads).
+async fn commit_decided(
     decided: &mut Decided,
-    consumer: &StreamConsumer<LoggingContext>,
+    consumer: &Shared,
     dlq: &str,
 ) -> Result<(), KafkaError> {
     let changed = decided.to_commit();
@@ -517,7 +587,7 @@ fn commit_decided(
     for &(p, next) in &changed {
         tpl.add_partition_offset(dlq, p, Offset::Offset(next))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync)?;
+    kafka::blocking(consumer, move |c| c.commit(&tpl, CommitMode::Sync)).await?;
     decided.committed(&changed);
     Ok(())
 }
@@ -532,37 +602,22 @@ pub trait ReplayProgress: Send {
     fn finish(&mut self, _summary: &ReplaySummary) {}
 }
 
-/// Reads every record of `topic` from its start to its end (as [`EndOfLog`] decides) and
-/// hands each to `each`. Used for the ledger; `Ok(false)` when the end was not reached.
+/// Reads every record of the ledger topic from its start to its end and hands each to `each`;
+/// `Ok(false)` when the end was not reached. The partitions are unassigned afterwards.
 async fn read_whole(
-    consumer: &StreamConsumer<LoggingContext>,
+    consumer: &Shared,
     topic: &str,
     partitions: &[i32],
     mut each: impl FnMut(&Entry),
 ) -> Result<bool, DlqError> {
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for &p in partitions {
-        let (low, high) = watermarks(consumer, topic, p)?;
-        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-        ends.push((p, low, high));
-    }
-    consumer.assign(&tpl)?;
-    let mut end = EndOfLog::new(&ends, None, Instant::now());
-    while !end.done(Instant::now()) {
-        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-            Ok(Ok(m)) if m.topic() == topic => {
-                let e = entry_of(&m);
-                drop(m);
-                end.seen(e.partition, e.offset, Instant::now());
-                each(&e);
-            }
-            Ok(Err(e)) => tracing::warn!(topic, error = %e, "consumer error"),
-            _ => {}
-        }
+    let mut reader = Reader::open(consumer, topic, partitions, None, |_, low| low).await?;
+    let never = CancellationToken::new();
+    while let Read::Entry(e) = reader.next(&never).await {
+        reader.seen(&e);
+        each(&e);
     }
     consumer.unassign()?;
-    Ok(!end.incomplete())
+    Ok(reader.complete())
 }
 
 /// Creates the ledger topic (compacted, one partition) unless it exists.
@@ -570,11 +625,7 @@ async fn create_ledger(cluster: &ClusterConfig, ledger: &str) -> Result<(), DlqE
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let mut c = kafka::base_config(cluster);
-    for (k, v) in &cluster.kafka.0 {
-        c.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let admin: AdminClient<DefaultClientContext> = kafka::admin_config(cluster).create()?;
     let topic =
         NewTopic::new(ledger, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -611,157 +662,182 @@ pub async fn replay_with(
     out: &mut (dyn Write + Send),
     progress: &mut dyn ReplayProgress,
 ) -> Result<ReplaySummary, DlqError> {
-    let cluster = &cfg.cluster;
-    let dlq = cluster.topology.dlq.as_str();
-    if cfg.to.as_deref() == Some(dlq) {
-        return Err(DlqError::Usage(format!(
-            "--to: {dlq} is the DLQ itself; replaying into it would only loop"
-        )));
-    }
-    let consumer = replay_consumer(cluster)?;
-    let md = metadata(&consumer, cluster)?;
-    let parts = dlq_partitions(&md, dlq, &cfg.filter)?;
-    let mut topics: HashSet<String> = md
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.name().to_string())
-        .collect();
-    if let Some(to) = &cfg.to {
-        if !topics.contains(to) {
-            return Err(DlqError::NoTopic {
-                flag: "--to",
-                topic: to.clone(),
-            });
+    let mut run = Replay::start(cfg, progress).await?;
+    while let Step::Next = run.step(stop, out, progress).await {}
+    run.finish(progress).await
+}
+
+/// Where a replay goes after one [`Replay::step`].
+enum Step {
+    /// On to the next message.
+    Next,
+    /// Done: the end, the limit, a stop, or output nobody reads.
+    Finish,
+}
+
+/// One replay run, as a state machine: [`Replay::start`] finds the partitions, the start
+/// offsets (the replay group's committed ones) and what the ledger says was replayed already;
+/// each [`Replay::step`] deals with one message; [`Replay::finish`] commits, flushes and closes.
+struct Replay<'a> {
+    cfg: &'a ReplayConfig,
+    consumer: Shared,
+    reader: Reader,
+    producer: Option<Producer>,
+    rules: ReplayRules<'a>,
+    /// Topics known to exist (a destination must).
+    topics: HashSet<String>,
+    /// Destinations found missing (asked about once).
+    missing: HashSet<String>,
+    ledger: Ledger,
+    ledger_name: String,
+    decided: Decided,
+    pacer: Pacer,
+    last_commit: Instant,
+    started: chrono::DateTime<Utc>,
+    summary: ReplaySummary,
+    output_error: Option<std::io::Error>,
+}
+
+impl<'a> Replay<'a> {
+    async fn start(
+        cfg: &'a ReplayConfig,
+        progress: &mut dyn ReplayProgress,
+    ) -> Result<Replay<'a>, DlqError> {
+        let cluster = &cfg.cluster;
+        let dlq = cluster.topology.dlq.as_str();
+        if cfg.to.as_deref() == Some(dlq) {
+            return Err(DlqError::Usage(format!(
+                "--to: {dlq} is the DLQ itself; replaying into it would only loop"
+            )));
         }
-    }
-
-    // Start where this replay group stopped last time (the beginning if it never committed).
-    let mut wanted = TopicPartitionList::new();
-    for &p in &parts {
-        wanted.add_partition(dlq, p);
-    }
-    let committed = consumer.committed_offsets(wanted, META_TIMEOUT)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for &p in &parts {
-        let (low, high) = watermarks(&consumer, dlq, p)?;
-        let start = committed
-            .find_partition(dlq, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o.max(low)),
-                _ => None,
-            })
-            .unwrap_or(low);
-        assignment.add_partition_offset(dlq, p, Offset::Offset(start))?;
-        ends.push((p, start, high));
-    }
-
-    // What was replayed already, out of order, by earlier replays (of other selections).
-    let ledger_name = ledger_topic(dlq);
-    let mut ledger = Ledger::new(&cluster.group, ends.iter().map(|&(p, start, _)| (p, start)));
-    match partitions_of(&md, &ledger_name) {
-        Some(ledger_parts) => {
-            let complete = read_whole(&consumer, &ledger_name, &ledger_parts, |e| {
-                ledger.read(e.key.as_deref(), e.payload.is_some())
-            })
-            .await?;
-            if !complete {
-                return Err(DlqError::Ledger(format!(
-                    "the replay ledger {ledger_name} could not be read to its end; try again"
-                )));
+        let consumer = replay_consumer(cluster)?;
+        let md = kafka::metadata(cluster, META_TIMEOUT).await?;
+        let parts = dlq_partitions(&md, dlq, &cfg.filter)?;
+        let topics: HashSet<String> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name().to_string())
+            .collect();
+        if let Some(to) = &cfg.to {
+            if !topics.contains(to) {
+                return Err(DlqError::NoTopic {
+                    flag: "--to",
+                    topic: to.clone(),
+                });
             }
         }
-        None if !cfg.dry_run => create_ledger(cluster, &ledger_name).await?,
-        None => {}
+
+        // Start where this replay group stopped last time (the beginning if it never committed).
+        let mut wanted = TopicPartitionList::new();
+        for &p in &parts {
+            wanted.add_partition(dlq, p);
+        }
+        let committed = kafka::blocking(&consumer, move |c| {
+            c.committed_offsets(wanted, META_TIMEOUT)
+        })
+        .await?;
+        let ends = Reader::plan(&consumer, dlq, &parts, |p, low| {
+            committed
+                .find_partition(dlq, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o.max(low)),
+                    _ => None,
+                })
+                .unwrap_or(low)
+        })
+        .await?;
+
+        // What was replayed already, out of order, by earlier replays (of other selections).
+        let ledger_name = ledger_topic(dlq);
+        let mut ledger = Ledger::new(&cluster.group, ends.iter().map(|&(p, start, _)| (p, start)));
+        match kafka::partitions_of(&md, &ledger_name) {
+            Some(ledger_parts) => {
+                let complete = read_whole(&consumer, &ledger_name, &ledger_parts, |e| {
+                    ledger.read(e.key.as_deref(), e.payload.is_some())
+                })
+                .await?;
+                if !complete {
+                    return Err(DlqError::Ledger(format!(
+                        "the replay ledger {ledger_name} could not be read to its end; try again"
+                    )));
+                }
+            }
+            None if !cfg.dry_run => create_ledger(cluster, &ledger_name).await?,
+            None => {}
+        }
+        tracing::info!(dlq, group = %cluster.group, partitions = ?ends, replayed_ahead = ledger.len(),
+            dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
+        let reader = Reader::assign(&consumer, dlq, &ends, cfg.filter.to_offset)?;
+        progress.start(
+            ends.iter()
+                .map(|&(_, start, high)| (high - start).max(0) as u64)
+                .sum(),
+        );
+        let producer = if cfg.dry_run {
+            None
+        } else {
+            Some(Producer::new(cluster)?)
+        };
+        Ok(Replay {
+            cfg,
+            consumer,
+            reader,
+            producer,
+            rules: ReplayRules {
+                filter: &cfg.filter,
+                to: cfg.to.as_deref(),
+                dlq,
+                max_replays: cfg.max_replays,
+                force: cfg.force,
+            },
+            topics,
+            missing: HashSet::new(),
+            ledger,
+            ledger_name,
+            decided: Decided::default(),
+            pacer: Pacer::new(cfg.rate),
+            last_commit: Instant::now(),
+            started: Utc::now(),
+            summary: ReplaySummary {
+                dry_run: cfg.dry_run,
+                ..ReplaySummary::default()
+            },
+            output_error: None,
+        })
     }
-    tracing::info!(dlq, group = %cluster.group, partitions = ?ends, replayed_ahead = ledger.len(),
-        dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
-    consumer.assign(&assignment)?;
-    progress.start(
-        ends.iter()
-            .map(|&(_, start, high)| (high - start).max(0) as u64)
-            .sum(),
-    );
 
-    let producer = if cfg.dry_run {
-        None
-    } else {
-        Some(Producer::new(cluster)?)
-    };
-    let rules = ReplayRules {
-        filter: &cfg.filter,
-        to: cfg.to.as_deref(),
-        dlq,
-        max_replays: cfg.max_replays,
-        force: cfg.force,
-    };
-    let mut summary = ReplaySummary {
-        dry_run: cfg.dry_run,
-        ..ReplaySummary::default()
-    };
-    let mut end = EndOfLog::new(&ends, cfg.filter.to_offset, Instant::now());
-    let started = Utc::now();
-    let mut decided = Decided::default();
-    let mut pacer = Pacer::new(cfg.rate);
-    let mut last_commit = Instant::now();
-    let mut missing: HashSet<String> = HashSet::new();
-    let mut output_error = None;
-    let fail = |summary: &mut ReplaySummary, end: &mut EndOfLog, e: &Entry, why: String| {
-        tracing::error!(partition = e.partition, offset = e.offset, problem = %why,
-            "cannot replay; this partition stops here for this run");
-        summary.failed += 1;
-        summary.failures.push(format!("{}: {why}", e.position()));
-        end.close(e.partition, Instant::now());
-        pause(&consumer, dlq, e.partition);
-    };
-
-    loop {
-        if !cfg.dry_run && last_commit.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = commit_decided(&mut decided, &consumer, dlq) {
+    /// Reads one message and deals with it.
+    async fn step(
+        &mut self,
+        stop: &CancellationToken,
+        out: &mut (dyn Write + Send),
+        progress: &mut dyn ReplayProgress,
+    ) -> Step {
+        let cfg = self.cfg;
+        if !cfg.dry_run && self.last_commit.elapsed() >= Duration::from_secs(1) {
+            let dlq = self.rules.dlq;
+            if let Err(e) = commit_decided(&mut self.decided, &self.consumer, dlq).await {
                 tracing::warn!(error = %e, "commit failed; retrying in a second");
             }
-            last_commit = Instant::now();
+            self.last_commit = Instant::now();
         }
-        if cfg.limit.is_some_and(|l| summary.replayed >= l) {
-            summary.limit_reached = true;
-            break;
+        if cfg.limit.is_some_and(|l| self.summary.replayed >= l) {
+            self.summary.limit_reached = true;
+            return Step::Finish;
         }
-        if end.done(Instant::now()) {
-            summary.incomplete = end.incomplete();
-            break;
-        }
-        let received = tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                summary.interrupted = true;
-                break;
+        let entry = match self.reader.next(stop).await {
+            Read::Entry(entry) => entry,
+            Read::End => {
+                self.summary.incomplete = !self.reader.complete();
+                return Step::Finish;
             }
-            r = tokio::time::timeout(Duration::from_millis(100), consumer.recv()) => r,
-        };
-        let entry = match received {
-            Err(_) => continue,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error");
-                continue;
-            }
-            // A ledger record fetched before the ledger was unassigned is not a dead letter.
-            Ok(Ok(m)) if m.topic() != dlq => continue,
-            Ok(Ok(m)) => {
-                let e = entry_of(&m);
-                drop(m);
-                e
+            Read::Stopped => {
+                self.summary.interrupted = true;
+                return Step::Finish;
             }
         };
-        if end.is_closed(entry.partition) {
-            continue; // fetched before the partition was stopped
-        }
-        if cfg.filter.to_offset.is_some_and(|t| entry.offset > t) {
-            end.close(entry.partition, Instant::now());
-            pause(&consumer, dlq, entry.partition);
-            continue;
-        }
-        if came_back(&entry, started) {
+        if came_back(&entry, self.started) {
             // Replayed by this very run and dead-lettered again: everything from here on was
             // written after the replay started. Leave it for the next run instead of looping.
             tracing::info!(
@@ -769,58 +845,79 @@ pub async fn replay_with(
                 offset = entry.offset,
                 "reached messages this replay sent back; this partition is done"
             );
-            end.close(entry.partition, Instant::now());
-            pause(&consumer, dlq, entry.partition);
-            continue;
+            self.reader.close(entry.partition);
+            return Step::Next;
         }
-        end.seen(entry.partition, entry.offset, Instant::now());
-        summary.read += 1;
-        if ledger.contains(entry.partition, entry.offset) {
+        self.reader.seen(&entry);
+        self.summary.read += 1;
+        let step = if self.ledger.contains(entry.partition, entry.offset) {
             // Replayed by an earlier replay (of another selection): dealt with.
             if cfg.filter.matches(&entry) {
-                summary.skipped_already_replayed += 1;
+                self.summary.skipped_already_replayed += 1;
             } else {
-                summary.skipped_by_filter += 1;
+                self.summary.skipped_by_filter += 1;
             }
-            decided.mark(entry.partition, entry.offset);
-            progress.update(&summary);
-            end.touch(Instant::now());
-            continue;
+            self.decided.mark(entry.partition, entry.offset);
+            Step::Next
+        } else {
+            let decision = self.decide(&entry).await;
+            self.act(entry, decision, stop, out).await
+        };
+        if let Step::Next = step {
+            progress.update(&self.summary);
+            self.reader.touch();
         }
-        let decision = decide(&entry, &rules, Utc::now());
-        let decision = match decision {
-            Decision::Send { topic, .. } if !topics.contains(&topic) => {
-                // Topics created since the start are found by one metadata refresh each.
-                let exists = !missing.contains(&topic)
-                    && consumer
-                        .fetch_metadata(Some(&topic), META_TIMEOUT)
-                        .ok()
-                        .and_then(|md| partitions_of(&md, &topic))
-                        .is_some();
+        step
+    }
+
+    /// What to do with `entry`; a destination that was not there at the start is looked up
+    /// once (topics created since are found).
+    async fn decide(&mut self, entry: &Entry) -> Decision {
+        match decide(entry, &self.rules, Utc::now()) {
+            Decision::Send { topic, .. } if !self.topics.contains(&topic) => {
+                let exists = !self.missing.contains(&topic) && {
+                    let t = topic.clone();
+                    kafka::blocking(&self.consumer, move |c| {
+                        c.fetch_metadata(Some(&t), META_TIMEOUT)
+                            .ok()
+                            .and_then(|md| kafka::partitions_of(&md, &t))
+                            .is_some()
+                    })
+                    .await
+                };
                 if exists {
-                    topics.insert(topic.clone());
-                    decide(&entry, &rules, Utc::now())
+                    self.topics.insert(topic.clone());
+                    decide(entry, &self.rules, Utc::now())
                 } else {
-                    missing.insert(topic.clone());
+                    self.missing.insert(topic.clone());
                     Decision::Unreplayable(format!("the destination topic {topic} does not exist"))
                 }
             }
             d => d,
-        };
+        }
+    }
+
+    async fn act(
+        &mut self,
+        entry: Entry,
+        decision: Decision,
+        stop: &CancellationToken,
+        out: &mut (dyn Write + Send),
+    ) -> Step {
         match decision {
             Decision::Filtered => {
                 // Not chosen: left for later replays, so nothing from here on is committed.
-                summary.skipped_by_filter += 1;
-                decided.leave(entry.partition);
+                self.summary.skipped_by_filter += 1;
+                self.decided.leave(entry.partition);
             }
             Decision::AtReplayLimit { count } => {
-                summary.skipped_at_replay_limit += 1;
+                self.summary.skipped_at_replay_limit += 1;
                 match count {
                     Some(count) => tracing::warn!(
                         partition = entry.partition,
                         offset = entry.offset,
                         replay_count = count,
-                        max_replays = cfg.max_replays,
+                        max_replays = self.cfg.max_replays,
                         "replayed too often already; skipped (--force replays it anyway)"
                     ),
                     None => tracing::warn!(
@@ -830,15 +927,15 @@ pub async fn replay_with(
                         headers::REPLAY_COUNT
                     ),
                 }
-                decided.mark(entry.partition, entry.offset);
+                self.decided.mark(entry.partition, entry.offset);
             }
-            Decision::Unreplayable(why) => fail(&mut summary, &mut end, &entry, why),
+            Decision::Unreplayable(why) => self.fail(&entry, why),
             Decision::Send {
                 topic,
                 headers,
                 replay_count,
             } => {
-                let Some(producer) = &producer else {
+                if self.producer.is_none() {
                     let line = format!(
                         "would replay {} -> {topic} key={} reason={} class={} replay-count={replay_count}\n",
                         entry.position(),
@@ -848,80 +945,105 @@ pub async fn replay_with(
                     );
                     match emit(out, &line) {
                         Ok(true) => {}
-                        Ok(false) => break, // nobody reads the plan any more
+                        Ok(false) => return Step::Finish, // nobody reads the plan any more
                         Err(e) => {
-                            output_error = Some(e);
-                            break;
+                            self.output_error = Some(e);
+                            return Step::Finish;
                         }
                     }
-                    summary.replayed += 1;
-                    progress.update(&summary);
-                    end.touch(Instant::now());
-                    continue;
-                };
-                let slot = pacer.slot(Instant::now());
-                if slot > Instant::now() {
-                    tokio::select! {
-                        _ = stop.cancelled() => {
-                            summary.interrupted = true;
-                            break;
-                        }
-                        _ = tokio::time::sleep_until(slot.into()) => {}
-                    }
+                    self.summary.replayed += 1;
+                    return Step::Next;
                 }
-                let record = Record {
-                    topic: &topic,
-                    key: entry.key.as_deref(),
-                    payload: entry.payload.as_deref(),
-                    headers,
-                };
-                match producer.send_acked(&record, stop).await {
-                    Ok((p, o)) => {
-                        tracing::debug!(from = %entry.position(), to = %topic, partition = p, offset = o, "replayed");
-                        summary.replayed += 1;
-                        match record_replayed(
-                            producer,
-                            &cluster.group,
-                            &ledger_name,
-                            &entry,
-                            &topic,
-                        )
-                        .await
-                        {
-                            Ok(()) => {
-                                ledger.insert(entry.partition, entry.offset);
-                                decided.mark(entry.partition, entry.offset);
-                            }
-                            Err(why) => fail(&mut summary, &mut end, &entry, why),
-                        }
-                    }
-                    Err(ProduceError::Cancelled) => {
-                        summary.interrupted = true;
-                        break;
-                    }
-                    Err(rejected @ ProduceError::Rejected { .. }) => {
-                        fail(&mut summary, &mut end, &entry, rejected.to_string())
-                    }
-                }
+                return self.send(entry, &topic, headers, stop).await;
             }
         }
-        progress.update(&summary);
-        end.touch(Instant::now());
+        Step::Next
     }
-    if !cfg.dry_run {
-        if let Err(e) = commit_decided(&mut decided, &consumer, dlq) {
-            tracing::error!(error = %e, "final commit failed");
-            summary.commit_failed = true;
+
+    /// Sends the copy (paced), then records it in the ledger.
+    async fn send(
+        &mut self,
+        entry: Entry,
+        topic: &str,
+        headers: Vec<headers::Header>,
+        stop: &CancellationToken,
+    ) -> Step {
+        let Some(producer) = &self.producer else {
+            return Step::Next;
+        };
+        let slot = self.pacer.slot(Instant::now());
+        if slot > Instant::now() {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    self.summary.interrupted = true;
+                    return Step::Finish;
+                }
+                _ = tokio::time::sleep_until(slot.into()) => {}
+            }
         }
+        let record = Record {
+            topic,
+            key: entry.key.as_deref(),
+            payload: entry.payload.as_deref(),
+            headers,
+        };
+        match producer.send_acked(&record, stop).await {
+            Ok((p, o)) => {
+                tracing::debug!(from = %entry.position(), to = %topic, partition = p, offset = o, "replayed");
+                self.summary.replayed += 1;
+                let group = &self.cfg.cluster.group;
+                match record_replayed(producer, group, &self.ledger_name, &entry, topic).await {
+                    Ok(()) => {
+                        self.ledger.insert(entry.partition, entry.offset);
+                        self.decided.mark(entry.partition, entry.offset);
+                    }
+                    Err(why) => self.fail(&entry, why),
+                }
+            }
+            Err(ProduceError::Cancelled) => {
+                self.summary.interrupted = true;
+                return Step::Finish;
+            }
+            Err(rejected @ ProduceError::Rejected { .. }) => {
+                self.fail(&entry, rejected.to_string())
+            }
+        }
+        Step::Next
     }
-    progress.finish(&summary);
-    if let Some(p) = producer {
-        p.flush(Duration::from_secs(5));
+
+    /// `entry` cannot be replayed: its partition stops here for this run.
+    fn fail(&mut self, e: &Entry, why: String) {
+        tracing::error!(partition = e.partition, offset = e.offset, problem = %why,
+            "cannot replay; this partition stops here for this run");
+        self.summary.failed += 1;
+        self.summary
+            .failures
+            .push(format!("{}: {why}", e.position()));
+        self.reader.close(e.partition);
     }
-    close_bounded(consumer, Duration::from_secs(5));
-    match output_error {
-        Some(e) => Err(e.into()),
-        None => Ok(summary),
+
+    /// Commits what was dealt with, flushes and closes.
+    async fn finish(
+        mut self,
+        progress: &mut dyn ReplayProgress,
+    ) -> Result<ReplaySummary, DlqError> {
+        if !self.cfg.dry_run {
+            let dlq = self.rules.dlq;
+            if let Err(e) = commit_decided(&mut self.decided, &self.consumer, dlq).await {
+                tracing::error!(error = %e, "final commit failed");
+                self.summary.commit_failed = true;
+            }
+        }
+        progress.finish(&self.summary);
+        if let Some(p) = self.producer.take() {
+            p.flush(Duration::from_secs(5));
+        }
+        drop(self.reader);
+        close_bounded(self.consumer, Duration::from_secs(5));
+        match self.output_error {
+            Some(e) => Err(e.into()),
+            None => Ok(self.summary),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::client::ClientContext;
@@ -15,10 +16,11 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use rdkafka::metadata::Metadata;
 use rdkafka::{ClientConfig, Statistics, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::config::ClusterConfig;
+use crate::cluster::ClusterConfig;
 use crate::headers::Header;
 use crate::metrics::Metrics;
 
@@ -98,6 +100,15 @@ pub fn producer_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = base_config(cluster);
     c.set("acks", "all").set("linger.ms", "5");
     apply_user(&mut c, cluster, Role::Producer);
+    c
+}
+
+/// The admin client's settings: brokers and every `-X` property.
+pub fn admin_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = base_config(cluster);
+    for (k, v) in &cluster.kafka.0 {
+        c.set(k, v);
+    }
     c
 }
 
@@ -368,10 +379,82 @@ impl ClientContext for LoggingContext {
 
 impl ConsumerContext for LoggingContext {}
 
+/// The brokers did not answer a metadata request (after [`METADATA_TRIES`] tries).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the brokers at {brokers}: {}", Shown(.error))]
+pub struct Unreachable {
+    /// The bootstrap brokers tried.
+    pub brokers: String,
+    /// The last error.
+    pub error: KafkaError,
+}
+
+/// How often [`metadata`] asks before the brokers count as unreachable.
+pub const METADATA_TRIES: u32 = 3;
+
+/// The cluster's metadata (every topic), asked for by a throw-away consumer of `cluster`'s
+/// settings, up to [`METADATA_TRIES`] times with `timeout` each. librdkafka's metadata request
+/// blocks its thread, so it runs on tokio's blocking pool, off the async workers.
+pub async fn metadata(cluster: &ClusterConfig, timeout: Duration) -> Result<Metadata, Unreachable> {
+    let mut last = None;
+    for attempt in 0..METADATA_TRIES {
+        let config = consumer_config(cluster);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer<LoggingContext> =
+                config.create_with_context(LoggingContext)?;
+            client.fetch_metadata(None, timeout)
+        });
+        match lookup.await {
+            Ok(Ok(md)) => return Ok(md),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %Shown(&e), brokers = %cluster.brokers, attempt, "cannot fetch metadata yet");
+                last = Some(e);
+            }
+            Err(join) => tracing::warn!(error = %join, "metadata lookup task failed"),
+        }
+    }
+    Err(Unreachable {
+        brokers: cluster.brokers.clone(),
+        error: last.unwrap_or(KafkaError::NoMessageReceived),
+    })
+}
+
+/// The partitions of `topic` in `md`, sorted; `None` when the topic does not exist (or has an
+/// error, or no partitions).
+pub fn partitions_of(md: &Metadata, topic: &str) -> Option<Vec<i32>> {
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| {
+            let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            ps.sort_unstable();
+            ps
+        })
+}
+
+/// Runs a blocking librdkafka call (watermarks, committed offsets, a synchronous commit) on
+/// tokio's blocking pool with a shared handle to the client, so that it does not hold up an
+/// async worker thread.
+pub async fn blocking<C, T>(client: &Arc<C>, call: impl FnOnce(&C) -> T + Send + 'static) -> T
+where
+    C: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let client = client.clone();
+    match tokio::task::spawn_blocking(move || call(&client)).await {
+        Ok(v) => v,
+        Err(join) => match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only when the runtime shuts down under the call.
+            Err(join) => panic!("a blocking librdkafka call was cancelled: {join}"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaProps;
+    use crate::cluster::KafkaProps;
     use crate::topology::Topology;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::message::Headers;

@@ -5,33 +5,61 @@
 //! until its head message is due. Permanent failures and exhausted or expired messages go to
 //! `<main>.dlq`. Offsets are committed only for finished work (at-least-once).
 //!
+//! # Embedding
+//!
+//! A program that handles the messages itself builds a [`Config`] ([`Config::new`] has every
+//! default), a [`Handler`] (or [`handler_fn`]) and runs a [`Service`] until its cancellation
+//! token fires; `examples/embedded.rs` shows it. The built-in handlers are
+//! [`handler::http::HttpHandler`] and [`handler::command::CommandHandler`].
+//!
+//! Everything else — the `rebound` binary's commands and the pieces the test suite reaches
+//! into — is in modules hidden from these docs: they are not a stable API.
+//!
 //! See `ARCHITECTURE.md` for the data flow and the invariants.
 
+#![deny(missing_docs)]
+
 pub mod breaker;
+#[doc(hidden)]
 pub mod cli;
+mod cluster;
 pub mod config;
+#[doc(hidden)]
 pub mod console;
+mod defaults;
 pub mod delay;
+#[doc(hidden)]
 pub mod demo;
+#[doc(hidden)]
 pub mod dlq;
+#[doc(hidden)]
 pub mod duration;
 pub mod handler;
+#[doc(hidden)]
 pub mod headers;
+#[doc(hidden)]
 pub mod kafka;
+#[cfg(test)]
+mod layers;
+#[doc(hidden)]
 pub mod metrics;
-pub mod offsets;
-pub mod ordering;
-pub mod pipeline;
+mod offsets;
+mod ordering;
+mod pipeline;
+#[doc(hidden)]
 pub mod probe;
-pub mod produce;
-pub mod router;
-pub mod service;
-pub mod shutdown;
-pub mod status;
+mod produce;
+mod router;
+mod service;
+mod status;
+#[doc(hidden)]
 pub mod topics;
 pub mod topology;
 
-pub use config::Config;
-pub use handler::{Handler, Message, Outcome};
+pub use breaker::BreakerConfig;
+pub use cluster::{ClusterConfig, KafkaProps};
+pub use config::{Config, HandlerSpec};
+pub use delay::BufferBounds;
+pub use handler::{handler_fn, Failure, Handler, HandlerFn, Message, Outcome};
 pub use service::{Service, ServiceError};
-pub use topology::Topology;
+pub use topology::{Tier, Topology};

@@ -2,17 +2,11 @@
 //! codes (0 success, 1 runtime failure, 2 bad usage or configuration).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use rebound::cli::{Cli, Command, DlqCommand, LogFormat, TopicsCommand};
-use rebound::config::{
-    Config, DlqReadConfig, DlqShowConfig, HandlerSpec, ReplayConfig, TopicsConfig,
-};
-use rebound::handler::command::CommandHandler;
-use rebound::handler::http::HttpHandler;
-use rebound::handler::Handler;
-use rebound::{dlq, shutdown, topics, Service};
+use rebound::config::{Config, DlqReadConfig, DlqShowConfig, ReplayConfig, TopicsConfig};
+use rebound::{dlq, topics, Service};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -59,20 +53,13 @@ async fn dispatch(command: Command) -> ExitCode {
                 println!("configuration ok");
                 return ExitCode::SUCCESS;
             }
-            let handler: Arc<dyn Handler> = match &config.handler {
-                Some(HandlerSpec::Http {
-                    url,
-                    forward_headers,
-                }) => match HttpHandler::new(url, config.handler_timeout) {
-                    Ok(h) => Arc::new(h.forward_headers(forward_headers.clone())),
-                    Err(e) => return usage_error(format!("--url: {e}")),
-                },
-                Some(HandlerSpec::Command { command_line }) => {
-                    match CommandHandler::parse(command_line) {
-                        Ok(h) => Arc::new(h),
-                        Err(e) => return usage_error(format!("--command: {e}")),
-                    }
-                }
+            let handler = match config
+                .handler
+                .as_ref()
+                .map(|h| h.build(config.handler_timeout))
+            {
+                Some(Ok(h)) => h,
+                Some(Err(e)) => return usage_error(e),
                 None => return usage_error("--handler: missing"),
             };
             let stop = shutdown::on_signals();
@@ -180,8 +167,7 @@ async fn dlq_command(cmd: DlqCommand) -> ExitCode {
     let result: Result<bool, dlq::DlqError> = async {
         match &cmd {
             DlqCommand::Stats(args) => {
-                let cfg = DlqReadConfig::for_stats(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqReadConfig::for_stats(args)?;
                 let stats = dlq::stats(&cfg).await?;
                 let text = if cfg.json {
                     serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n"
@@ -192,14 +178,12 @@ async fn dlq_command(cmd: DlqCommand) -> ExitCode {
                 Ok(stats.incomplete)
             }
             DlqCommand::List(args) => {
-                let cfg = DlqReadConfig::for_list(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqReadConfig::for_list(args)?;
                 dlq::list(&cfg, &mut std::io::stdout()).await?;
                 Ok(false)
             }
             DlqCommand::Show(args) => {
-                let cfg = DlqShowConfig::resolve(args)
-                    .map_err(|e| dlq::DlqError::Usage(e.to_string()))?;
+                let cfg = DlqShowConfig::resolve(args)?;
                 let entry = dlq::show(&cfg).await?;
                 let text = dlq::render_show(&cfg.cluster.topology.dlq, &entry);
                 dlq::emit(&mut std::io::stdout(), &text)?;
@@ -215,5 +199,52 @@ async fn dlq_command(cmd: DlqCommand) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => dlq_error(e),
+    }
+}
+
+/// One cancellation signal that every task observes, fired by SIGTERM or SIGINT.
+///
+/// The first signal starts a graceful stop (stop fetching, finish or hand back in-flight work,
+/// commit, leave the group). A second signal exits at once with status 130: offsets of finished
+/// work are committed on an interval, so even then nothing is lost, only repeated. Signal
+/// handling and exiting belong to the binary; the library only observes the token.
+mod shutdown {
+    use tokio_util::sync::CancellationToken;
+
+    /// Returns a token cancelled on the first SIGTERM/SIGINT; the second one exits the process.
+    pub fn on_signals() -> CancellationToken {
+        let token = CancellationToken::new();
+        let fire = token.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; stopping gracefully (send it again to exit at once)");
+            fire.cancel();
+            wait_for_signal().await;
+            tracing::warn!("second signal; exiting now");
+            std::process::exit(130);
+        });
+        token
+    }
+
+    async fn wait_for_signal() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -40,7 +40,7 @@ pub struct Metrics {
     pub circuit_state: IntGauge,
     pub build_info: GaugeVec,
     pub health: Health,
-    /// What `GET /status` serves; the poll loop publishes it (see [`crate::status`]).
+    /// What `GET /status` serves; the poll loop publishes it (see `status.rs`).
     pub status: tokio::sync::watch::Sender<crate::status::Snapshot>,
 }
 

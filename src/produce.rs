@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ClusterConfig;
+use crate::cluster::ClusterConfig;
 use crate::headers::Header;
 use crate::kafka::{self, ProducerContext};
 use crate::metrics::Metrics;

@@ -18,13 +18,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, Config};
+use crate::cluster::ClusterConfig;
+use crate::config::Config;
 use crate::handler::Handler;
-use crate::kafka::{self, LoggingContext, TopologyContext};
+use crate::kafka::{self, TopologyContext};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Limits, Pipeline};
 use crate::produce::Producer;
@@ -33,19 +34,25 @@ use crate::router::Router;
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
+    /// A Kafka client could not be created or failed.
     #[error("kafka client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
+    /// Topics of the topology do not exist (their names).
     #[error("topics missing: {}; create them with `rebound topics apply` (same flags)", .0.join(", "))]
     MissingTopics(Vec<String>),
-    #[error("cannot reach the brokers at {brokers}: {error}")]
-    Unreachable { brokers: String, error: KafkaError },
+    /// The brokers did not answer.
+    #[error(transparent)]
+    Unreachable(#[from] kafka::Unreachable),
     /// A tier or the DLQ is set up to lose messages (compacted, or retention shorter than a
     /// tier's delay); each line says how to fix it.
     #[error("the topics would lose messages; fix them before starting:\n{}", .0.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n"))]
     UnsafeTopics(Vec<crate::topics::Hazard>),
+    /// The metrics server could not listen.
     #[error("metrics server cannot listen on {addr}: {error}")]
     MetricsBind {
+        /// `--metrics-addr`.
         addr: std::net::SocketAddr,
+        /// Why not.
         error: std::io::Error,
     },
 }
@@ -70,6 +77,7 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service of `config` calling `handler`; nothing connects before [`Service::run`].
     pub fn new(config: Config, handler: Arc<dyn Handler>) -> Service {
         Service {
             config,
@@ -78,7 +86,9 @@ impl Service {
         }
     }
 
-    /// The service's metrics (also served on `metrics_addr` when set).
+    /// The service's metrics (also served on `metrics_addr` when set). Not a stable API: the
+    /// tests and the demo read counters from it.
+    #[doc(hidden)]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
     }
@@ -186,53 +196,24 @@ async fn check_topic_settings(cluster: &ClusterConfig) -> Result<(), ServiceErro
 }
 
 /// Fails with the list of missing topics, so that a typo is not a silent idle consumer.
-/// Metadata requests block, so they run on the blocking pool; a stop signal ends the wait.
-/// Returns `Ok(false)` when stopped before the check finished.
+/// A stop signal ends the wait: `Ok(false)` when stopped before the check finished.
 async fn check_topics(
     cluster: &ClusterConfig,
     topics: &[&str],
     stop: &CancellationToken,
 ) -> Result<bool, ServiceError> {
-    let mut last_error = None;
-    for attempt in 0..3 {
-        let config = kafka::consumer_config(cluster);
-        let lookup = tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer<LoggingContext> =
-                config.create_with_context(LoggingContext)?;
-            client.fetch_metadata(None, Duration::from_secs(10))
-        });
-        let result = tokio::select! {
-            r = lookup => r,
-            _ = stop.cancelled() => return Ok(false),
-        };
-        match result {
-            Ok(Ok(md)) => {
-                let missing: Vec<String> = topics
-                    .iter()
-                    .filter(|t| {
-                        !md.topics().iter().any(|m| {
-                            m.name() == **t && m.error().is_none() && !m.partitions().is_empty()
-                        })
-                    })
-                    .map(|t| t.to_string())
-                    .collect();
-                return if missing.is_empty() {
-                    Ok(true)
-                } else {
-                    Err(ServiceError::MissingTopics(missing))
-                };
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, brokers = %cluster.brokers, attempt, "cannot fetch metadata yet");
-                last_error = Some(e);
-            }
-            Err(join) => {
-                tracing::warn!(error = %join, "metadata lookup task failed");
-            }
-        }
+    let md = tokio::select! {
+        md = kafka::metadata(cluster, Duration::from_secs(10)) => md?,
+        _ = stop.cancelled() => return Ok(false),
+    };
+    let missing: Vec<String> = topics
+        .iter()
+        .filter(|t| kafka::partitions_of(&md, t).is_none())
+        .map(|t| t.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(true)
+    } else {
+        Err(ServiceError::MissingTopics(missing))
     }
-    Err(ServiceError::Unreachable {
-        brokers: cluster.brokers.clone(),
-        error: last_error.unwrap_or(KafkaError::NoMessageReceived),
-    })
 }

@@ -20,7 +20,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{ClusterConfig, TopicsConfig};
+use crate::cluster::ClusterConfig;
+use crate::config::TopicsConfig;
 use crate::duration;
 use crate::kafka;
 use crate::topology::Topology;
@@ -40,8 +41,8 @@ const KAFKA_DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Why planning or applying failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicsError {
-    #[error("cannot reach the brokers at {brokers}: {error}")]
-    Unreachable { brokers: String, error: KafkaError },
+    #[error(transparent)]
+    Unreachable(#[from] kafka::Unreachable),
     #[error("kafka admin client: {}", crate::kafka::Shown(.0))]
     Kafka(#[from] KafkaError),
     #[error("could not create {}", .0.iter().map(|(t, e)| format!("{t} ({e})")).collect::<Vec<_>>().join(", "))]
@@ -497,11 +498,7 @@ impl fmt::Display for Plan {
 }
 
 fn admin(cluster: &ClusterConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    let mut c = kafka::base_config(cluster);
-    for (k, v) in &cluster.kafka.0 {
-        c.set(k, v);
-    }
-    c.create()
+    kafka::admin_config(cluster).create()
 }
 
 /// What the cluster says about the topology.
@@ -521,24 +518,14 @@ pub async fn inspect(
     admin: &AdminClient<DefaultClientContext>,
     cluster: &ClusterConfig,
 ) -> Result<Inspected, TopicsError> {
-    let md = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(15))
-        .map_err(|error| TopicsError::Unreachable {
-            brokers: cluster.brokers.clone(),
-            error,
-        })?;
+    let md = kafka::metadata(cluster, Duration::from_secs(15)).await?;
     let mut observed: HashMap<String, Observed> = HashMap::new();
     for topic in cluster.topology.topics() {
-        if let Some(t) = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        {
+        if let Some(parts) = kafka::partitions_of(&md, topic) {
             observed.insert(
                 topic.to_string(),
                 Observed {
-                    partitions: t.partitions().len(),
+                    partitions: parts.len(),
                     ..Observed::default()
                 },
             );
@@ -737,7 +724,7 @@ fn mark_created(plan: &mut Plan, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, KafkaProps};
+    use crate::cluster::{ClusterConfig, KafkaProps};
 
     fn cfg() -> TopicsConfig {
         let topology = Topology::new(

@@ -27,6 +27,38 @@ pub fn default_max_delay(delays: &[Duration]) -> Duration {
     last.saturating_mul(MAX_DELAY_FACTOR).max(MAX_DELAY_FLOOR)
 }
 
+/// Why a name is not a valid Kafka topic name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicNameError {
+    /// Empty or longer than 249 characters.
+    #[error("{0:?} must be 1 to 249 characters long")]
+    Length(String),
+    /// A character outside `[a-zA-Z0-9._-]`.
+    #[error("{0:?} contains {1:?}; topic names use only letters, digits, '.', '_' and '-'")]
+    Character(String, char),
+    /// `.` or `..`.
+    #[error("a topic cannot be named '.' or '..'")]
+    Dots,
+}
+
+/// Kafka's topic name rules: 1–249 of `[a-zA-Z0-9._-]`, not `.` or `..` (Kafka's
+/// `org.apache.kafka.common.internals.Topic.validate`).
+pub fn check_topic_name(name: &str) -> Result<(), TopicNameError> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(TopicNameError::Length(name.to_string()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(TopicNameError::Character(name.to_string(), c));
+    }
+    if name == "." || name == ".." {
+        return Err(TopicNameError::Dots);
+    }
+    Ok(())
+}
+
 /// Why a message read from a delay tier is dead-lettered as `invalid` without a handler call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unfit {
@@ -62,6 +94,7 @@ impl Unfit {
 /// One delay tier: a topic whose messages are not processed before their `process_after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
+    /// How long a message waits in it.
     pub delay: Duration,
     /// `retry-2m`: the tier's label in metrics and the suffix of its topic.
     pub label: String,
@@ -70,6 +103,7 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The tier of `main` with this delay: `<main>.retry-<delay>`.
     pub fn new(main: &str, delay: Duration) -> Tier {
         let label = format!("retry-{}", duration::format(delay));
         Tier {
@@ -83,6 +117,7 @@ impl Tier {
 /// Where a message was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
+    /// The main topic.
     Main,
     /// Index into [`Topology::tiers`].
     Tier(usize),
@@ -102,6 +137,7 @@ pub enum DlqReason {
 }
 
 impl DlqReason {
+    /// Every reason, in the order reports list them.
     pub const ALL: [DlqReason; 4] = [
         DlqReason::Permanent,
         DlqReason::Exhausted,
@@ -109,6 +145,7 @@ impl DlqReason {
         DlqReason::Invalid,
     ];
 
+    /// The header value: `permanent`, `exhausted`, `expired` or `invalid`.
     pub fn as_str(self) -> &'static str {
         match self {
             DlqReason::Permanent => "permanent",
@@ -126,19 +163,30 @@ pub enum Route {
     Done,
     /// Produce to `tiers[tier]`, not to be processed before `due`. `attempt` = failed attempts so far.
     Retry {
+        /// Index into [`Topology::tiers`].
         tier: usize,
+        /// The copy's `process_after`.
         due: DateTime<Utc>,
+        /// Failed attempts so far.
         attempt: u32,
     },
     /// Produce to the DLQ. `attempt` = failed attempts so far, this one included.
-    Dead { reason: DlqReason, attempt: u32 },
+    Dead {
+        /// The copy's `rebound-dlq-reason`.
+        reason: DlqReason,
+        /// Failed attempts so far, this one included.
+        attempt: u32,
+    },
 }
 
 /// A whole topology: the main topic, its tiers and its DLQ, with the retry policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
+    /// The main topic.
     pub main: String,
+    /// The delay tiers, shortest first.
     pub tiers: Vec<Tier>,
+    /// The dead-letter topic (`<main>.dlq` unless set).
     pub dlq: String,
     /// A message is tried at most `1 + max_retries` times.
     pub max_retries: u32,
@@ -224,6 +272,7 @@ impl Topology {
         }
     }
 
+    /// The topic of `stage`.
     pub fn topic(&self, stage: Stage) -> &str {
         match stage {
             Stage::Main => &self.main,

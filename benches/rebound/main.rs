@@ -20,6 +20,8 @@
 //! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
 //! (`spring.rs`; its jar is built by `scripts/bench`).
 
+#[path = "../../tests/it/common/mod.rs"]
+mod common;
 mod plot;
 mod scenarios;
 mod spring;

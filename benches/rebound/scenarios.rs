@@ -1,6 +1,9 @@
 //! The six scenarios of issue 8. Each measures rebound and its baseline in the same run,
 //! `runs` times, and returns rows for the report (medians, with every run's figure).
 
+use std::future::ready;
+
+use crate::common::waited;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -544,10 +547,10 @@ async fn precision_run(
             }
             let r = Embedded::start(config, handler.clone());
             let assigned = r.metrics.clone();
-            let until = Instant::now() + Duration::from_secs(30);
-            while !assigned.health.assigned.load(Ordering::Relaxed) && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            waited(Duration::from_secs(30), Duration::from_millis(20), || {
+                ready(assigned.health.assigned.load(Ordering::Relaxed))
+            })
+            .await;
             running = Some(r);
         }
         Waiter::PlainHoldHead | Waiter::PlainSeekBack => {
@@ -570,10 +573,10 @@ async fn precision_run(
                     stop.clone(),
                 ))
             });
-            let until = Instant::now() + Duration::from_secs(30);
-            while !assigned.load(Ordering::Relaxed) && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            waited(Duration::from_secs(30), Duration::from_millis(20), || {
+                ready(assigned.load(Ordering::Relaxed))
+            })
+            .await;
         }
     }
     // Seeding must end before the first message is due; one record per batch on Tansu.
@@ -1030,19 +1033,20 @@ async fn rss_with_backlog(ctx: &Ctx, topology: &Topology, partitions: i32) -> (f
     let want = format!("rebound_paused_partitions{{tier=\"{label}\"}} {partitions}");
     let url = format!("http://127.0.0.1:{port}/metrics");
     let client = reqwest::Client::new();
-    let until = Instant::now() + Duration::from_secs(120);
-    let mut paused = false;
-    while Instant::now() < until {
-        if let Ok(r) = client.get(&url).send().await {
-            if let Ok(text) = r.text().await {
-                if text.lines().any(|l| l == want) {
-                    paused = true;
-                    break;
-                }
+    let paused = waited(
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            match client.get(&url).send().await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|text| text.lines().any(|l| l == want)),
+                Err(_) => false,
             }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        },
+    )
+    .await;
     if !paused {
         eprintln!("[4 memory] WARNING: not every tier partition was paused within 120 s");
     }
@@ -1052,13 +1056,10 @@ async fn rss_with_backlog(ctx: &Ctx, topology: &Topology, partitions: i32) -> (f
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
         .status();
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    waited(Duration::from_secs(15), Duration::from_millis(50), || {
+        ready(matches!(child.try_wait(), Ok(Some(_))))
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     rss

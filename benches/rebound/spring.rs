@@ -368,14 +368,10 @@ impl Peer {
 
 /// Waits until `done()` or `limit`; false on the deadline.
 async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
+    crate::common::waited(limit, Duration::from_millis(10), || {
+        std::future::ready(done())
+    })
+    .await
 }
 
 fn now_us() -> i64 {
@@ -1149,7 +1145,19 @@ pub async fn child_main() {
     let mut file = std::fs::File::create(Path::new(&var("REBOUND_PEER_OUT"))).expect("peer output");
     let service = Service::new(config, handler);
     let metrics = service.metrics();
-    let stop = rebound::shutdown::on_signals();
+    // The bench stops its peer with SIGTERM.
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+            }
+            stop.cancel();
+        });
+    }
     let flusher = {
         let out = out.clone();
         let stop = stop.clone();

@@ -1,13 +1,10 @@
 //! What every scenario needs: the broker, topics, seeding, CPU clocks and statistics.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -101,39 +98,12 @@ impl Drop for Broker {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use crate::common::create_topics_at as create_topics;
+pub use crate::common::free_port;
 
-/// A name no earlier run used.
+/// A name no earlier run used: the test suite's [`crate::common::unique`], prefixed `bench-`.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() % 1_000_000_000_000)
-        .unwrap_or(0);
-    format!("bench-{prefix}-{}-{nanos}", std::process::id())
-}
-
-pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(&new, &opts)
-        .await
-        .expect("create topics")
-    {
-        r.expect("topic created");
-    }
+    crate::common::unique(&format!("bench-{prefix}"))
 }
 
 /// One record to seed.

@@ -1,7 +1,7 @@
 # Sourced by scripts/test: a headless browser for the console's end-to-end test.
 
 # Installs Debian's chromium and chromium-driver when missing. A machine where they cannot be
-# installed still runs every other test; tests/console_browser.rs then says it was skipped.
+# installed still runs every other test; tests/it/console_browser.rs then says it was skipped.
 ensure_browser() {
   if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
     return 0

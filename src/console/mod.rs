@@ -11,7 +11,7 @@
 //! (`<group>.replay`) and replay ledger: a console redrive and a CLI replay of the same selection,
 //! in either order, send nothing twice, and what a selection did not choose stays available.
 //!
-//! Safety (see [`check_request`]):
+//! Safety (see `check_request`):
 //! * read-only unless started with `--allow-replay`; every write (`POST`) needs the page's CSRF
 //!   token, which is random per process;
 //! * bound to loopback by default; any other address needs `--token`, then every request needs
@@ -36,14 +36,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::ConsoleArgs;
-use crate::config::{ClusterConfig, ConfigError, DEFAULT_MAX_REPLAYS};
+use crate::cli::{ConsoleArgs, TopologyArgs};
+use crate::cluster::ClusterConfig;
+use crate::config::{resolve_cluster, ConfigError};
+use crate::defaults;
 use crate::dlq::{ReplayProgress, ReplaySummary};
 
 pub use html::esc;
-
-/// Where the console listens unless `--listen` says otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9465";
 
 /// The shortest `--token` accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -84,20 +83,21 @@ pub struct ConsoleConfig {
     pub max_replays: u32,
 }
 
-fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        problem: problem.into(),
-    }
-}
-
 impl ConsoleConfig {
     /// Resolves and checks the flags: a non-loopback `--listen` needs `--token`.
     pub fn resolve(args: &ConsoleArgs) -> Result<ConsoleConfig, ConfigError> {
-        let cluster = ClusterConfig::resolve(&args.topology)?;
-        let listen_text = args.listen.as_deref().unwrap_or(DEFAULT_LISTEN).trim();
+        let cluster = resolve_cluster(
+            &TopologyArgs::of(&args.connect, &args.names)
+                .with_tiers(&args.tiers)
+                .with_group(args.group.clone()),
+        )?;
+        let listen_text = args
+            .listen
+            .as_deref()
+            .unwrap_or(defaults::CONSOLE_LISTEN)
+            .trim();
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            bad(
+            ConfigError::new(
                 "--listen",
                 format!("{listen_text:?} is not an address such as 127.0.0.1:9465"),
             )
@@ -105,7 +105,7 @@ impl ConsoleConfig {
         let token = match args.token.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(t) if t.len() < MIN_TOKEN_LEN => {
-                return Err(bad(
+                return Err(ConfigError::new(
                     "--token",
                     format!("too short; use at least {MIN_TOKEN_LEN} random characters, e.g. from `openssl rand -hex 16`"),
                 ))
@@ -119,11 +119,10 @@ impl ConsoleConfig {
             allow_replay: args.allow_replay,
             token,
             max_replays: match args.max_replays.as_deref() {
-                Some(s) => s
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad("--max-replays", format!("{s:?} is not a whole number")))?,
-                None => DEFAULT_MAX_REPLAYS,
+                Some(s) => s.trim().parse().map_err(|_| {
+                    ConfigError::new("--max-replays", format!("{s:?} is not a whole number"))
+                })?,
+                None => defaults::MAX_REPLAYS,
             },
         };
         cfg.check()?;
@@ -133,7 +132,7 @@ impl ConsoleConfig {
     /// The safety rule on binding: anything but loopback needs a token.
     pub fn check(&self) -> Result<(), ConfigError> {
         if !self.listen.ip().is_loopback() && self.token.is_none() {
-            return Err(bad(
+            return Err(ConfigError::new(
                 "--listen",
                 format!(
                     "{} is not a loopback address: anyone who can reach it could read the dead letters{}; \
@@ -166,7 +165,7 @@ pub fn parse_instances(s: Option<&str>) -> Result<Vec<String>, ConfigError> {
             {
                 Ok(u.trim_end_matches('/').to_string())
             } else {
-                Err(bad(
+                Err(ConfigError::new(
                     "--instances",
                     format!("{u:?} is not a URL such as http://10.0.0.5:9464"),
                 ))
@@ -536,14 +535,17 @@ async fn redrive_start(State(app): State<Arc<App>>, body: Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::TopologyArgs;
+    use crate::cli::{ConnectArgs, NameArgs};
 
     fn args(listen: &str, token: Option<&str>) -> ConsoleArgs {
         ConsoleArgs {
-            topology: TopologyArgs {
-                topic: Some("orders".into()),
+            connect: ConnectArgs {
                 kafka: vec!["sasl.password=hunter2".into()],
-                ..TopologyArgs::default()
+                ..ConnectArgs::default()
+            },
+            names: NameArgs {
+                topic: Some("orders".into()),
+                ..NameArgs::default()
             },
             listen: Some(listen.into()),
             token: token.map(str::to_string),

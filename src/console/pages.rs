@@ -14,7 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::html::{self, esc, hidden, inline_bytes, payload_block, table, url_enc};
 use super::{fields, App};
 use crate::cli::DlqFilterArgs;
-use crate::config::{resolve_filter, ClusterConfig, DlqShowConfig, ReplayConfig};
+use crate::cluster::ClusterConfig;
+use crate::config::{resolve_filter, DlqShowConfig, ReplayConfig};
 use crate::dlq::{self, Entry, Filter};
 use crate::headers;
 use crate::kafka::{self, LoggingContext};
@@ -211,16 +212,7 @@ fn read_topics(
     let md = md_client.fetch_metadata(None, TIMEOUT)?;
     let mut out = Vec::new();
     for (role, topic, group) in topics {
-        let parts: Option<Vec<i32>> = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| {
-                let mut v: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                v.sort_unstable();
-                v
-            });
-        let Some(parts) = parts else {
+        let Some(parts) = kafka::partitions_of(&md, topic) else {
             out.push(TopicState {
                 role: role.clone(),
                 topic: topic.clone(),

@@ -72,7 +72,7 @@ pub fn decide(e: &Entry, rules: &ReplayRules<'_>, now: DateTime<Utc>) -> Decisio
             };
             let name = h.value.as_deref().and_then(|v| std::str::from_utf8(v).ok());
             match name {
-                Some(n) if crate::config::check_topic_name("topic", n).is_ok() => n.to_string(),
+                Some(n) if crate::topology::check_topic_name(n).is_ok() => n.to_string(),
                 _ => {
                     return Decision::Unreplayable(format!(
                         "{} is not a topic name: {}",

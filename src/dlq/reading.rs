@@ -13,8 +13,8 @@ pub const STALL: Duration = Duration::from_secs(15);
 /// Decides when reading "to the end of the DLQ as it was when the command started" is done.
 ///
 /// The end is the high watermark of each partition, fetched at the start. But the test broker
-/// (Tansu 0.6) reports high watermarks that can lag behind the log end (FINDINGS: 9026
-/// reported, 9411 present), so reaching them does not prove there is nothing more: once every
+/// (Tansu 0.6) reports high watermarks that can lag behind the log end (docs/broker-compat.md,
+/// "High watermark lags the log end"), so reaching them does not prove there is nothing more: once every
 /// partition reached its watermark, reading goes on until a poll found nothing for [`QUIET`].
 /// Messages found past a watermark are read like any other. So that a DLQ that keeps growing
 /// does not keep a command reading forever, that extra reading lasts at most [`GRACE`].

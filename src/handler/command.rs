@@ -23,7 +23,27 @@ pub struct CommandHandler {
     args: Vec<String>,
 }
 
+/// Why a command line cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Unbalanced quotes or a trailing backslash.
+    #[error(transparent)]
+    Split(#[from] shell_words::ParseError),
+    /// No program.
+    #[error("the command is empty")]
+    Empty,
+}
+
+/// Splits a command line into program and arguments the way a POSIX shell would (quotes,
+/// backslashes; no expansion).
+pub fn split(command_line: &str) -> Result<(String, Vec<String>), CommandError> {
+    let mut words = shell_words::split(command_line)?.into_iter();
+    let program = words.next().ok_or(CommandError::Empty)?;
+    Ok((program, words.collect()))
+}
+
 impl CommandHandler {
+    /// Runs `program` with `args` (no shell).
     pub fn new(program: impl Into<String>, args: Vec<String>) -> CommandHandler {
         CommandHandler {
             program: program.into(),
@@ -32,13 +52,12 @@ impl CommandHandler {
     }
 
     /// Splits a command line the way a POSIX shell would (quotes, backslashes; no expansion).
-    pub fn parse(command_line: &str) -> Result<CommandHandler, String> {
-        let words = shell_words::split(command_line).map_err(|e| e.to_string())?;
-        let mut words = words.into_iter();
-        let program = words.next().ok_or("the command is empty")?;
-        Ok(CommandHandler::new(program, words.collect()))
+    pub fn parse(command_line: &str) -> Result<CommandHandler, CommandError> {
+        let (program, args) = split(command_line)?;
+        Ok(CommandHandler::new(program, args))
     }
 
+    /// The program run.
     pub fn program(&self) -> &str {
         &self.program
     }

@@ -22,19 +22,47 @@ pub struct HttpHandler {
     forward: Vec<String>,
 }
 
+/// Why an [`HttpHandler`] cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URL does not parse.
+    #[error("{url:?} is not a URL: {reason}")]
+    NotAUrl {
+        /// The text given.
+        url: String,
+        /// What the URL parser said.
+        reason: url::ParseError,
+    },
+    /// Not `http://` or `https://`.
+    #[error("{0} must start with http:// or https://")]
+    Scheme(String),
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("building the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Checks that `url` is an `http://` or `https://` URL (pure: what [`HttpHandler::new`] checks
+/// before it builds the client).
+pub fn check_url(url: &str) -> Result<reqwest::Url, HttpError> {
+    let parsed = reqwest::Url::parse(url).map_err(|reason| HttpError::NotAUrl {
+        url: url.to_string(),
+        reason,
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(HttpError::Scheme(parsed.to_string()));
+    }
+    Ok(parsed)
+}
+
 impl HttpHandler {
     /// `timeout` bounds each request (the handler timeout bounds it too).
-    pub fn new(url: &str, timeout: Duration) -> Result<HttpHandler, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("{url} must start with http:// or https://"));
-        }
+    pub fn new(url: &str, timeout: Duration) -> Result<HttpHandler, HttpError> {
+        let url = check_url(url)?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .build()?;
         Ok(HttpHandler {
             client,
             url,

@@ -17,11 +17,17 @@ pub mod http;
 /// A message handed to a handler. Key, payload and headers are exactly what was read.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The topic it was read from: the main topic or a delay tier.
     pub topic: String,
+    /// Its partition there.
     pub partition: i32,
+    /// Its offset there.
     pub offset: i64,
+    /// The key, byte for byte (`None`: no key).
     pub key: Option<Vec<u8>>,
+    /// The payload, byte for byte (`None`: a null payload, e.g. a tombstone).
     pub payload: Option<Vec<u8>>,
+    /// Every header in order, duplicates and rebound's own `rebound-*` ones included.
     pub headers: Vec<Header>,
     /// The record's timestamp in epoch milliseconds, when the broker gave one.
     pub timestamp: Option<i64>,
@@ -30,6 +36,7 @@ pub struct Message {
 }
 
 impl Message {
+    /// The payload, empty when it is null.
     pub fn payload(&self) -> &[u8] {
         self.payload.as_deref().unwrap_or_default()
     }
@@ -55,6 +62,7 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure of `class` (a short label such as `http_503`) with human text `message`.
     pub fn new(class: impl Into<String>, message: impl Into<String>) -> Failure {
         Failure {
             class: class.into(),
@@ -67,6 +75,7 @@ impl Failure {
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Handled: the offset may be committed.
     Success,
     /// Worth trying again later: goes to the next delay tier.
     Transient(Failure),
@@ -75,10 +84,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// [`Outcome::Transient`] with a [`Failure::new`].
     pub fn transient(class: impl Into<String>, message: impl Into<String>) -> Outcome {
         Outcome::Transient(Failure::new(class, message))
     }
 
+    /// [`Outcome::Permanent`] with a [`Failure::new`].
     pub fn permanent(class: impl Into<String>, message: impl Into<String>) -> Outcome {
         Outcome::Permanent(Failure::new(class, message))
     }
@@ -92,6 +103,7 @@ impl Outcome {
         }
     }
 
+    /// The failure, unless it is a success.
     pub fn failure(&self) -> Option<&Failure> {
         match self {
             Outcome::Success => None,
@@ -109,6 +121,7 @@ impl Outcome {
 /// should move that work to `tokio::task::spawn_blocking`.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// Handles one message and says how it went.
     async fn handle(&self, message: &Message) -> Outcome;
 }
 

@@ -3,12 +3,10 @@
 //! topology, and tier topics an operator created unsafely. Each test asserts on what is in the
 //! topics (or what the binary says), against the real broker.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rebound::config::ReplayConfig;
 use rebound::handler::{Handler, Message, Outcome};
 use rebound::headers as h;
@@ -22,9 +20,7 @@ const T: Duration = Duration::from_secs(30);
 /// (`--max-delay` 4 × the last tier, at least 1 h).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_far_future_tier_message_is_dead_lettered_and_the_due_one_behind_it_is_handled() {
-    let main = unique("far");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 1).await;
+    let Scenario { main: _, topo } = Scenario::create("far", &[300], 1).await;
     let now = h::format_time(chrono::Utc::now());
     let tier_message = |id: &str, due: &str| {
         Out::new(id, &format!("{id}:ok"))
@@ -41,7 +37,7 @@ async fn a_far_future_tier_message_is_dead_lettered_and_the_due_one_behind_it_is
         ],
     )
     .await;
-    let recorder = Recorder::default();
+    let recorder = Recording::scripted();
     let svc = start(
         config(topo.clone(), &unique("g")),
         Arc::new(recorder.clone()),
@@ -97,12 +93,10 @@ async fn a_far_future_tier_message_is_dead_lettered_and_the_due_one_behind_it_is
 /// finish in seconds (the default tiers would take hours).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_retries_260_tries_261_times_then_exhausts_with_attempt_261() {
-    let main = unique("many");
-    let mut topo = topology(&main, &[10]);
+    let Scenario { main, mut topo } = Scenario::create("many", &[10], 1).await;
     topo.max_retries = 260;
-    create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "m:always")]).await;
-    let recorder = Recorder::default();
+    let recorder = Recording::scripted();
     let mut cfg = config(topo.clone(), &unique("g"));
     // One message failing 261 times with nothing else flowing is, to the breaker, an outage.
     cfg.breaker = rebound::breaker::BreakerConfig::disabled();
@@ -110,7 +104,7 @@ async fn max_retries_260_tries_261_times_then_exhausts_with_attempt_261() {
     let dlq = read_topic(&topo.dlq, 1, Duration::from_secs(120));
     svc.stop().await;
 
-    let mut attempts: Vec<u32> = recorder.calls().iter().map(|c| c.attempt).collect();
+    let mut attempts: Vec<u32> = recorder.records().iter().map(|c| c.attempt).collect();
     attempts.sort_unstable();
     attempts.dedup();
     assert_eq!(
@@ -150,9 +144,7 @@ impl Handler for Tombstones {
 /// main topic with `replay-dlq`: null at every hop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_stays_null_through_a_tier_the_dlq_and_a_replay() {
-    let main = unique("tomb");
-    let topo = topology(&main, &[200]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("tomb", &[200], 1).await;
     produce(
         &main,
         &[Out {

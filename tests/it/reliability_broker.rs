@@ -4,14 +4,11 @@
 //! and started again on the same port. rebound must log the outage, answer `/readyz` with 503
 //! and then 200 again, resume producing and committing, lose nothing, and never exit on its own.
 
-mod common;
-mod rel;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use rand::SeedableRng;
-use rel::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_mid_run_is_ridden_out_with_nothing_lost() {

@@ -1,19 +1,17 @@
 //! The `http` handler and the policies around it (Retry-After, jitter, max-age, circuit breaker,
 //! bounded concurrency), against a real HTTP server on loopback and the real broker.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use common::*;
 use rebound::handler::http::HttpHandler;
 use rebound::headers as h;
 
@@ -112,10 +110,8 @@ fn http(url: &str, timeout: Duration) -> Arc<HttpHandler> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_status_class_routes_where_the_contract_says() {
     let (server, url) = serve().await;
-    let main = unique("http-status");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main, mut topo } = Scenario::create("http-status", &[200], 1).await;
     topo.max_retries = 0; // one try: transient shows up as `exhausted`, permanent as `permanent`
-    create_topology(&topo, 1).await;
     let codes = [200, 204, 400, 404, 408, 422, 425, 429, 500, 503];
     let recs: Vec<Out> = codes
         .iter()
@@ -170,10 +166,8 @@ async fn each_status_class_routes_where_the_contract_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_errors_and_slow_servers_are_transient() {
     let (_server, url) = serve().await;
-    let main = unique("http-slow");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main, mut topo } = Scenario::create("http-slow", &[200], 1).await;
     topo.max_retries = 0;
-    create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "slow")]).await;
     let svc = start(
         config(topo.clone(), &unique("g")),
@@ -190,10 +184,8 @@ async fn connect_errors_and_slow_servers_are_transient() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let main = unique("http-connect");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main, mut topo } = Scenario::create("http-connect", &[200], 1).await;
     topo.max_retries = 0;
-    create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "x")]).await;
     let svc = start(
         config(topo.clone(), &unique("g")),
@@ -208,9 +200,7 @@ async fn connect_errors_and_slow_servers_are_transient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_carry_metadata_and_only_the_allowed_headers() {
     let (server, url) = serve().await;
-    let main = unique("http-meta");
-    let topo = topology(&main, &[200]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("http-meta", &[200], 1).await;
     let mut odd = Out::new("", "hello")
         .header("content-type", "application/json")
         .header("traceparent", "00-abc-def-01")
@@ -253,9 +243,7 @@ async fn requests_carry_metadata_and_only_the_allowed_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_delays_the_retry_at_least_that_long_and_picks_a_covering_tier() {
     let (server, url) = serve().await;
-    let main = unique("http-ra");
-    let topo = topology(&main, &[200, 2000]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("http-ra", &[200, 2000], 1).await;
     produce(&main, &[Out::new("k", "retry-after:1")]).await;
     let svc = start(
         config(topo.clone(), &unique("g")),
@@ -302,10 +290,8 @@ async fn retry_after_delays_the_retry_at_least_that_long_and_picks_a_covering_ti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_retry_after_is_cut_to_max_delay_and_the_retry_is_handled() {
     let (server, url) = serve().await;
-    let main = unique("http-ra-absurd");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main, mut topo } = Scenario::create("http-ra-absurd", &[200], 1).await;
     topo.max_delay = Duration::from_secs(2);
-    create_topology(&topo, 1).await;
     let bodies = [
         "retry-after:999999999999",
         "retry-after:Fri, 31 Dec 9999 23:59:59 GMT",
@@ -369,15 +355,10 @@ async fn an_absurd_retry_after_is_cut_to_max_delay_and_the_retry_is_handled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jitter_spreads_due_times_within_its_bounds() {
-    let main = unique("jitter");
-    let mut topo = topology(&main, &[1000]);
+    let Scenario { main, mut topo } = Scenario::create("jitter", &[1000], 1).await;
     topo.jitter = 0.2;
-    create_topology(&topo, 1).await;
-    let recs: Vec<Out> = (0..60)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-once")))
-        .collect();
-    produce(&main, &recs).await;
-    let rec = Recorder::default();
+    produce(&main, &scripted(60, "fail-once")).await;
+    let rec = Recording::scripted();
     let mut cfg = config(topo.clone(), &unique("g"));
     // Every first try fails on purpose (60 due times to look at): the breaker would rightly open.
     cfg.breaker = rebound::breaker::BreakerConfig::disabled();
@@ -415,10 +396,8 @@ async fn jitter_spreads_due_times_within_its_bounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_older_than_max_age_expire_to_the_dlq() {
-    let main = unique("maxage");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main: _, mut topo } = Scenario::create("maxage", &[200], 1).await;
     topo.max_age = Some(Duration::from_secs(3600));
-    create_topology(&topo, 1).await;
     let old = Utc::now() - chrono::Duration::hours(2);
     let retry = |id: &str, first: chrono::DateTime<Utc>| {
         Out::new(id, &format!("{id}:always"))
@@ -431,7 +410,7 @@ async fn messages_older_than_max_age_expire_to_the_dlq() {
         &[retry("old", old), retry("young", Utc::now())],
     )
     .await;
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let dlq = read_topic(&topo.dlq, 2, T);
     svc.stop().await;
@@ -452,10 +431,8 @@ async fn messages_older_than_max_age_expire_to_the_dlq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_under_a_failing_server_and_closes_when_it_recovers_losing_nothing() {
     let (server, url) = serve().await;
-    let main = unique("breaker");
-    let mut topo = topology(&main, &[200, 400]);
+    let Scenario { main, mut topo } = Scenario::create("breaker", &[200, 400], 2).await;
     topo.max_retries = 20;
-    create_topology(&topo, 2).await;
     let n = 60;
     let recs: Vec<Out> = (0..n)
         .map(|i| Out::new(&format!("k{i}"), &format!("flaky:{i}")))
@@ -516,9 +493,7 @@ async fn max_in_flight_speeds_up_a_slow_handler_and_keeps_same_key_order() {
     /// (key, offset, started, finished) of one handler call.
     type CallLog = Vec<(String, i64, Instant, Instant)>;
     async fn run(max_in_flight: usize) -> (Duration, CallLog) {
-        let main = unique("mif");
-        let topo = topology(&main, &[200]);
-        create_topology(&topo, 1).await;
+        let Scenario { main, topo } = Scenario::create("mif", &[200], 1).await;
         let recs: Vec<Out> = (0..48)
             .map(|i| Out::new(&format!("key{}", i % 16), &format!("m{i}")))
             .collect();

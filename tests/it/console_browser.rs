@@ -4,16 +4,13 @@
 //! Screenshots go to target/console-*.png. Skipped, saying so, where chromedriver is missing
 //! (scripts/test installs it: scripts/lib/browser.sh).
 
-mod common;
-mod console_fixture;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
+use crate::console_fixture::*;
 use base64::Engine as _;
-use common::*;
-use console_fixture::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);

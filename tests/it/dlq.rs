@@ -2,15 +2,13 @@
 //! writes crafted DLQ records (the contract's headers, as rebound would write them) into its own
 //! topology and checks what the commands report, send and commit.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use rebound::config::{ClusterConfig, DlqReadConfig, DlqShowConfig, ReplayConfig};
 use rebound::dlq::{self, Filter, ReplaySummary};
 use rebound::headers as h;
@@ -404,7 +402,7 @@ async fn a_replay_reaches_the_main_topic_clean_is_processed_and_is_not_repeated(
         .collect();
     produce(&topo.dlq, &records).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("svc")), Arc::new(rec.clone()));
     wait_ready(&svc).await;
 
@@ -456,7 +454,7 @@ async fn a_replay_reaches_the_main_topic_clean_is_processed_and_is_not_repeated(
     assert_eq!((again.read, again.replayed), (0, 0), "{again}");
     svc.stop().await;
 
-    let calls = rec.calls();
+    let calls = rec.records();
     assert_eq!(
         calls.len(),
         6,
@@ -496,7 +494,7 @@ async fn messages_that_fail_again_are_not_replayed_again_by_the_same_run() {
         })
         .collect();
     produce(&topo.dlq, &records).await;
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("svc")), Arc::new(rec.clone()));
     wait_ready(&svc).await;
 
@@ -786,14 +784,7 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     )
     .await;
     let brokers = brokers();
-    let base = [
-        "--brokers",
-        brokers.as_str(),
-        "--topic",
-        main.as_str(),
-        "--tiers",
-        "300ms,600ms",
-    ];
+    let base = ["--brokers", brokers.as_str(), "--topic", main.as_str()];
 
     let (code, out, err) = output(rebound_quiet().args(["dlq", "stats", "--json"]).args(base));
     assert_eq!(code, 0, "{err}");
@@ -839,7 +830,8 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
         let (code, out, err) = output(
             rebound_quiet()
                 .args(["replay-dlq", "--group", &group])
-                .args(base),
+                .args(base)
+                .args(["--tiers", "300ms,600ms"]),
         );
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(expected), "{out}");

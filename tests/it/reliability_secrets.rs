@@ -2,14 +2,11 @@
 //! appears in `--check-config` output, in configuration errors, or in the logs of a run against
 //! the broker at debug level, librdkafka's own debug output included.
 
-mod common;
-mod rel;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
-use rel::*;
+use crate::common::*;
+use crate::rel::*;
 
 const SECRETS: [(&str, &str); 4] = [
     ("sasl.password", "Pa55-sasl-7f3e9c"),

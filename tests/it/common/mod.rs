@@ -297,80 +297,157 @@ pub fn read_at(
     out
 }
 
-/// Waits until `cond` holds, polling every 20 ms; panics with `what` after `deadline`.
-pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` every `every` until it holds or `deadline` has passed; whether it held. The
+/// suite's (and the benchmarks') one polling loop: [`eventually`] and [`wait_until`] are it
+/// with a panic on the deadline.
+pub async fn waited<F, Fut>(deadline: Duration, every: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let until = Instant::now() + deadline;
-    while !cond() {
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
-/// One call of the recording handler.
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `deadline`. No test sleeps
+/// to synchronise: it waits on a condition with this.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        waited(deadline, Duration::from_millis(20), cond).await,
+        "timed out after {deadline:?} waiting for {what}"
+    );
+}
+
+/// [`eventually`] for a condition that needs no `.await`.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    eventually(what, deadline, || std::future::ready(cond())).await
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// One handler call (in-process, [`Recording`]) or one request the HTTP sink received
+/// (`rel::Sink`).
 #[derive(Debug, Clone)]
-pub struct Call {
+pub struct Handled {
+    /// The payload as text: `ID:BEHAVIOUR` for scripted messages.
     pub id: String,
     pub topic: String,
     pub partition: i32,
+    pub offset: i64,
     pub attempt: u32,
+    /// When the call (request) arrived.
     pub at: DateTime<Utc>,
+    /// The message's `process_after`, when it has one.
     pub process_after: Option<DateTime<Utc>>,
+    /// The answer: 200 success, 503 transient, 400 permanent; 0 while (or if never) answered.
+    pub status: u16,
+    /// The message's headers (in-process calls; the sink sees request headers only).
+    pub headers: Vec<Header>,
 }
 
-/// A handler whose behaviour is scripted by the payload, and which records every call.
-///
-/// Payload `ID:BEHAVIOUR` with BEHAVIOUR one of `ok`, `fail-once` (transient on the first try),
-/// `fail-N` (transient on the first N tries), `always` (always transient), `permanent`.
-#[derive(Clone, Default)]
-pub struct Recorder {
-    pub calls: Arc<Mutex<Vec<Call>>>,
+/// The suite's one recording handler: wraps a handler and records every call as [`Handled`].
+/// [`Recording::scripted`] wraps [`Scripted`], whose answers the payloads script.
+#[derive(Clone)]
+pub struct Recording {
+    pub inner: Arc<dyn Handler>,
+    pub records: Arc<Mutex<Vec<Handled>>>,
 }
 
-impl Recorder {
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+impl Recording {
+    pub fn new(inner: Arc<dyn Handler>) -> Recording {
+        Recording {
+            inner,
+            records: Arc::default(),
+        }
+    }
+
+    /// Records [`Scripted`].
+    pub fn scripted() -> Recording {
+        Recording::new(Arc::new(Scripted))
+    }
+
+    pub fn records(&self) -> Vec<Handled> {
+        self.records.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
-        self.calls.lock().unwrap().len()
+        self.records.lock().unwrap().len()
     }
 
     /// Calls per id.
-    pub fn by_id(&self) -> HashMap<String, Vec<Call>> {
-        let mut m: HashMap<String, Vec<Call>> = HashMap::new();
-        for c in self.calls() {
+    pub fn by_id(&self) -> HashMap<String, Vec<Handled>> {
+        let mut m: HashMap<String, Vec<Handled>> = HashMap::new();
+        for c in self.records() {
             m.entry(c.id.clone()).or_default().push(c);
         }
         m
     }
+}
 
-    /// Ids that were handled successfully at least once.
-    pub fn succeeded(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .calls()
-            .into_iter()
-            .filter(|c| behaviour_succeeds(&c.id, c.attempt, self))
-            .map(|c| c.id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
+#[async_trait::async_trait]
+impl Handler for Recording {
+    async fn handle(&self, m: &Message) -> Outcome {
+        let index = {
+            let mut records = self.records.lock().unwrap();
+            records.push(Handled {
+                id: String::from_utf8_lossy(m.payload()).into_owned(),
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                attempt: m.attempt,
+                at: Utc::now(),
+                process_after: headers::last(&m.headers, headers::PROCESS_AFTER).and_then(|h| {
+                    headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok()
+                }),
+                status: 0,
+                headers: m.headers.clone(),
+            });
+            records.len() - 1
+        };
+        let outcome = self.inner.handle(m).await;
+        self.records.lock().unwrap()[index].status = match &outcome {
+            Outcome::Success => 200,
+            Outcome::Transient(_) => 503,
+            Outcome::Permanent(_) => 400,
+        };
+        outcome
     }
 }
 
-fn split(payload: &str) -> (&str, &str) {
-    payload.split_once(':').unwrap_or((payload, "ok"))
+/// A handler whose answers the payload scripts: `ID:BEHAVIOUR` with BEHAVIOUR one of `ok`,
+/// `fail-once` (transient on the first try), `fail-N` (transient on the first N tries), `always`
+/// (always transient), `permanent`.
+pub struct Scripted;
+
+#[async_trait::async_trait]
+impl Handler for Scripted {
+    async fn handle(&self, m: &Message) -> Outcome {
+        let payload = String::from_utf8_lossy(m.payload()).into_owned();
+        let (_, behaviour) = payload.split_once(':').unwrap_or((&payload, "ok"));
+        outcome_for(behaviour, m.attempt)
+    }
 }
 
-fn behaviour_succeeds(id: &str, attempt: u32, _r: &Recorder) -> bool {
-    let (_, behaviour) = split(id);
-    outcome_for(behaviour, attempt) == Outcome::Success
-}
-
-/// What the scripted `behaviour` (see [`Recorder`]) answers on a message's try number `attempt` (0 = first).
+/// What the scripted `behaviour` (see [`Scripted`]) answers on a message's try number `attempt` (0 = first).
 pub fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
     match behaviour {
         "ok" => Outcome::Success,
@@ -390,26 +467,6 @@ pub fn outcome_for(behaviour: &str, attempt: u32) -> Outcome {
                 Outcome::Success
             }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for Recorder {
-    async fn handle(&self, m: &Message) -> Outcome {
-        let at = Utc::now();
-        let payload = String::from_utf8_lossy(m.payload()).into_owned();
-        let process_after = headers::last(&m.headers, headers::PROCESS_AFTER)
-            .and_then(|h| headers::parse_time(headers::PROCESS_AFTER, h.value.as_deref()).ok());
-        self.calls.lock().unwrap().push(Call {
-            id: payload.clone(),
-            topic: m.topic.clone(),
-            partition: m.partition,
-            attempt: m.attempt,
-            at,
-            process_after,
-        });
-        let (_, behaviour) = split(&payload);
-        outcome_for(behaviour, m.attempt)
     }
 }
 
@@ -486,6 +543,31 @@ pub fn topology(main: &str, tiers_ms: &[u64]) -> Topology {
         .map(|ms| Duration::from_millis(*ms))
         .collect();
     Topology::new(main, &delays)
+}
+
+/// `n` scripted messages (see [`Scripted`]): key `k<i>`, payload `m<i>:<behaviour>`.
+pub fn scripted(n: usize, behaviour: &str) -> Vec<Out> {
+    (0..n)
+        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:{behaviour}")))
+        .collect()
+}
+
+/// The suite's one scenario builder: a fresh topology (`<prefix>-…` with tiers of `tiers_ms`)
+/// whose topics exist on the broker. Adjust `topo` (retries, max age, …) after creating it:
+/// only its topic names are created.
+pub struct Scenario {
+    pub main: String,
+    pub topo: Topology,
+}
+
+impl Scenario {
+    /// Creates the topology's topics with `partitions` partitions each.
+    pub async fn create(prefix: &str, tiers_ms: &[u64], partitions: i32) -> Scenario {
+        let main = unique(prefix);
+        let topo = topology(&main, tiers_ms);
+        create_topology(&topo, partitions).await;
+        Scenario { main, topo }
+    }
 }
 
 /// The `rebound` binary, with the developer's own `REBOUND_*` settings kept out.

@@ -1,13 +1,11 @@
 //! The `rebound` binary as users run it: exit codes, `topics plan|apply`, and `run` with the
 //! command handler stopped by SIGTERM.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn bad_configuration_exits_2_and_names_the_setting() {
@@ -266,9 +264,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_the_command_handler_then_sigterm_exits_0_in_bounded_time() {
-    let main = unique("cli-run");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 2).await;
+    let Scenario { main, topo } = Scenario::create("cli-run", &[300], 2).await;
     let recs: Vec<Out> = (0..10)
         .map(|i| Out::new(&format!("k{i}"), if i == 3 { "" } else { "hello" }))
         .collect();

@@ -3,15 +3,13 @@
 //! `process_after`, in partition order, whatever the buffer's bounds; and a message not kept
 //! (beyond the horizon, or no room) is read again later, none lost.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use rebound::delay::BufferBounds;
 use rebound::headers;
 
@@ -44,8 +42,8 @@ fn sample_max(running: &Running, tier: &str) -> (Arc<AtomicI64>, tokio::task::Jo
 
 /// Checks what the recorder saw against what was written: each id once, never early, and in
 /// the order written within its partition.
-fn check_handled(recorder: &Recorder, written: &[(String, DateTime<Utc>)]) {
-    let calls = recorder.calls();
+fn check_handled(recorder: &Recording, written: &[(String, DateTime<Utc>)]) {
+    let calls = recorder.records();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for c in &calls {
         *seen.entry(c.id.as_str()).or_default() += 1;
@@ -101,12 +99,10 @@ async fn run_with(
     per_partition: usize,
     due_of: impl Fn(usize) -> Duration,
 ) -> i64 {
-    let main = unique(name);
-    let topo = topology(&main, &[2_000]);
-    create_topology(&topo, 2).await;
+    let Scenario { main: _, topo } = Scenario::create(name, &[2_000], 2).await;
     wait_topics(&topo.topics()).await;
     let tier = topo.tiers[0].clone();
-    let recorder = Recorder::default();
+    let recorder = Recording::scripted();
     let mut config = config(topo.clone(), &unique("g"));
     config.tier_buffer = bounds(config.tier_buffer);
     let running = start_service(config, recorder.clone());
@@ -209,7 +205,7 @@ async fn produce_all(topic: &str, records: &[Out]) {
     }
 }
 
-fn start_service(config: rebound::Config, recorder: Recorder) -> Running {
+fn start_service(config: rebound::Config, recorder: Recording) -> Running {
     start(config, Arc::new(recorder))
 }
 

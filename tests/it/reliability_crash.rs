@@ -5,15 +5,12 @@
 //! record handled twice must have been handled first within the commit interval's window
 //! before a kill.
 
-mod common;
-mod rel;
-
 use std::time::Duration;
 
+use crate::common::*;
+use crate::rel::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use rand::{Rng, SeedableRng};
-use rel::*;
 
 /// `--commit-interval` of the runs, and what may pass between a record's handling and a commit
 /// that covers it on this loaded 2-core machine (the handler's answer, the copy's ack, the
@@ -33,10 +30,8 @@ fn start(args: &[String], log: &std::path::Path) -> Proc {
 async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("crash"));
     let brokers = brokers();
-    let main = unique("crash");
-    let mut topo = topology(&main, &[200, 500]);
+    let Scenario { main, mut topo } = Scenario::create("crash", &[200, 500], 3).await;
     topo.max_retries = 3; // 200ms, 500ms, 500ms: the last tier repeats
-    create_topology(&topo, 3).await;
 
     // `wait-8` answers 503 with Retry-After: 8 first: its retry waits 8 s in the last tier, long
     // enough to be held across a kill and a restart.
@@ -259,9 +254,7 @@ async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
         return;
     }
     let brokers = brokers();
-    let main = unique("unacked");
-    let topo = topology(&main, &[200]);
-    create_topology(&topo, 2).await;
+    let Scenario { main, topo } = Scenario::create("unacked", &[200], 2).await;
     let tier = topo.tiers[0].topic.clone();
 
     let sink = Sink::start().await;

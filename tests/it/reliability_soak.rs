@@ -3,14 +3,11 @@
 //! 100), with its resident memory sampled every 10 s. After the warm-up (a fifth of the run, at
 //! least 30 s) memory may not grow by more than 10%, and the run ends with the exact accounting.
 
-mod common;
-mod rel;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use rand::SeedableRng;
-use rel::*;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -3,16 +3,13 @@
 //! `replay-dlq`, and the safety rules hold (read-only without --allow-replay, CSRF on every
 //! write, a token off loopback, no secret shown).
 
-mod common;
-mod console_fixture;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use console_fixture::*;
+use crate::common::*;
+use crate::console_fixture::*;
 use rebound::config::ReplayConfig;
 use rebound::dlq::{self, Filter};
 use rebound::headers as h;
@@ -25,7 +22,7 @@ const T: Duration = Duration::from_secs(30);
 async fn serve(topo: &rebound::Topology, group: &str) -> (Running, String) {
     let mut cfg = config(topo.clone(), group);
     cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let svc = start(cfg, Arc::new(Recorder::default()));
+    let svc = start(cfg, Arc::new(Recording::scripted()));
     wait_ready(&svc).await;
     let m = svc.metrics.clone();
     wait_until("the metrics server is bound", T, || {

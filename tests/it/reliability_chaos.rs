@@ -2,20 +2,17 @@
 //! signal), answer at random or are very slow. The service must stay ready the whole time and
 //! every id must end where the handler's answers say: handled, or in the DLQ with the reason.
 
-mod common;
-mod rel;
-
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use rand::SeedableRng;
 use rebound::handler::command::CommandHandler;
 use rebound::{Handler, Message, Outcome};
-use rel::*;
 
 /// What the chaos handler does on one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,10 +131,8 @@ async fn hangs_panics_random_answers_and_slow_calls_lose_nothing_and_readiness_h
     quiet_chaos_panics();
     let seed = seed("chaos");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let main = unique("chaos");
-    let mut topo = topology(&main, &[200, 400]);
+    let Scenario { main, mut topo } = Scenario::create("chaos", &[200, 400], 3).await;
     topo.max_retries = 3;
-    create_topology(&topo, 3).await;
     let mix = [("hang", 15), ("panic", 15), ("slow", 10), ("random", 60)];
     let messages = plan("x", 300 * scale(), &mix, &mut rng);
     let fates: HashMap<String, Fate> = messages
@@ -217,10 +212,8 @@ fn chaos_finished(records: &[Handled], fates: &HashMap<String, Fate>, max_retrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_crashes_hangs_or_fails_loses_nothing_and_readiness_holds() {
-    let main = unique("cmdchaos");
-    let mut topo = topology(&main, &[200]);
+    let Scenario { main, mut topo } = Scenario::create("cmdchaos", &[200], 2).await;
     topo.max_retries = 2;
-    create_topology(&topo, 2).await;
     let behaviours = ["ok", "crash", "hang", "slow", "tempfail", "bad"];
     let messages: Vec<Out> = (0..60 * scale())
         .map(|i| {

@@ -12,14 +12,12 @@
 //! Tiers are 1 s and 2 s everywhere: retries must come due within a test. Every other setting is
 //! the default, the breaker's included (30 s cool-down, so 2 and 3 take about a minute).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rebound::breaker::BreakerConfig;
@@ -46,7 +44,7 @@ struct Seen {
 }
 
 /// A downstream that answers as each payload's script says (`ID:BEHAVIOUR`, see
-/// `common::Recorder`) while healthy, fails every call while down, and every other call while
+/// `crate::common::Recording`) while healthy, fails every call while down, and every other call while
 /// half down.
 #[derive(Clone)]
 struct Downstream {
@@ -163,7 +161,7 @@ impl Watch {
     }
 }
 
-/// Waits for the partitions. Longer than `common::wait_ready`: the first group on a fresh broker
+/// Waits for the partitions. Longer than `crate::common::wait_ready`: the first group on a fresh broker
 /// waits for `__consumer_offsets` to be created (47 s was seen on a loaded 2-core machine).
 async fn wait_assigned(r: &mut Running) {
     let until = Instant::now() + Duration::from_secs(120);
@@ -268,9 +266,7 @@ fn tier_copies(m: &Metrics, topo: &Topology) -> u64 {
 /// how long that took from the first call and the breaker's state changes. Asserts every id is
 /// accounted for: the ones meant to succeed succeeded once, the others are in the DLQ.
 async fn run_mix(ids: &[String], breaker: BreakerConfig) -> (Duration, Vec<(Instant, i64)>) {
-    let main = unique("bmix");
-    let topo = topology(&main, TIERS);
-    create_topology(&topo, 3).await;
+    let Scenario { main, topo } = Scenario::create("bmix", TIERS, 3).await;
     produce(&main, &records(ids)).await;
     let down = Downstream::new(&main);
     let mut cfg = config(topo.clone(), &unique("g"));
@@ -408,9 +404,7 @@ async fn a_hung_downstream_opens_the_breaker_before_the_handler_timeout() {
 /// cool-down, so that one probe round fails) while a backlog waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() {
-    let main = unique("boutage");
-    let topo = topology(&main, TIERS);
-    create_topology(&topo, 3).await;
+    let Scenario { main, topo } = Scenario::create("boutage", TIERS, 3).await;
     let down = Downstream::new(&main);
     let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
     wait_assigned(&mut svc).await;
@@ -518,10 +512,8 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
 /// DLQ, which is what the breaker must stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_exhausted() {
-    let main = unique("bidle");
-    let mut topo = topology(&main, TIERS);
+    let Scenario { main, mut topo } = Scenario::create("bidle", TIERS, 3).await;
     topo.max_retries = 1;
-    create_topology(&topo, 3).await;
     let n = 100;
     let now = h::format_time(chrono::Utc::now());
     produce(&topo.tiers[0].topic, &retries("r", "ok", n, 1, &now)).await;
@@ -590,9 +582,7 @@ async fn an_outage_with_only_retries_flowing_opens_the_breaker_before_they_are_e
 /// exactly one per failed call that had a try left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
-    let main = unique("bhalf");
-    let topo = topology(&main, TIERS);
-    create_topology(&topo, 3).await;
+    let Scenario { main, topo } = Scenario::create("bhalf", TIERS, 3).await;
     let down = Downstream::new(&main);
     down.set(HALF);
     let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
@@ -664,11 +654,9 @@ async fn a_partial_outage_neither_opens_the_breaker_nor_floods_the_tiers() {
 /// probe, not wait behind the poison: main-topic messages probe first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_work_closes_a_breaker_that_poison_retries_opened_at_the_first_probe() {
-    let main = unique("bpoison");
-    let mut topo = topology(&main, TIERS);
+    let Scenario { main, mut topo } = Scenario::create("bpoison", TIERS, 3).await;
     // Many tries, so that the poison keeps coming back due while the breaker is open.
     topo.max_retries = 20;
-    create_topology(&topo, 3).await;
     let now = h::format_time(chrono::Utc::now());
     produce(&topo.tiers[0].topic, &retries("p", "always", 40, 1, &now)).await;
     // More poison, read at once and held until due 15 s later, while the breaker is open: it

@@ -3,14 +3,11 @@
 //! bound, also when a handler call is still hanging (that one message is handed back and handled
 //! again after the restart: the only repeat).
 
-mod common;
-mod rel;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use rand::{Rng, SeedableRng};
-use rel::*;
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,10 +54,8 @@ fn stop(p: &mut Proc, bound: Duration) -> Duration {
 async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothing() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("stop"));
     let brokers = brokers();
-    let main = unique("stop");
-    let mut topo = topology(&main, &[300, 600]);
+    let Scenario { main, mut topo } = Scenario::create("stop", &[300, 600], 3).await;
     topo.max_retries = 2;
-    create_topology(&topo, 3).await;
     let mix = [
         ("ok", 70),
         ("fail-1", 15),
@@ -153,9 +148,7 @@ async fn sigterm_mid_run_commits_everything_finished_so_a_restart_repeats_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_hanging_handler_call_exits_within_the_bound_and_hands_it_back() {
     let brokers = brokers();
-    let main = unique("stophang");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 2).await;
+    let Scenario { main, topo } = Scenario::create("stophang", &[300], 2).await;
     let mut messages: Vec<Out> = (0..50)
         .map(|i| Out::new(&format!("k{i}"), &format!("h-{i}:ok")))
         .collect();

@@ -4,16 +4,13 @@
 //! start before its `process_after`, and no partition may stay paused after it moved: every
 //! retry gets handled, and at the end no instance holds a paused partition.
 
-mod common;
-mod rel;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::rel::*;
 use rand::SeedableRng;
 use rebound::handler::http::HttpHandler;
-use rel::*;
 
 fn paused(r: &Running) -> f64 {
     metric_sum(&r.metrics.render(), "rebound_paused_partitions")
@@ -23,10 +20,8 @@ fn paused(r: &Running) -> f64 {
 async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_lost() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("rebalance"));
     let brokers = brokers();
-    let main = unique("rebal");
-    let mut topo = topology(&main, &[1000, 2000]);
+    let Scenario { main, mut topo } = Scenario::create("rebal", &[1000, 2000], 6).await;
     topo.max_retries = 2;
-    create_topology(&topo, 6).await;
     let mix = [("ok", 50), ("fail-1", 35), ("fail-2", 10), ("permanent", 5)];
     let Traffic {
         messages,

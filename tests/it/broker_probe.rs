@@ -1,15 +1,14 @@
 //! The broker probe (`rebound::probe`) against the real broker: it must recognise the broker
 //! `scripts/test` started, because the tests' batching and rebound's demo defaults follow it.
 
-mod common;
-
 use std::time::Duration;
 
 #[test]
 fn the_probe_recognises_the_broker_scripts_test_started() {
     let started = std::env::var("REBOUND_TEST_BROKER_KIND")
         .expect("REBOUND_TEST_BROKER_KIND is set by scripts/test");
-    let f = rebound::probe::api_versions(&common::brokers(), Duration::from_secs(10)).unwrap();
+    let f =
+        rebound::probe::api_versions(&crate::common::brokers(), Duration::from_secs(10)).unwrap();
     assert!(f.supports(0) && f.supports(1), "Produce and Fetch: {f:?}");
     match started.as_str() {
         "kafka" => {
@@ -20,7 +19,7 @@ fn the_probe_recognises_the_broker_scripts_test_started() {
         "tansu" => assert!(f.lacks_kraft_features(), "{f:?}"),
         other => panic!("unknown broker kind {other}"),
     }
-    assert_eq!(common::broker_kind(), started);
+    assert_eq!(crate::common::broker_kind(), started);
 }
 
 #[test]

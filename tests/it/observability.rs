@@ -3,15 +3,13 @@
 //! must be there with its labels, and every expression of the Grafana dashboard and the alert
 //! rules must evaluate (the dashboard's with data). `promtool` checks the shipped files.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use rebound::headers as h;
 use serde_json::Value;
 
@@ -179,13 +177,11 @@ fn alert_exprs() -> Vec<(String, String)> {
 async fn a_real_prometheus_sees_every_contract_metric_and_every_dashboard_and_alert_query_works() {
     // Traffic through every outcome: success, retry then success, permanent, exhausted, invalid,
     // and a tier partition paused on a message due later.
-    let main = unique("obs");
-    let mut topo = topology(&main, &[300, 600]);
+    let Scenario { main, mut topo } = Scenario::create("obs", &[300, 600], 2).await;
     topo.max_retries = 2;
-    create_topology(&topo, 2).await;
     let mut cfg = config(topo.clone(), &unique("g"));
     cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(cfg, Arc::new(rec.clone()));
     let m = svc.metrics.clone();
     wait_until("metrics server bound", T, move || {
@@ -325,7 +321,7 @@ async fn readyz_is_503_until_assignment_and_while_unreachable_healthz_is_200() {
     let topo = topology(&unique("nobroker"), &[300]);
     let mut cfg = rebound::Config::new(&format!("127.0.0.1:{dead}"), "g", topo);
     cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-    let svc = start(cfg, Arc::new(Recorder::default()));
+    let svc = start(cfg, Arc::new(Recording::scripted()));
     let m = svc.metrics.clone();
     wait_until("metrics server bound", T, move || {
         m.health.bound.get().is_some()
@@ -346,9 +342,7 @@ async fn readyz_is_503_until_assignment_and_while_unreachable_healthz_is_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_200_while_running_and_503_during_shutdown() {
-    let main = unique("ready");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("ready", &[300], 1).await;
     let mut cfg = config(topo.clone(), &unique("g"));
     cfg.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     // A handler that holds its message until released, so shutdown has in-flight work to drain.

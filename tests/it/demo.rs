@@ -1,7 +1,5 @@
 //! `rebound demo` end to end against the test broker: it must account for every message.
 
-mod common;
-
 use std::process::Command;
 
 #[test]
@@ -10,7 +8,7 @@ fn the_demo_accounts_for_every_message_and_exits_0() {
         .args([
             "demo",
             "--brokers",
-            &common::brokers(),
+            &crate::common::brokers(),
             "--messages",
             "150",
             "--tiers",

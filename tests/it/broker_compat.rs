@@ -1,5 +1,5 @@
 //! One minimal reproduction per finding of `docs/broker-compat.md`, run on whichever broker
-//! `scripts/test` started (`common::broker_kind()`).
+//! `scripts/test` started (`crate::common::broker_kind()`).
 //!
 //! - On Apache Kafka each test asserts the correct behaviour.
 //! - On Tansu a test asserts that a deterministic bug still reproduces, so that a Tansu upgrade
@@ -12,15 +12,13 @@
 //! The slow measurements (`probe_*`, minutes each) are ignored by default:
 //! `scripts/test --test broker_compat -- --ignored --nocapture probe_`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{brokers, unique};
+use crate::common::{brokers, unique};
 use futures::executor::block_on;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -32,16 +30,19 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 fn on_kafka() -> bool {
-    common::broker_kind() == "kafka"
+    crate::common::broker_kind() == "kafka"
 }
 
 /// Prints one measurement line; `--nocapture` shows it.
 fn compat(finding: &str, what: impl std::fmt::Display) {
-    println!("COMPAT {finding} [{}]: {what}", common::broker_kind());
+    println!(
+        "COMPAT {finding} [{}]: {what}",
+        crate::common::broker_kind()
+    );
 }
 
 fn create(topic: &str, partitions: i32) {
-    block_on(common::create_topics(&[topic], partitions));
+    block_on(crate::common::create_topics(&[topic], partitions));
 }
 
 /// A producer that batches on purpose (`linger.ms=100`), whatever the broker.
@@ -206,7 +207,7 @@ fn mid_batch_fetch_delivers_the_rest_of_the_batch() {
         assert_eq!(after_resume, range(3, 19), "a resume at offset 3");
     } else {
         let fixed = "if Tansu now delivers the rest of the batch, the mid-batch bug is fixed: \
-                     update docs/broker-compat.md and common::one_record_per_batch";
+                     update docs/broker-compat.md and crate::common::one_record_per_batch";
         assert_eq!(from_offset, range(10, 19), "{fixed}");
         assert_eq!(after_resume, range(10, 19), "{fixed}");
     }
@@ -302,7 +303,7 @@ fn transactions_commit_and_abort() {
         init.expect("init_transactions");
         aborted.expect("abort_transaction");
         committed.expect("commit_transaction");
-        let read = common::read_at(&brokers(), &topic, 1, Duration::ZERO, limit);
+        let read = crate::common::read_at(&brokers(), &topic, 1, Duration::ZERO, limit);
         // read_at reads with librdkafka's default isolation level, read_committed.
         let payloads: Vec<String> = read.iter().map(|g| g.payload_str()).collect();
         assert_eq!(
@@ -398,11 +399,11 @@ fn kip848_consumer_group_protocol() {
         rebound::probe::api_versions(&brokers(), Duration::from_secs(10)).expect("probe");
     let topic = unique("compat-kip848");
     create(&topic, 2);
-    block_on(common::produce(
+    block_on(crate::common::produce(
         &topic,
         &[
-            common::Out::new("a", "a").partition(0),
-            common::Out::new("b", "b").partition(1),
+            crate::common::Out::new("a", "a").partition(0),
+            crate::common::Out::new("b", "b").partition(1),
         ],
     ));
     let c = consumer(&[("group.protocol", "consumer")]);
@@ -457,11 +458,11 @@ async fn consumer_close_after_a_partial_feed_is_bounded() {
     };
     for protocol in protocols {
         let topic = unique("compat-close");
-        common::create_topics(&[&topic], 3).await;
-        let records: Vec<common::Out> = (0..5)
-            .map(|i| common::Out::new(&i.to_string(), "x").partition(0))
+        crate::common::create_topics(&[&topic], 3).await;
+        let records: Vec<crate::common::Out> = (0..5)
+            .map(|i| crate::common::Out::new(&i.to_string(), "x").partition(0))
             .collect();
-        common::produce(&topic, &records).await;
+        crate::common::produce(&topic, &records).await;
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", brokers())
             .set("group.id", unique("compat-close"))
@@ -472,7 +473,7 @@ async fn consumer_close_after_a_partial_feed_is_bounded() {
         let c: StreamConsumer = cfg.create().expect("consumer");
         c.subscribe(&[&topic]).expect("subscribe");
         for _ in 0..5 {
-            common::within("a record", Duration::from_secs(30), c.recv())
+            crate::common::within("a record", Duration::from_secs(30), c.recv())
                 .await
                 .expect("record");
         }
@@ -570,7 +571,7 @@ fn kill_9_members(
     for i in 0..members {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
-                "compat_child_member",
+                "broker_compat::compat_child_member",
                 "--exact",
                 "--ignored",
                 "--nocapture",

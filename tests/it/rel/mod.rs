@@ -33,7 +33,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rebound::headers::{self as h, Header};
 use rebound::Topology;
 
-use crate::common::{Got, Out};
+use crate::common::{eventually, free_port, Got, Handled, Out};
 
 /// Multiplier for message counts and repetitions (`REBOUND_REL_SCALE`, default 1).
 pub fn scale() -> usize {
@@ -74,32 +74,8 @@ pub fn workdir(what: &str) -> tempfile::TempDir {
     dir
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The recording HTTP handler
-
-/// One request the sink received.
-#[derive(Debug, Clone)]
-pub struct Handled {
-    pub id: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub attempt: u32,
-    /// When the request arrived.
-    pub at: DateTime<Utc>,
-    /// The message's `process_after`, as rebound forwarded it (tier messages only).
-    pub process_after: Option<DateTime<Utc>>,
-    /// The status answered; 0 while (or if never) answered.
-    pub status: u16,
-}
 
 /// An HTTP endpoint whose answer is scripted by the body `ID:BEHAVIOUR`, recording every request.
 ///
@@ -154,6 +130,7 @@ async fn respond(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> R
             at,
             process_after,
             status: 0,
+            headers: Vec::new(),
         });
         records.len() - 1
     };
@@ -793,25 +770,6 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `deadline`.
-pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the process answers `/readyz` with 200.
 pub async fn wait_readyz(p: &Proc, deadline: Duration) {
     let addr = p.metrics;
@@ -958,58 +916,5 @@ pub fn raw_header(name: &[u8], value: Option<&[u8]>) -> Header {
     Header {
         name: name.to_vec(),
         value: value.map(<[u8]>::to_vec),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Recording any handler (in-process services)
-
-/// Wraps a handler and records every call like the HTTP sink does: 200 for success, 503 for a
-/// transient failure, 400 for a permanent one, 0 when the call never returned (a timeout or a
-/// panic cut it off).
-#[derive(Clone)]
-pub struct Recording {
-    pub inner: Arc<dyn rebound::Handler>,
-    pub records: Arc<Mutex<Vec<Handled>>>,
-}
-
-impl Recording {
-    pub fn new(inner: Arc<dyn rebound::Handler>) -> Recording {
-        Recording {
-            inner,
-            records: Arc::default(),
-        }
-    }
-
-    pub fn records(&self) -> Vec<Handled> {
-        self.records.lock().unwrap().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl rebound::Handler for Recording {
-    async fn handle(&self, m: &rebound::Message) -> rebound::Outcome {
-        let index = {
-            let mut records = self.records.lock().unwrap();
-            records.push(Handled {
-                id: String::from_utf8_lossy(m.payload()).into_owned(),
-                topic: m.topic.clone(),
-                partition: m.partition,
-                offset: m.offset,
-                attempt: m.attempt,
-                at: Utc::now(),
-                process_after: h::last(&m.headers, h::PROCESS_AFTER)
-                    .and_then(|x| h::parse_time(h::PROCESS_AFTER, x.value.as_deref()).ok()),
-                status: 0,
-            });
-            records.len() - 1
-        };
-        let outcome = self.inner.handle(m).await;
-        self.records.lock().unwrap()[index].status = match &outcome {
-            rebound::Outcome::Success => 200,
-            rebound::Outcome::Transient(_) => 503,
-            rebound::Outcome::Permanent(_) => 400,
-        };
-        outcome
     }
 }

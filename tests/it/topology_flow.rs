@@ -1,28 +1,21 @@
 //! The core retry topology against the real broker: each test owns its topics and asserts on
 //! what the handler saw and on what was read back from the tier and DLQ topics.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use rebound::headers as h;
 
 const T: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_is_handled_once_and_routes_nowhere() {
-    let main = unique("ok");
-    let topo = topology(&main, &[300, 600]);
-    create_topology(&topo, 2).await;
-    let recs: Vec<Out> = (0..20)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:ok")))
-        .collect();
-    produce(&main, &recs).await;
+    let Scenario { main, topo } = Scenario::create("ok", &[300, 600], 2).await;
+    produce(&main, &scripted(20, "ok")).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let r = rec.clone();
     wait_until("20 messages handled", T, move || r.count() >= 20).await;
@@ -45,22 +38,20 @@ async fn success_is_handled_once_and_routes_nowhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_once_goes_through_tier_one_then_succeeds() {
-    let main = unique("once");
-    let topo = topology(&main, &[400, 800]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("once", &[400, 800], 1).await;
     produce(
         &main,
         &[Out::new("key-1", "a:fail-once").header("trace", "t-1")],
     )
     .await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let r = rec.clone();
     wait_until("the retry is handled", T, move || r.count() >= 2).await;
     svc.stop().await;
 
-    let calls = rec.calls();
+    let calls = rec.records();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(
         (calls[0].topic.as_str(), calls[0].attempt),
@@ -122,18 +113,16 @@ async fn transient_once_goes_through_tier_one_then_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_every_time_is_tried_one_plus_max_retries_times_then_exhausted() {
-    let main = unique("exhaust");
-    let mut topo = topology(&main, &[200, 400]);
+    let Scenario { main, mut topo } = Scenario::create("exhaust", &[200, 400], 1).await;
     topo.max_retries = 3; // more retries than tiers: the last tier repeats
-    create_topology(&topo, 1).await;
     produce(&main, &[Out::new("k", "x:always")]).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let dlq = read_topic(&topo.dlq, 1, T);
     svc.stop().await;
 
-    let calls = rec.calls();
+    let calls = rec.records();
     assert_eq!(
         calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
         vec![0, 1, 2, 3]
@@ -167,9 +156,7 @@ async fn transient_every_time_is_tried_one_plus_max_retries_times_then_exhausted
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_goes_to_the_dlq_at_once_with_everything_the_user_sent() {
-    let main = unique("perm");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 1).await;
+    let Scenario { main, topo } = Scenario::create("perm", &[300], 1).await;
     let key = vec![0xff, 0x00, b'k']; // not UTF-8
     let mut out = Out::new("", "p:permanent")
         .header("trace", "abc")
@@ -181,7 +168,7 @@ async fn permanent_goes_to_the_dlq_at_once_with_everything_the_user_sent() {
     });
     produce(&main, &[out]).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let dlq = read_topic(&topo.dlq, 1, T);
     svc.stop().await;
@@ -215,15 +202,10 @@ async fn permanent_goes_to_the_dlq_at_once_with_everything_the_user_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_never_early_and_lateness_stays_under_a_second() {
-    let main = unique("late");
-    let topo = topology(&main, &[500, 1000]);
-    create_topology(&topo, 2).await;
-    let recs: Vec<Out> = (0..30)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:fail-2")))
-        .collect();
-    produce(&main, &recs).await;
+    let Scenario { main, topo } = Scenario::create("late", &[500, 1000], 2).await;
+    produce(&main, &scripted(30, "fail-2")).await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let mut cfg = config(topo.clone(), &unique("g"));
     // Every message fails twice on purpose (60 retries to time): the breaker would rightly open.
     cfg.breaker = rebound::breaker::BreakerConfig::disabled();
@@ -232,7 +214,11 @@ async fn retries_are_never_early_and_lateness_stays_under_a_second() {
     wait_until("30 messages tried 3 times", T, move || r.count() >= 90).await;
     svc.stop().await;
 
-    let retries: Vec<_> = rec.calls().into_iter().filter(|c| c.attempt > 0).collect();
+    let retries: Vec<_> = rec
+        .records()
+        .into_iter()
+        .filter(|c| c.attempt > 0)
+        .collect();
     assert_eq!(retries.len(), 60);
     let mut worst = 0;
     for c in &retries {
@@ -247,7 +233,7 @@ async fn retries_are_never_early_and_lateness_stays_under_a_second() {
         worst = worst.max(late);
     }
     assert!(worst < 1000, "worst lateness {worst} ms");
-    let succeeded = rec.calls().iter().filter(|c| c.attempt == 2).count();
+    let succeeded = rec.records().iter().filter(|c| c.attempt == 2).count();
     assert_eq!(succeeded, 30);
 }
 
@@ -276,13 +262,13 @@ async fn a_paused_tier_partition_does_not_block_another_partition() {
     )
     .await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let r = rec.clone();
     wait_until("all four handled", T, move || r.count() >= 4).await;
     svc.stop().await;
 
-    let calls = rec.calls();
+    let calls = rec.records();
     let at = |id: &str| {
         calls
             .iter()
@@ -303,9 +289,7 @@ async fn a_paused_tier_partition_does_not_block_another_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_routing_headers_are_dead_lettered_as_invalid() {
-    let main = unique("invalid");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 1).await;
+    let Scenario { main: _, topo } = Scenario::create("invalid", &[300], 1).await;
     let tier = &topo.tiers[0].topic;
     produce(
         tier,
@@ -324,7 +308,7 @@ async fn unreadable_routing_headers_are_dead_lettered_as_invalid() {
     )
     .await;
 
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let svc = start(config(topo.clone(), &unique("g")), Arc::new(rec.clone()));
     let dlq = read_topic(&topo.dlq, 3, T);
     let r = rec.clone();
@@ -332,7 +316,7 @@ async fn unreadable_routing_headers_are_dead_lettered_as_invalid() {
     svc.stop().await;
 
     assert_eq!(
-        rec.calls()
+        rec.records()
             .iter()
             .map(|c| c.id.as_str())
             .collect::<Vec<_>>(),
@@ -359,17 +343,12 @@ async fn unreadable_routing_headers_are_dead_lettered_as_invalid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_a_clean_stop_resumes_without_loss_or_duplicates() {
-    let main = unique("restart");
-    let topo = topology(&main, &[300]);
-    create_topology(&topo, 3).await;
-    let recs: Vec<Out> = (0..200)
-        .map(|i| Out::new(&format!("k{i}"), &format!("m{i}:ok")))
-        .collect();
-    produce(&main, &recs).await;
+    let Scenario { main, topo } = Scenario::create("restart", &[300], 3).await;
+    produce(&main, &scripted(200, "ok")).await;
     let group = unique("g");
 
     // A slow handler, so that the stop lands mid-run.
-    let rec = Recorder::default();
+    let rec = Recording::scripted();
     let slow = {
         let rec = rec.clone();
         rebound::handler::handler_fn(move |m| {

@@ -3,18 +3,15 @@
 //! in RELIABILITY.md); none may crash the service, stall a partition or get lost. Sentinels
 //! produced after the corpus prove that every partition still moves.
 
-mod common;
-mod rel;
-
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
+use crate::rel::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use rebound::headers::{self as h, Header};
 use rebound::{Handler, Message, Outcome};
-use rel::*;
 
 /// What must become of a case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,10 +32,27 @@ struct Call {
 }
 
 /// Identifies a message by its `x-case` header; `x-want: transient` fails every call,
-/// `transient-once` only the first (attempt 0); anything else succeeds.
-#[derive(Clone, Default)]
-struct CaseHandler {
-    calls: Arc<Mutex<Vec<Call>>>,
+/// `transient-once` only the first (attempt 0); anything else succeeds. Recorded by
+/// [`Recording`]; [`calls`] reads the records as cases.
+struct CaseHandler;
+
+/// The recorded calls, by case (`x-case`); `process_after` only for tier messages.
+fn calls(recording: &Recording) -> Vec<Call> {
+    recording
+        .records()
+        .into_iter()
+        .map(|r| Call {
+            case: header_text(&r.headers, "x-case"),
+            attempt: r.attempt,
+            at: r.at,
+            process_after: if r.topic.contains(".retry-") {
+                r.process_after
+            } else {
+                None
+            },
+            ok: r.status == 200,
+        })
+        .collect()
 }
 
 fn header_text(headers: &[Header], name: &str) -> String {
@@ -52,24 +66,11 @@ fn header_text(headers: &[Header], name: &str) -> String {
 impl Handler for CaseHandler {
     async fn handle(&self, m: &Message) -> Outcome {
         let want = header_text(&m.headers, "x-want");
-        let outcome = match want.as_str() {
+        match want.as_str() {
             "transient" => Outcome::transient("hostile", "fails every time"),
             "transient-once" if m.attempt == 0 => Outcome::transient("hostile", "fails once"),
             _ => Outcome::Success,
-        };
-        self.calls.lock().unwrap().push(Call {
-            case: header_text(&m.headers, "x-case"),
-            attempt: m.attempt,
-            at: Utc::now(),
-            process_after: if m.topic.contains(".retry-") {
-                h::last(&m.headers, h::PROCESS_AFTER)
-                    .and_then(|x| h::parse_time(h::PROCESS_AFTER, x.value.as_deref()).ok())
-            } else {
-                None
-            },
-            ok: outcome == Outcome::Success,
-        });
-        outcome
+        }
     }
 }
 
@@ -261,7 +262,7 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
             .header("x-want", "transient-once"),
     ];
 
-    let handler = CaseHandler::default();
+    let handler = Recording::new(Arc::new(CaseHandler));
     let svc = start(
         config(topo.clone(), &unique("g")),
         Arc::new(handler.clone()),
@@ -289,7 +290,6 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
         .chain(&main_cases)
         .collect();
     let dead_expected = all.iter().filter(|c| matches!(c.expect, Dead(..))).count();
-    let calls = handler.calls.clone();
     let finals: Vec<(String, u32)> = all
         .iter()
         .filter_map(|c| match c.expect {
@@ -301,7 +301,7 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
     let until = std::time::Instant::now() + Duration::from_secs(60);
     let waited = loop {
         let done = {
-            let calls = calls.lock().unwrap();
+            let calls = calls(&handler);
             let ok = |name: &str, attempt: u32| {
                 calls
                     .iter()
@@ -339,7 +339,7 @@ async fn every_hostile_message_has_its_documented_outcome_and_no_partition_stall
         Duration::from_secs(1),
         Duration::from_secs(30),
     );
-    let calls = handler.calls.lock().unwrap().clone();
+    let calls = calls(&handler);
     let mut outcome_table = Vec::new();
     let mut failures = Vec::new();
     let by_case_dlq: HashMap<String, Vec<&Got>> = dlq.iter().fold(HashMap::new(), |mut m, g| {
