@@ -177,6 +177,16 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
 
+    /// Consumer group membership (issue 16). A static member's name (KIP-345's
+    /// group.instance.id), e.g. the pod name: a restarted instance takes its partitions back
+    /// without a rebalance (see README, "Static membership").
+    #[arg(long, env = "REBOUND_INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
+    /// How long a revoked partition's running jobs may finish (and be committed) before they are
+    /// handed back to the next owner; 0s hands them back at once [default: 2s].
+    #[arg(long, env = "REBOUND_REVOKE_TIMEOUT", value_name = "DURATION")]
+    pub revoke_timeout: Option<String>,
+
     /// Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the
     /// breaker off.
     #[arg(long, env = "REBOUND_BREAKER_THRESHOLD", value_name = "FRACTION", help = breaker_help("threshold"))]

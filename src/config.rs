@@ -42,7 +42,7 @@ fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// librdkafka properties rebound sets itself; overriding them would break its guarantees.
-const RESERVED_KAFKA: [(&str, &str); 5] = [
+const RESERVED_KAFKA: [(&str, &str); 6] = [
     ("bootstrap.servers", "use --brokers"),
     ("group.id", "use --group"),
     (
@@ -54,6 +54,7 @@ const RESERVED_KAFKA: [(&str, &str); 5] = [
         "rebound stores only finished offsets itself",
     ),
     ("isolation.level", "rebound reads committed messages only"),
+    ("group.instance.id", "use --instance-id"),
 ];
 
 /// The `--config` file. Keys are the long flag names.
@@ -77,6 +78,8 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub commit_interval: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub instance_id: Option<String>,
+    pub revoke_timeout: Option<String>,
     pub breaker_threshold: Option<f64>,
     pub breaker_window: Option<usize>,
     pub breaker_window_time: Option<String>,
@@ -201,6 +204,65 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Bounds of the tier partitions' read-ahead buffer.
     pub tier_buffer: BufferBounds,
+    /// Consumer group membership: see [`Membership`].
+    pub membership: Membership,
+}
+
+/// How `rebound run` takes part in its consumer group (`--instance-id`, `--revoke-timeout`;
+/// the protocol itself is chosen at start-up, [`crate::group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// A static member's `group.instance.id` (KIP-345), e.g. the pod name.
+    pub instance_id: Option<String>,
+    /// How long a revoke waits for the revoked partitions' running jobs.
+    pub revoke_timeout: Duration,
+}
+
+/// The default `--revoke-timeout`: short, and well inside `max.poll.interval.ms` (5 min).
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership {
+            instance_id: None,
+            revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+        }
+    }
+}
+
+impl Membership {
+    /// Flags beat the file; the `-X` group settings are checked here too (exit 2 on a conflict
+    /// librdkafka would refuse).
+    fn resolve(
+        args: &RunArgs,
+        file: &FileConfig,
+        kafka: &KafkaProps,
+    ) -> Result<Membership, ConfigError> {
+        crate::group::check(&kafka.0).map_err(|e| bad("-X", e.to_string()))?;
+        let instance_id = args.instance_id.clone().or(file.instance_id.clone());
+        if let Some(id) = &instance_id {
+            crate::group::check_instance_id(id).map_err(|e| bad("--instance-id", e))?;
+        }
+        let revoke_timeout = match args
+            .revoke_timeout
+            .as_deref()
+            .or(file.revoke_timeout.as_deref())
+        {
+            None => DEFAULT_REVOKE_TIMEOUT,
+            Some(s) => duration::parse(s.trim())
+                .map_err(|e| bad("--revoke-timeout", e.to_string()))?,
+        };
+        if revoke_timeout > Duration::from_secs(60) {
+            return Err(bad(
+                "--revoke-timeout",
+                "must be at most 60s (a rebalance waits for it; max.poll.interval.ms bounds it)",
+            ));
+        }
+        Ok(Membership {
+            instance_id,
+            revoke_timeout,
+        })
+    }
 }
 
 impl Config {
@@ -221,6 +283,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             breaker: BreakerConfig::default(),
             tier_buffer: BufferBounds::with_horizon(shortest_tier(&topology)),
+            membership: Membership::default(),
         }
     }
 
@@ -293,7 +356,9 @@ impl Config {
         }
         let breaker = resolve_breaker(args, &file)?;
         let tier_buffer = resolve_tier_buffer(args, &file, &cluster.topology)?;
+        let membership = Membership::resolve(args, &file, &cluster.kafka)?;
         Ok(Config {
+            membership,
             breaker,
             tier_buffer,
             cluster,
@@ -1119,6 +1184,15 @@ impl fmt::Display for Config {
             f,
             "shutdown-timeout = {}",
             duration::Short(self.shutdown_timeout)
+        )?;
+        let m = &self.membership;
+        writeln!(
+            f,
+            "membership       = {}; revoke-timeout {}",
+            m.instance_id
+                .as_deref()
+                .map_or("dynamic".to_string(), |id| format!("static, instance-id {id}")),
+            duration::Short(m.revoke_timeout)
         )?;
         let b = &self.tier_buffer;
         writeln!(

@@ -15,6 +15,7 @@ pub mod delay;
 pub mod demo;
 pub mod dlq;
 pub mod duration;
+pub mod group;
 pub mod handler;
 pub mod headers;
 pub mod kafka;

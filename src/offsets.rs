@@ -51,6 +51,12 @@ impl PartitionOffsets {
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
+
+    /// The offsets read and not finished, lowest first: what is handed back when the partition
+    /// is revoked now (the next owner reads them again from the committed offset).
+    pub fn pending(&self) -> impl Iterator<Item = i64> + '_ {
+        self.outstanding.iter().copied()
+    }
 }
 
 #[cfg(test)]
