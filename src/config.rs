@@ -249,8 +249,9 @@ impl Membership {
             .or(file.revoke_timeout.as_deref())
         {
             None => DEFAULT_REVOKE_TIMEOUT,
-            Some(s) => duration::parse(s.trim())
-                .map_err(|e| bad("--revoke-timeout", e.to_string()))?,
+            Some(s) => {
+                duration::parse(s.trim()).map_err(|e| bad("--revoke-timeout", e.to_string()))?
+            }
         };
         if revoke_timeout > Duration::from_secs(60) {
             return Err(bad(
@@ -1191,7 +1192,9 @@ impl fmt::Display for Config {
             "membership       = {}; revoke-timeout {}",
             m.instance_id
                 .as_deref()
-                .map_or("dynamic".to_string(), |id| format!("static, instance-id {id}")),
+                .map_or("dynamic".to_string(), |id| format!(
+                    "static, instance-id {id}"
+                )),
             duration::Short(m.revoke_timeout)
         )?;
         let b = &self.tier_buffer;

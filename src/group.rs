@@ -133,7 +133,10 @@ pub fn choose(
     let refused = REFUSED_WITH_CONSUMER
         .iter()
         .find(|k| user(props, k).is_some());
-    match user(props, "group.protocol").map(str::to_ascii_lowercase).as_deref() {
+    match user(props, "group.protocol")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("consumer") => {
             if let Some(k) = refused {
                 return Err(GroupConflict::RefusedWithConsumer(k.to_string()));
@@ -220,7 +223,10 @@ mod tests {
     #[test]
     fn the_broker_decides_when_the_user_does_not() {
         let none = props(&[]);
-        assert_eq!(choose(&none, Some(true)).unwrap().protocol, Protocol::Consumer);
+        assert_eq!(
+            choose(&none, Some(true)).unwrap().protocol,
+            Protocol::Consumer
+        );
         assert_eq!(choose(&none, Some(false)).unwrap().protocol, cooperative());
         assert_eq!(choose(&none, None).unwrap().protocol, cooperative());
     }
@@ -237,7 +243,10 @@ mod tests {
                 assignor: "range,roundrobin".into()
             }
         );
-        assert!(!chosen.incremental(), "an eager list is followed, not incremental");
+        assert!(
+            !chosen.incremental(),
+            "an eager list is followed, not incremental"
+        );
     }
 
     #[test]
@@ -248,9 +257,15 @@ mod tests {
             choose(&p, Some(false)),
             Err(GroupConflict::BrokerLacksConsumer)
         );
-        let p = props(&[("group.protocol", "consumer"), ("session.timeout.ms", "6000")]);
+        let p = props(&[
+            ("group.protocol", "consumer"),
+            ("session.timeout.ms", "6000"),
+        ]);
         let e = check(&p).unwrap_err();
-        assert_eq!(e, GroupConflict::RefusedWithConsumer("session.timeout.ms".into()));
+        assert_eq!(
+            e,
+            GroupConflict::RefusedWithConsumer("session.timeout.ms".into())
+        );
         assert!(e.to_string().contains("group.protocol=classic"), "{e}");
         let p = props(&[("group.protocol", "classic")]);
         assert_eq!(choose(&p, Some(true)).unwrap().protocol, cooperative());

@@ -290,7 +290,10 @@ impl ConsumerContext for TopologyContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rd::rd_kafka_resp_err_t::*;
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let assigned = if cooperative {
@@ -322,8 +325,13 @@ impl ConsumerContext for TopologyContext {
                 if !lost {
                     // Offsets are stored only for finished work.
                     match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                        Err(e) => tracing::warn!(error = %e, "commit before revoke failed; the next owner may repeat some work"),
+                        Ok(())
+                        | Err(KafkaError::ConsumerCommit(
+                            rdkafka::types::RDKafkaErrorCode::NoOffset,
+                        )) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "commit before revoke failed; the next owner may repeat some work")
+                        }
                     }
                 } else {
                     tracing::warn!(partitions = tpl.count(), "partitions lost (the group moved on without this member); their running work will be repeated by the next owner");

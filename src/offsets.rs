@@ -52,10 +52,9 @@ impl PartitionOffsets {
         self.outstanding.len()
     }
 
-    /// The offsets read and not finished, lowest first: what is handed back when the partition
-    /// is revoked now (the next owner reads them again from the committed offset).
-    pub fn pending(&self) -> impl Iterator<Item = i64> + '_ {
-        self.outstanding.iter().copied()
+    /// Last offset read + 1 (`None`: nothing read).
+    pub fn read_to(&self) -> Option<i64> {
+        self.next
     }
 }
 

@@ -163,8 +163,11 @@ const RECV_BATCH: usize = 256;
 
 /// The consumer and its loop.
 pub struct Pipeline {
-    consumer: StreamConsumer<TopologyContext>,
+    /// Declared (so dropped) before the consumer: a pipeline dropped without its shutdown (its
+    /// future cancelled) closes the consumer in the drop, and the revoke that close raises must
+    /// not be handed to a loop that is gone (the context answers it itself when sending fails).
     events: UnboundedReceiver<RebalanceEvent>,
+    consumer: StreamConsumer<TopologyContext>,
     state: State,
 }
 
@@ -227,7 +230,12 @@ impl Pipeline {
             // Before anything polls the consumer (a revoke callback commits what is stored).
             self.state.store_finished(&self.consumer);
             let wake = timer.wake_for(self.state.delays.next_due());
-            let breaker_wake = self.state.admission.breaker.wakes_at().map(Instant::from_std);
+            let breaker_wake = self
+                .state
+                .admission
+                .breaker
+                .wakes_at()
+                .map(Instant::from_std);
             let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
@@ -446,7 +454,11 @@ impl State {
     /// running jobs may finish until `--revoke-timeout`. [`State::finish_revoke`] then commits
     /// and gives the partitions up. Nothing blocks: the loop goes on serving every other
     /// partition and receiving the completions the revoke waits for.
-    fn begin_revoke(&mut self, consumer: &StreamConsumer<TopologyContext>, list: Vec<(String, i32)>) {
+    fn begin_revoke(
+        &mut self,
+        consumer: &StreamConsumer<TopologyContext>,
+        list: Vec<(String, i32)>,
+    ) {
         let now = Instant::now();
         let mut tps = Vec::new();
         let mut pause_list = TopicPartitionList::with_capacity(list.len());
@@ -554,21 +566,25 @@ impl State {
         );
     }
 
-    /// Drops every trace of `tp` and logs what is handed back to the next owner: the offsets
-    /// read and not finished (`handed_back`, lowest first), of which `running` were still
-    /// running (their results will be ignored).
+    /// Drops every trace of `tp` and logs what is handed back to the next owner, which reads
+    /// again from the committable offset (`from`, what was committed) up to the last offset
+    /// read (`until`, exclusive): the work not finished, and finished work behind it. `running`
+    /// lists the jobs still running (their handler may have been called; their results will be
+    /// ignored).
     fn hand_back(&mut self, tp: Tp, why: &'static str) {
         let Some(p) = self.remove_partition(tp) else {
             return;
         };
-        let handed_back: Vec<i64> = p.offsets.pending().collect();
+        let from = p.offsets.committable();
+        let until = p.offsets.read_to();
         let mut running = p.running;
         running.sort_unstable();
         tracing::info!(
             topic = self.router.topology.topic(tp.stage),
             partition = tp.partition,
-            committed = p.offsets.stored(),
-            handed_back = ?handed_back,
+            from,
+            until,
+            handed_back = until.unwrap_or(0) - from.unwrap_or(0),
             running = ?running,
             "{why}; unfinished work handed back"
         );
@@ -728,10 +744,7 @@ impl State {
         while !self.draining {
             let running = self.jobs.len() + self.finished.len();
             let parts = &self.parts;
-            let Some(job) = self
-                .admission
-                .next(running, |j| Self::is_current(parts, j))
-            else {
+            let Some(job) = self.admission.next(running, |j| Self::is_current(parts, j)) else {
                 break;
             };
             self.start(job);
