@@ -379,6 +379,15 @@ impl Pipeline {
         // A revoke librdkafka is waiting for is answered before the close (which would
         // otherwise wait for it); from now on the context answers revokes itself.
         state.finish_revoke(&self.consumer, true);
+        let unfinished: Vec<Tp> = state
+            .parts
+            .iter()
+            .filter(|(_, p)| p.offsets.committable() != p.offsets.read_to())
+            .map(|(tp, _)| *tp)
+            .collect();
+        for tp in unfinished {
+            state.hand_back(tp, "stopping");
+        }
         self.consumer
             .context()
             .closing

@@ -5,6 +5,7 @@
 //! retry gets handled, and at the end no instance holds a paused partition.
 
 mod common;
+mod rebal;
 mod rel;
 
 use std::sync::Arc;
@@ -157,4 +158,176 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
         started.elapsed().as_secs()
     );
     a.assert_exact();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale out from 1 to 4 instances and back to 1 under steady traffic (issue 16)
+
+/// One instance of the scale scenario: rebound's defaults, the HTTP sink as handler.
+fn scaled_instance(topo: &rebound::Topology, group: &str, protocol: &str, sink: &Sink) -> Running {
+    rebal::capture_log();
+    let mut cfg = config(topo.clone(), group);
+    cfg.commit_interval = Duration::from_secs(1);
+    if protocol == "eager" {
+        // The baseline: rebound before issue 16 (eager assignors, nothing drained on revoke).
+        cfg.cluster.kafka.0.push((
+            "partition.assignment.strategy".into(),
+            "range,roundrobin".into(),
+        ));
+        cfg.membership.revoke_timeout = Duration::ZERO;
+    } else {
+        rebal::with_protocol(&mut cfg, protocol);
+    }
+    let handler = HttpHandler::new(&sink.url, Duration::from_secs(10))
+        .unwrap()
+        .forward_headers(vec!["process_after".into()]);
+    start(cfg, Arc::new(handler))
+}
+
+/// Scale 1 → 4 → 1 with traffic flowing: six membership changes, each moving partitions while
+/// work is in flight on them. Every repeat must be work a revoke handed back (its offset within
+/// what the revoke logged as read again), so partitions that did not move repeat nothing;
+/// nothing is lost, nothing early, nothing stays paused.
+async fn scale_out_and_in(protocol: &str) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("scale"));
+    let brokers = brokers();
+    let main = unique("scale");
+    let mut topo = topology(&main, &[1000, 2000]);
+    topo.max_retries = 2;
+    create_topology(&topo, 8).await;
+    let mix = [("ok", 60), ("fail-1", 30), ("fail-2", 5), ("permanent", 5)];
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("s", 1600 * scale(), &mix, topo.max_retries, &mut rng);
+    let sink = Sink::start().await;
+    // 5 ms per call: work is in flight when partitions move.
+    sink.delay_ms.store(5, std::sync::atomic::Ordering::Relaxed);
+    let group = unique("g");
+    let started = Instant::now();
+    let mut running = vec![scaled_instance(&topo, &group, protocol, &sink)];
+    wait_ready(&running[0]).await;
+    let feed = {
+        let (brokers, main, messages) = (brokers.clone(), main.clone(), messages.clone());
+        tokio::spawn(async move {
+            for chunk in messages.chunks(40) {
+                produce_many(&brokers, &main, chunk).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut changes: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let step = fates.len() / 8;
+    let mut want = step;
+    for n in 2..=4 {
+        let s = sink.clone();
+        eventually("progress", Duration::from_secs(90), || {
+            let s = s.clone();
+            async move { s.count() >= want }
+        })
+        .await;
+        want += step;
+        changes.push((format!("{}->{n}", n - 1), chrono::Utc::now()));
+        let r = scaled_instance(&topo, &group, protocol, &sink);
+        // Not just ready: a cooperative join's first assignment is empty.
+        let m = r.metrics.clone();
+        wait_until(
+            "the newcomer holds partitions",
+            Duration::from_secs(30),
+            move || !m.status.borrow().partitions.is_empty(),
+        )
+        .await;
+        running.push(r);
+    }
+    for n in (1..4).rev() {
+        let s = sink.clone();
+        eventually("progress", Duration::from_secs(90), || {
+            let s = s.clone();
+            async move { s.count() >= want }
+        })
+        .await;
+        want += step;
+        changes.push((format!("{}->{n}", n + 1), chrono::Utc::now()));
+        running.pop().unwrap().stop().await;
+    }
+    feed.await.unwrap();
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
+    let r = &running[0];
+    let until = Instant::now() + Duration::from_secs(10);
+    while paused(r) > 0.0 {
+        assert!(
+            Instant::now() < until,
+            "{protocol}: a partition stays paused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
+    running.pop().unwrap().stop().await;
+
+    let a = account(&fates, &sink.records(), &dlq, &topo);
+    let topics = topo.topics();
+    let revokes = rebal::revokes(&topics);
+    let moved: std::collections::BTreeSet<(String, i32)> = revokes
+        .iter()
+        .map(|r| (r.topic.clone(), r.partition))
+        .collect();
+    // Per membership change (the last one at or before the revoke): partitions moved, offsets
+    // handed back, of which still running, and repeats.
+    let mut per_change = vec![(0usize, 0i64, 0usize, 0usize); changes.len()];
+    let change_of = |at: chrono::DateTime<chrono::Utc>| {
+        changes.iter().rposition(|(_, c)| *c <= at).unwrap_or(0)
+    };
+    for r in &revokes {
+        let c = &mut per_change[change_of(r.at)];
+        c.0 += 1;
+        c.1 += r.handed_back();
+        c.2 += r.running.len();
+    }
+    for ((topic, partition, offset), _) in &a.repeats {
+        let by = revokes
+            .iter()
+            .find(|r| &r.topic == topic && r.partition == *partition && r.covers(*offset));
+        let Some(by) = by else {
+            panic!(
+                "{protocol}: {topic}/{partition} offset {offset} was handled twice, but no revoke handed it back (moved partitions: {moved:?}); {}",
+                a.summary()
+            );
+        };
+        per_change[change_of(by.at)].3 += 1;
+    }
+    let figures: Vec<String> = changes
+        .iter()
+        .zip(&per_change)
+        .map(|((label, _), (parts, back, run, rep))| {
+            format!("{label}: moved={parts} handed_back={back} running={run} repeats={rep}")
+        })
+        .collect();
+    eprintln!(
+        "FIGURES rebalance-scale {protocol}: messages={} partitions=8x3 changes=[{}] {} took_s={}",
+        fates.len(),
+        figures.join("; "),
+        a.summary(),
+        started.elapsed().as_secs()
+    );
+    a.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_to_four_and_back_repeats_only_handed_back_work_consumer() {
+    if rebal::runs_here("consumer") {
+        scale_out_and_in("consumer").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_to_four_and_back_repeats_only_handed_back_work_classic() {
+    scale_out_and_in("classic").await;
+}
+
+/// The same with rebound's former settings, for RELIABILITY.md's comparison (`--ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn scale_out_to_four_and_back_eager_baseline() {
+    scale_out_and_in("eager").await;
 }

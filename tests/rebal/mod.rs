@@ -157,8 +157,6 @@ static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
-use std::io::Write as _;
-
 impl std::io::Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
