@@ -331,3 +331,187 @@ async fn scale_out_to_four_and_back_repeats_only_handed_back_work_classic() {
 async fn scale_out_to_four_and_back_eager_baseline() {
     scale_out_and_in("eager").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Static membership (`--instance-id`): what a restart and a scale-in cost (issue 16)
+
+/// `rebound run` as a static member `id` of `group`, answering to `sink`.
+fn static_member(
+    topo: &rebound::Topology,
+    group: &str,
+    protocol: &str,
+    sink: &Sink,
+    id: &str,
+    dir: &std::path::Path,
+) -> Proc {
+    let port = free_port();
+    let mut args = run_args(&brokers(), topo, group, sink, port);
+    args.extend(["--instance-id".into(), id.into()]);
+    args.extend(["-X".into(), format!("group.protocol={protocol}")]);
+    if protocol == "classic" {
+        // The test broker's consumer-protocol session is 6 s; the classic one is set to match.
+        args.extend(["-X".into(), "session.timeout.ms=6000".into()]);
+    }
+    Proc::spawn(&args, port, &dir.join(format!("{id}.log")), &[])
+}
+
+type Held = std::collections::BTreeSet<(String, i32)>;
+
+/// The first call `sink` received after `t` (on one of `on`, if given).
+fn first_after(
+    sink: &Sink,
+    t: chrono::DateTime<chrono::Utc>,
+    on: Option<&Held>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    sink.records()
+        .iter()
+        .filter(|r| r.at > t)
+        .filter(|r| on.is_none_or(|held| held.contains(&(r.topic.clone(), r.partition))))
+        .map(|r| r.at)
+        .min()
+}
+
+/// The partitions a `rebound` process holds, from its `/status`.
+async fn held(p: &Proc) -> Held {
+    let Some((200, body)) = get(p.metrics, "/status").await else {
+        return Held::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["topic"].as_str()?.to_string(),
+                p["partition"].as_i64()? as i32,
+            ))
+        })
+        .collect()
+}
+
+/// A static member is killed with `kill -9` and restarted at once with the same name: how long
+/// until it handles again (on `consumer` the broker refuses it with UNRELEASED_INSTANCE_ID until
+/// the old session expires, and rebound must keep trying, not exit). Then a second static
+/// member stops cleanly: how long its partitions sit idle (no LeaveGroup) before the first one
+/// handles them. Traffic trickles all along; every id must be handled.
+async fn static_membership(protocol: &str) {
+    let main = unique("static");
+    let topo = topology(&main, &[1000]);
+    create_topology(&topo, 2).await;
+    let group = unique("g");
+    let dir = workdir("static");
+    let (sink_a, sink_b) = (Sink::start().await, Sink::start().await);
+    let stop_feed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feed = {
+        let (main, stop) = (main.clone(), stop_feed.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("t-{n}");
+                let b = ["ok", "fail-1"][n / 2 % 2];
+                produce(
+                    &main,
+                    &[Out::new(&id, &format!("{id}:{b}")).partition((n % 2) as i32)],
+                )
+                .await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n
+        })
+    };
+    let mut a = static_member(&topo, &group, protocol, &sink_a, "inst-a", dir.path());
+    wait_readyz(&a, Duration::from_secs(30)).await;
+    let s = sink_a.clone();
+    eventually("a handles", Duration::from_secs(30), || {
+        let s = s.clone();
+        async move { s.count() > 10 }
+    })
+    .await;
+
+    let killed = chrono::Utc::now();
+    a.kill9();
+    let mut a = static_member(&topo, &group, protocol, &sink_a, "inst-a", dir.path());
+    let s = sink_a.clone();
+    eventually(
+        "the restarted member handles",
+        Duration::from_secs(60),
+        || {
+            let s = s.clone();
+            async move { first_after(&s, killed, None).is_some() }
+        },
+    )
+    .await;
+    let restart_ms = (first_after(&sink_a, killed, None).unwrap() - killed).num_milliseconds();
+    assert!(a.running(), "{protocol}: the restarted member exited");
+    let refused = a.log_text().matches("UNRELEASED_INSTANCE_ID").count();
+
+    let mut b = static_member(&topo, &group, protocol, &sink_b, "inst-b", dir.path());
+    let s = sink_b.clone();
+    eventually("b handles messages", Duration::from_secs(60), || {
+        let s = s.clone();
+        async move { s.count() > 10 }
+    })
+    .await;
+    let b_parts = held(&b).await;
+    assert!(!b_parts.is_empty(), "{protocol}: b holds nothing");
+    let (status, took) = b.term(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{protocol}: b did not stop cleanly"
+    );
+    let stopped = chrono::Utc::now();
+    let s = sink_a.clone();
+    let ps = b_parts.clone();
+    eventually(
+        "a takes over b's partitions",
+        Duration::from_secs(60),
+        || {
+            let (s, ps) = (s.clone(), ps.clone());
+            async move { first_after(&s, stopped, Some(&ps)).is_some() }
+        },
+    )
+    .await;
+    let idle_ms =
+        (first_after(&sink_a, stopped, Some(&b_parts)).unwrap() - stopped).num_milliseconds();
+    stop_feed.store(true, std::sync::atomic::Ordering::Relaxed);
+    let produced = feed.await.unwrap();
+    let (sa, sb) = (sink_a.clone(), sink_b.clone());
+    eventually("every id handled", Duration::from_secs(60), || {
+        let (sa, sb) = (sa.clone(), sb.clone());
+        async move {
+            let mut ok = sa.succeeded();
+            ok.extend(sb.succeeded());
+            (0..produced)
+                .all(|n| ok.contains(&format!("t-{n}:ok")) || ok.contains(&format!("t-{n}:fail-1")))
+        }
+    })
+    .await;
+    let (status, _) = a.term(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{protocol}: a did not stop cleanly"
+    );
+    if protocol == "consumer" {
+        assert!(
+            refused > 0,
+            "{protocol}: the restart was expected to meet UNRELEASED_INSTANCE_ID (the test is about the retry)"
+        );
+    }
+    eprintln!(
+        "FIGURES static {protocol}: kill -9 + restart to the first handled message {restart_ms} ms ({refused} UNRELEASED_INSTANCE_ID refusals logged); clean stop of a static member (took {took:?}) to its partitions {b_parts:?} handled again {idle_ms} ms; {produced} messages, none lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restart_and_scale_in_consumer() {
+    if rebal::runs_here("consumer") {
+        static_membership("consumer").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restart_and_scale_in_classic() {
+    static_membership("classic").await;
+}
