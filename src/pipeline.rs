@@ -227,7 +227,7 @@ impl Pipeline {
                 self.state.on_rebalance(&self.consumer, event);
             }
             self.state.finish_revoke(&self.consumer, false);
-            // Before anything polls the consumer (a revoke callback commits what is stored).
+            // Before anything polls the consumer (a rebalance callback may commit what is stored).
             self.state.store_finished(&self.consumer);
             let wake = timer.wake_for(self.state.delays.next_due());
             let breaker_wake = self
@@ -954,8 +954,8 @@ impl State {
     }
 
     /// Stores the committable offset of every partition whose finished work moved it. Runs
-    /// before anything polls the consumer (a revoke callback inside the poll commits what is
-    /// stored), before each commit and at shutdown, so stored offsets are as fresh as with a
+    /// before anything polls the consumer (a rebalance callback inside the poll may commit what
+    /// is stored), before each commit (a revoke's included) and at shutdown, so stored offsets are as fresh as with a
     /// store per completion. The list per partition is kept, so a store allocates nothing.
     fn store_finished(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         for tp in self.unstored.drain(..) {

@@ -454,8 +454,13 @@ async fn static_membership(protocol: &str) {
         async move { s.count() > 10 }
     })
     .await;
-    let b_parts = held(&b).await;
-    assert!(!b_parts.is_empty(), "{protocol}: b holds nothing");
+    let mut b_parts = held(&b).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while b_parts.is_empty() {
+        assert!(Instant::now() < until, "{protocol}: b holds nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b_parts = held(&b).await;
+    }
     let (status, took) = b.term(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
