@@ -853,7 +853,7 @@ impl State {
         for resume in tick.resume {
             let tp = resume.partition;
             self.paused_changed = true;
-            if !self.parts.get(&tp).is_some_and(|p| !p.revoking) {
+            if self.parts.get(&tp).is_none_or(|p| p.revoking) {
                 continue;
             }
             let topic = self.router.topology.topic(tp.stage);
