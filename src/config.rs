@@ -1367,6 +1367,33 @@ mod tests {
     }
 
     #[test]
+    fn membership_settings_and_group_conflicts() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.membership, Membership::default());
+        let mut a = run_args("orders");
+        a.instance_id = Some("orders-7f9c".into());
+        a.revoke_timeout = Some("0s".into());
+        let m = Config::for_run(&a).unwrap().membership;
+        assert_eq!(m.instance_id.as_deref(), Some("orders-7f9c"));
+        assert_eq!(m.revoke_timeout, Duration::ZERO);
+        a.revoke_timeout = Some("2m".into());
+        assert_eq!(err(&a).field, "--revoke-timeout");
+        a.revoke_timeout = None;
+        a.instance_id = Some("pod 1".into());
+        assert_eq!(err(&a).field, "--instance-id");
+        let mut x = run_args("orders");
+        x.topology.kafka = vec![
+            "group.protocol=consumer".into(),
+            "session.timeout.ms=6000".into(),
+        ];
+        let e = err(&x);
+        assert_eq!(e.field, "-X");
+        assert!(e.problem.contains("session.timeout.ms"), "{e}");
+        x.topology.kafka = vec!["group.instance.id=a".into()];
+        assert!(err(&x).problem.contains("--instance-id"));
+    }
+
+    #[test]
     fn bad_settings_name_the_field() {
         let mut a = run_args("orders");
         a.topology.tiers = Some("4m,2m".into());

@@ -582,3 +582,60 @@ async fn case4(protocol: &str) {
         "{protocol}: after the committed offsets, each message once, nothing skipped, nothing before"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// `--instance-id` from the flag or `REBOUND_INSTANCE_ID`; a group setting librdkafka would
+/// refuse exits 2 naming what to change (no broker needed).
+#[test]
+fn instance_id_and_group_conflicts_on_the_command_line() {
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = rebound();
+        c.args([
+            "run",
+            "--topic",
+            "orders",
+            "--handler",
+            "command",
+            "--command",
+            "cat",
+        ])
+        .args(extra)
+        .arg("--check-config");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        output(&mut c)
+    };
+    let (code, out, _) = run(&[], &[("REBOUND_INSTANCE_ID", "orders-0")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("static, instance-id orders-0"), "{out}");
+    let (code, out, _) = run(&["-X", "group.protocol=consumer"], &[]);
+    assert_eq!(code, 0, "the consumer protocol is accepted: {out}");
+    let (code, _, err) = run(
+        &[
+            "-X",
+            "group.protocol=consumer",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("heartbeat.interval.ms") && err.contains("group.protocol=classic"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "-X",
+            "partition.assignment.strategy=range,cooperative-sticky",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("mixes eager"), "{err}");
+    let (code, _, err) = run(&["--instance-id", "a/b"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--instance-id"), "{err}");
+}
