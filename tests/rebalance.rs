@@ -62,6 +62,28 @@ fn instance(
     start(cfg, Arc::new(handler.clone()))
 }
 
+/// A case's world: a fresh topology (one 1 s tier, `partitions` per topic), group and handler.
+struct Case {
+    main: String,
+    tier: String,
+    topo: Topology,
+    group: String,
+    handler: TimedHandler,
+}
+
+async fn case_setup(prefix: &str, partitions: i32) -> Case {
+    let main = unique(prefix);
+    let topo = topology(&main, &[1000]);
+    create_topology(&topo, partitions).await;
+    Case {
+        tier: topo.tiers[0].topic.clone(),
+        main,
+        topo,
+        group: unique("g"),
+        handler: TimedHandler::default(),
+    }
+}
+
 /// A tier record due `due_in` from now (attempt 1), for partition 0.
 fn tier_record(id: &str, due_in: Duration) -> Out {
     let due = Utc::now() + chrono::Duration::from_std(due_in).unwrap();
@@ -114,11 +136,13 @@ both_protocols!(revoke_finishes_running_work_and_commits_it, revoke_drains);
 /// are committed before the partition moves, so the next owner starts after them; the
 /// partitions that stay keep working and are never revoked.
 async fn revoke_drains(protocol: &str) {
-    let main = unique("rb-drain");
-    let topo = topology(&main, &[1000]);
-    create_topology(&topo, 2).await;
-    let group = unique("g");
-    let handler = TimedHandler::default();
+    let Case {
+        main,
+        topo,
+        group,
+        handler,
+        ..
+    } = case_setup("rb-drain", 2).await;
     let a = instance(&topo, &group, protocol, &handler, |c| {
         // Longer than the jobs whatever the rebalance's latency, so the test does not race it.
         c.membership.revoke_timeout = Duration::from_secs(10);
@@ -217,12 +241,13 @@ async fn case1_away_until_due(protocol: &str) {
 /// back (after the due time when `stay_past_due`). The head is handled once, never early, and
 /// nothing stays paused.
 async fn case1(protocol: &str, due_in: Duration, stay_past_due: bool) {
-    let main = unique("rb-c1");
-    let topo = topology(&main, &[1000]);
-    create_topology(&topo, 1).await;
-    let tier = topo.tiers[0].topic.clone();
-    let group = unique("g");
-    let handler = TimedHandler::default();
+    let Case {
+        tier,
+        topo,
+        group,
+        handler,
+        ..
+    } = case_setup("rb-c1", 1).await;
     let a = instance(&topo, &group, protocol, &handler, |_| {});
     wait_ready(&a).await;
     wait_rebound_holds(&a, &tier, 0).await;
@@ -296,12 +321,13 @@ both_protocols!(
 /// holds the head as soon as it is assigned (paused in the assignment path) and, with
 /// `auto.offset.reset=latest`, still handles all three, none early.
 async fn case2(protocol: &str) {
-    let main = unique("rb-c2");
-    let topo = topology(&main, &[1000]);
-    create_topology(&topo, 1).await;
-    let tier = topo.tiers[0].topic.clone();
-    let group = unique("g");
-    let handler = TimedHandler::default();
+    let Case {
+        tier,
+        topo,
+        group,
+        handler,
+        ..
+    } = case_setup("rb-c2", 1).await;
     // The case is about `latest`: a lost position would skip to the end instead of failing.
     let latest = |c: &mut Config| {
         c.cluster
@@ -388,11 +414,13 @@ both_protocols!(
 /// the first call ends while the second runs. Its end must not commit anything: the committed
 /// offset stays at the slow message until the second call ends, and never goes backwards.
 async fn case3(protocol: &str) {
-    let main = unique("rb-c3");
-    let topo = topology(&main, &[1000]);
-    create_topology(&topo, 1).await;
-    let group = unique("g");
-    let handler = TimedHandler::default();
+    let Case {
+        main,
+        topo,
+        group,
+        handler,
+        ..
+    } = case_setup("rb-c3", 1).await;
     let a = instance(&topo, &group, protocol, &handler, |c| {
         // The slow job must outlast a move out and back (the tests' default is 5 s).
         c.handler_timeout = Duration::from_secs(30);
@@ -494,12 +522,13 @@ both_protocols!(
 /// lets work through, everything after the committed offsets is handled (with
 /// `auto.offset.reset=latest`: nothing skipped), nothing before them.
 async fn case4(protocol: &str) {
-    let main = unique("rb-c4");
-    let topo = topology(&main, &[1000]);
-    create_topology(&topo, 2).await;
-    let tier = topo.tiers[0].topic.clone();
-    let group = unique("g");
-    let handler = TimedHandler::default();
+    let Case {
+        main,
+        tier,
+        topo,
+        group,
+        handler,
+    } = case_setup("rb-c4", 2).await;
     let member = Member::join(&group, &[&main], protocol);
     wait_holds(&member, &main, 0).await;
     wait_holds(&member, &main, 1).await;

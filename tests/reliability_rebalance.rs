@@ -20,23 +20,59 @@ fn paused(r: &Running) -> f64 {
     metric_sum(&r.metrics.render(), "rebound_paused_partitions")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_lost() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("rebalance"));
-    let brokers = brokers();
-    let main = unique("rebal");
+/// A topology `prefix` (tiers 1 s / 2 s, two retries, `partitions` per topic), `count` (×scale)
+/// messages drawn from `mix`, and the HTTP sink at 5 ms per call (so that work is in flight
+/// when partitions move).
+async fn scenario(
+    prefix: &str,
+    partitions: i32,
+    count: usize,
+    mix: &[(&str, u32)],
+) -> (String, rebound::Topology, Traffic, Sink) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed(prefix));
+    let main = unique(prefix);
     let mut topo = topology(&main, &[1000, 2000]);
     topo.max_retries = 2;
-    create_topology(&topo, 6).await;
+    create_topology(&topo, partitions).await;
+    let traffic = traffic(
+        &prefix[..1],
+        count * scale(),
+        mix,
+        topo.max_retries,
+        &mut rng,
+    );
+    let sink = Sink::start().await;
+    sink.delay_ms.store(5, std::sync::atomic::Ordering::Relaxed);
+    (main, topo, traffic, sink)
+}
+
+/// Produces `messages` to `main` in chunks of `chunk`, pausing `pause` after each.
+fn feed(
+    brokers: &str,
+    main: &str,
+    messages: &[Out],
+    chunk: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (brokers, main, messages) = (brokers.to_string(), main.to_string(), messages.to_vec());
+    tokio::spawn(async move {
+        for part in messages.chunks(chunk) {
+            produce_many(&brokers, &main, part).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_lost() {
+    let brokers = brokers();
     let mix = [("ok", 50), ("fail-1", 35), ("fail-2", 10), ("permanent", 5)];
+    let (main, topo, traffic, sink) = scenario("rebal", 6, 1200, &mix).await;
     let Traffic {
         messages,
         fates,
         dead_expected,
-    } = traffic("r", 1200 * scale(), &mix, topo.max_retries, &mut rng);
-
-    let sink = Sink::start().await;
-    sink.delay_ms.store(5, std::sync::atomic::Ordering::Relaxed);
+    } = traffic;
     let group = unique("g");
     let instance = || {
         let mut cfg = config(topo.clone(), &group);
@@ -60,15 +96,7 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
     for (_, r) in &running {
         wait_ready(r).await;
     }
-    let feed = {
-        let (brokers, main, messages) = (brokers.clone(), main.clone(), messages.clone());
-        tokio::spawn(async move {
-            for chunk in messages.chunks(100) {
-                produce_many(&brokers, &main, chunk).await;
-                tokio::time::sleep(Duration::from_millis(400)).await;
-            }
-        })
-    };
+    let feed = feed(&brokers, &main, &messages, 100, Duration::from_millis(400));
 
     let started = Instant::now();
     let mut moves = Vec::new();
@@ -189,34 +217,19 @@ fn scaled_instance(topo: &rebound::Topology, group: &str, protocol: &str, sink: 
 /// what the revoke logged as read again), so partitions that did not move repeat nothing;
 /// nothing is lost, nothing early, nothing stays paused.
 async fn scale_out_and_in(protocol: &str) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("scale"));
     let brokers = brokers();
-    let main = unique("scale");
-    let mut topo = topology(&main, &[1000, 2000]);
-    topo.max_retries = 2;
-    create_topology(&topo, 8).await;
     let mix = [("ok", 60), ("fail-1", 30), ("fail-2", 5), ("permanent", 5)];
+    let (main, topo, traffic, sink) = scenario("scale", 8, 1600, &mix).await;
     let Traffic {
         messages,
         fates,
         dead_expected,
-    } = traffic("s", 1600 * scale(), &mix, topo.max_retries, &mut rng);
-    let sink = Sink::start().await;
-    // 5 ms per call: work is in flight when partitions move.
-    sink.delay_ms.store(5, std::sync::atomic::Ordering::Relaxed);
+    } = traffic;
     let group = unique("g");
     let started = Instant::now();
     let mut running = vec![scaled_instance(&topo, &group, protocol, &sink)];
     wait_ready(&running[0]).await;
-    let feed = {
-        let (brokers, main, messages) = (brokers.clone(), main.clone(), messages.clone());
-        tokio::spawn(async move {
-            for chunk in messages.chunks(40) {
-                produce_many(&brokers, &main, chunk).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let feed = feed(&brokers, &main, &messages, 40, Duration::from_millis(250));
     let mut changes: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
     let step = fates.len() / 8;
     let mut want = step;
