@@ -416,8 +416,8 @@ async fn held(p: &Proc) -> Held {
 /// handles them. Traffic trickles all along; every id must be handled.
 async fn static_membership(protocol: &str) {
     if broker_kind() == "tansu" {
-        // Seen 2026-11-30: a static member's partitions never moved after it stopped.
-        eprintln!("skipping static membership on Tansu 0.6: a stopped static member's session never expires there");
+        // Seen 2026-11-30: a static member's partitions did not move within 60 s of its stop.
+        eprintln!("skipping static membership on Tansu 0.6: a stopped static member's partitions did not move within 60 s there");
         return;
     }
     let main = unique("static");
