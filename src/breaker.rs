@@ -53,20 +53,25 @@
 //! window bounded both by count (`slidingWindowSize`, COUNT_BASED) and by age (TIME_BASED), in
 //! one (`window`, `window_time`), `waitDurationInOpenState` (`cooldown`),
 //! `permittedNumberOfCallsInHalfOpenState` (`probes`) judged with the same threshold, and
-//! "permanent failures are not failures" (`ignoreExceptions`). Not taken: slow-call rate (a
-//! call slower than the handler timeout is already a transient failure), automatic transition
-//! from open to half-open without traffic (rebound's loop wakes at the cool-down anyway).
+//! "permanent failures are not failures" (`ignoreExceptions`), and slow calls
+//! (`slowCallDurationThreshold` as `slow_call`, [`SlowCalls`]), judged as failures against the
+//! same threshold (Resilience4j has a separate `slowCallRateThreshold`) and judged when a call
+//! reaches that age, not when it ends: a hung downstream ends calls only at the handler timeout.
+//! Not taken: automatic transition from open to half-open without traffic (rebound's loop wakes
+//! at the cool-down anyway).
 //! Different: the defaults (Resilience4j: 50 %, 100 calls, 60 s, 10 probes) and the split of
 //! first attempts from retries with its fallback, which Resilience4j cannot do (it does not know
 //! which call is a retry).
 //!
 //! The defaults ([`BreakerConfig::default`], the one source the CLI and README quote) are 80 %,
-//! 50 calls or 5 s, 20 calls at least, 30 s, 3 probes. 80 % and not 50 %: at a 50 % partial
+//! 50 calls or 5 s, 20 calls at least, 30 s, 3 probes, slow after 3 s (a handler that is that
+//! slow when healthy needs a higher `--breaker-slow-call`). 80 % and not 50 %: at a 50 % partial
 //! outage the retry topology still delivers (tier copies are at most one per message on
 //! average), while a breaker that opens there stalls the topic for a cool-down at a time; the
 //! chance that 40 of 50 calls fail when each fails with probability 1/2 is 1.2e-5.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// How long a half-open breaker waits for a first attempt (a main-topic message) before it lets
@@ -90,6 +95,11 @@ pub struct BreakerConfig {
     pub cooldown: Duration,
     /// Calls a half-open breaker lets through.
     pub probes: usize,
+    /// A call still in the handler after this long is judged a failure then, without waiting
+    /// for its end (Resilience4j's `slowCallDurationThreshold`, judged at the call's age): a
+    /// downstream that hangs opens the breaker within this, not after `--handler-timeout`.
+    /// `None` judges calls only by their results.
+    pub slow_call: Option<Duration>,
 }
 
 impl Default for BreakerConfig {
@@ -101,6 +111,7 @@ impl Default for BreakerConfig {
             min_calls: 20,
             cooldown: Duration::from_secs(30),
             probes: 3,
+            slow_call: Some(Duration::from_secs(3)),
         }
     }
 }
@@ -357,6 +368,19 @@ impl Breaker {
         }
     }
 
+    /// Whether a due retry could start now: closed, or half-open after the grace for fresh
+    /// probes. While this is false, due retries are better left where they wait (the tier
+    /// buffers, whose bounds count them) than queued for a breaker that will refuse them: a queue
+    /// of refused retries takes the room that the fresh work a half-open breaker wants first
+    /// needs to be read at all.
+    pub fn admits_retries(&self) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open => false,
+            State::HalfOpen => self.retries_may_probe,
+        }
+    }
+
     /// When [`Breaker::tick`] has something to do: the end of the cool-down, or of the grace
     /// for fresh probes.
     pub fn wakes_at(&self) -> Option<Instant> {
@@ -401,6 +425,21 @@ impl Breaker {
                 }
             }
         }
+    }
+
+    /// Opens a closed breaker on a handler that answers nothing while `calls` calls have been
+    /// in it past the slow-call limit ([`SlowCalls::stalled`]). Returns the new state if it
+    /// changed.
+    pub fn stall(&mut self, calls: usize, now: Instant) -> Option<State> {
+        if self.state != State::Closed || !self.config.enabled() {
+            return None;
+        }
+        self.evidence = Some(Evidence {
+            calls,
+            failures: calls,
+            with_retries: false,
+        });
+        Some(self.open(now))
     }
 
     /// A probe that will never report (its message was handed back): another may take its place.
@@ -504,6 +543,131 @@ impl Breaker {
     }
 }
 
+/// The calls still in the handler, oldest first, for [`BreakerConfig::slow_call`]: a call that
+/// passes that age is judged a failure at once (a hung downstream answers only at the handler
+/// timeout), and its own result, when it comes, is not counted again.
+///
+/// Keys identify a call (the pipeline uses partition and offset). Memory: one entry per call in
+/// the handler (bounded by `--max-in-flight`), plus calls that ended out of order behind an
+/// older one still running, dropped as soon as that one ends.
+#[derive(Debug)]
+pub struct SlowCalls<K> {
+    limit: Option<Duration>,
+    order: VecDeque<(Instant, K)>,
+    running: HashSet<K>,
+    /// Judged slow; their result is still to come (or they are handed back).
+    judged: HashSet<K>,
+    /// When the handler last answered a call.
+    last_answer: Option<Instant>,
+}
+
+impl<K: Hash + Eq + Copy> SlowCalls<K> {
+    /// Watches calls slower than `limit`; `None` watches nothing (every method is then a no-op).
+    pub fn new(limit: Option<Duration>) -> SlowCalls<K> {
+        SlowCalls {
+            limit,
+            order: VecDeque::new(),
+            running: HashSet::new(),
+            judged: HashSet::new(),
+            last_answer: None,
+        }
+    }
+
+    /// A call for `key` started at `now`.
+    pub fn started(&mut self, key: K, now: Instant) {
+        if self.limit.is_some() && self.running.insert(key) {
+            self.order.push_back((now, key));
+        }
+    }
+
+    /// The handler answered for `key`. True when the call was already judged slow: its result
+    /// must not be counted again.
+    pub fn answered(&mut self, key: K, now: Instant) -> bool {
+        if self.limit.is_none() {
+            return false;
+        }
+        self.last_answer = Some(now);
+        if self.judged.remove(&key) {
+            return true;
+        }
+        self.running.remove(&key);
+        self.trim();
+        false
+    }
+
+    /// The call for `key` ended without an answer (handed back). True when it had been judged
+    /// slow (and so counted).
+    pub fn ended(&mut self, key: K) -> bool {
+        if self.limit.is_none() {
+            return false;
+        }
+        self.running.remove(&key);
+        self.trim();
+        self.judged.remove(&key)
+    }
+
+    /// The calls that have been in the handler for the limit or longer at `now`, each returned
+    /// once, oldest first.
+    pub fn slow(&mut self, now: Instant) -> Vec<K> {
+        let Some(limit) = self.limit else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(&(at, key)) = self.order.front() {
+            if now < at + limit {
+                break;
+            }
+            self.order.pop_front();
+            if self.running.remove(&key) {
+                self.judged.insert(key);
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    /// Whether the handler looks hung: at least `min_calls` calls have been in it for the limit
+    /// or longer, and it has answered nothing for that long. The failure rate alone cannot say
+    /// so soon: the calls in flight are at most `--max-in-flight`, which the window keeps below
+    /// the threshold of a window full of earlier successes (see [`Breaker::new`]), and a hung
+    /// handler ends no call before the handler timeout.
+    pub fn stalled(&self, now: Instant, min_calls: usize) -> bool {
+        self.limit.is_some_and(|limit| {
+            self.judged.len() >= min_calls && self.last_answer.is_none_or(|t| now >= t + limit)
+        })
+    }
+
+    /// When [`SlowCalls::stalled`] turns true if nothing changes: `min_calls` calls are judged
+    /// slow and the handler answers nothing more.
+    pub fn stalls_at(&self, min_calls: usize) -> Option<Instant> {
+        let limit = self.limit?;
+        (self.judged.len() >= min_calls)
+            .then(|| self.last_answer.map(|t| t + limit))
+            .flatten()
+    }
+
+    /// Calls judged slow whose result has not come.
+    pub fn hung(&self) -> usize {
+        self.judged.len()
+    }
+
+    /// When the oldest call still in the handler becomes slow.
+    pub fn wakes_at(&self) -> Option<Instant> {
+        let limit = self.limit?;
+        self.order.front().map(|(at, _)| *at + limit)
+    }
+
+    /// Drops ended calls from the front, so that the front is the oldest call still running.
+    fn trim(&mut self) {
+        while let Some((_, key)) = self.order.front() {
+            if self.running.contains(key) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +696,7 @@ mod tests {
 
     fn half_open(b: &mut Breaker, t0: Instant) -> Instant {
         let t1 = open(b, t0) + b.config.cooldown;
+        assert!(!b.admits_retries(), "open");
         assert_eq!(b.tick(t1), Some(State::HalfOpen));
         t1
     }
@@ -546,7 +711,8 @@ mod tests {
                 d.window_time,
                 d.min_calls,
                 d.cooldown,
-                d.probes
+                d.probes,
+                d.slow_call
             ),
             (
                 0.8,
@@ -554,7 +720,8 @@ mod tests {
                 Duration::from_secs(5),
                 20,
                 Duration::from_secs(30),
-                3
+                3,
+                Some(Duration::from_secs(3))
             )
         );
         assert!(d.enabled() && !BreakerConfig::disabled().enabled());
@@ -652,17 +819,95 @@ mod tests {
     }
 
     #[test]
+    fn a_call_past_the_slow_limit_is_judged_once_and_its_late_result_is_not_counted() {
+        let t0 = Instant::now();
+        let mut w = SlowCalls::new(Some(ms(3000)));
+        w.started(1, t0);
+        w.started(2, t0 + ms(10));
+        w.started(3, t0 + ms(20));
+        assert_eq!(w.wakes_at(), Some(t0 + ms(3000)));
+        assert!(
+            !w.answered(2, t0 + ms(500)),
+            "answered in time: counted by its result"
+        );
+        assert_eq!(w.slow(t0 + ms(2999)), Vec::<i32>::new());
+        assert_eq!(w.slow(t0 + ms(3020)), vec![1, 3], "2 answered before");
+        assert_eq!(w.slow(t0 + ms(9000)), Vec::<i32>::new(), "each once");
+        assert!(
+            w.answered(1, t0 + ms(9000)),
+            "judged slow: its result is not counted again"
+        );
+        assert!(w.ended(3), "handed back after being judged");
+        assert!(!w.answered(1, t0 + ms(9000)));
+        assert_eq!(w.wakes_at(), None);
+    }
+
+    #[test]
+    fn a_handler_that_answers_nothing_while_min_calls_are_slow_is_stalled_and_opens_it() {
+        let t0 = Instant::now();
+        let mut w = SlowCalls::new(Some(ms(3000)));
+        let mut b = Breaker::new(cfg(), 32);
+        for i in 0..50 {
+            b.record(Good, First, None, t0);
+            w.started(100 + i, t0);
+            w.answered(100 + i, t0);
+        }
+        for i in 0..32 {
+            w.started(i, t0 + ms(10));
+        }
+        let slow = w.slow(t0 + ms(3010));
+        for _ in &slow {
+            assert_eq!(
+                b.record(Bad, First, None, t0 + ms(3010)),
+                None,
+                "32 of 82: not enough"
+            );
+        }
+        assert!(w.stalled(t0 + ms(3010), 20));
+        assert!(!w.stalled(t0 + ms(3010), 33), "fewer than min_calls hung");
+        assert_eq!(b.stall(w.hung(), t0 + ms(3010)), Some(State::Open));
+        assert_eq!(b.evidence().map(|e| e.calls), Some(32));
+        // An answer within the limit: slow, not hung.
+        let mut w = SlowCalls::new(Some(ms(3000)));
+        for i in 0..25 {
+            w.started(i, t0);
+        }
+        w.started(99, t0 + ms(2000));
+        assert!(!w.answered(99, t0 + ms(2500)));
+        assert_eq!(w.slow(t0 + ms(3000)).len(), 25);
+        assert!(!w.stalled(t0 + ms(3000), 20));
+        assert!(w.stalled(t0 + ms(5500), 20));
+    }
+
+    #[test]
+    fn ended_calls_leave_the_front_so_the_next_wake_is_the_oldest_running_one() {
+        let t0 = Instant::now();
+        let mut w = SlowCalls::new(Some(ms(100)));
+        for (i, at) in [(1, 0), (2, 5), (3, 50)] {
+            w.started(i, t0 + ms(at));
+        }
+        assert!(!w.answered(2, t0 + ms(6)));
+        assert!(!w.ended(1));
+        assert_eq!(w.wakes_at(), Some(t0 + ms(150)));
+        let mut off = SlowCalls::new(None);
+        off.started(1, t0);
+        assert_eq!((off.slow(t0 + ms(10_000)), off.wakes_at()), (vec![], None));
+    }
+
+    #[test]
     fn half_open_probes_first_attempts_first_and_retries_after_the_grace() {
         let t0 = Instant::now();
         let mut b = Breaker::new(cfg(), 32);
         let t1 = half_open(&mut b, t0);
         assert_eq!(b.wakes_at(), Some(t1 + FRESH_PROBE_GRACE));
+        assert!(!b.admits_retries());
         assert_eq!(b.try_start(Retry, 0), Admit::No, "fresh work first");
         assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
         assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE - ms(1)), None);
         assert_eq!(b.try_start(Retry, 0), Admit::No);
         assert_eq!(b.tick(t1 + FRESH_PROBE_GRACE), None);
         assert_eq!(b.wakes_at(), None);
+        assert!(b.admits_retries());
         assert!(matches!(b.try_start(Retry, 0), Admit::Probe(_)));
         assert!(matches!(b.try_start(First, 0), Admit::Probe(_)));
         assert_eq!(b.try_start(First, 0), Admit::No, "only `probes` calls");

@@ -30,6 +30,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up: the size of `run`'s arguments costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: main consumer, delay tiers, router, metrics server.
@@ -211,6 +213,10 @@ pub struct RunArgs {
     /// Calls a half-open breaker lets through, main-topic messages first.
     #[arg(long, env = "REBOUND_BREAKER_PROBES", value_name = "N", help = breaker_help("probes"))]
     pub breaker_probes: Option<String>,
+
+    /// A call still in the handler after this long counts as a failure; 0 turns this off.
+    #[arg(long, env = "REBOUND_BREAKER_SLOW_CALL", value_name = "DURATION", help = breaker_help("slow-call"))]
+    pub breaker_slow_call: Option<String>,
 
     /// Message headers the `http` handler forwards as request headers (comma-separated names).
     #[arg(long, env = "REBOUND_FORWARD_HEADERS", value_name = "NAME,...")]
@@ -463,6 +469,10 @@ fn breaker_help(which: &str) -> String {
         "cooldown" => (
             "How long an open breaker keeps fetching paused before probing",
             short(d.cooldown),
+        ),
+        "slow-call" => (
+            "A call still in the handler after this long counts as a failure for the breaker then (a hung downstream opens it without waiting for --handler-timeout); 0 turns this off",
+            d.slow_call.map_or("0".to_string(), short),
         ),
         _ => (
             "Calls a half-open breaker lets through, main-topic messages first",

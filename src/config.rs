@@ -86,6 +86,7 @@ pub struct FileConfig {
     pub breaker_min_calls: Option<usize>,
     pub breaker_cooldown: Option<String>,
     pub breaker_probes: Option<usize>,
+    pub breaker_slow_call: Option<String>,
     pub forward_headers: Option<StringOrList>,
     pub tier_buffer: Option<SizeValue>,
     pub tier_buffer_messages: Option<usize>,
@@ -542,6 +543,18 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
             .or(file.breaker_cooldown.as_deref()),
         &duration::format(d.cooldown),
     )?;
+    let slow_call = match args
+        .breaker_slow_call
+        .as_deref()
+        .or(file.breaker_slow_call.as_deref())
+    {
+        None => d.slow_call,
+        Some(s) if s.trim() == "0" => None,
+        Some(s) => {
+            let t = duration::parse(s).map_err(|e| bad("--breaker-slow-call", e.to_string()))?;
+            (!t.is_zero()).then_some(t)
+        }
+    };
     Ok(BreakerConfig {
         threshold,
         window,
@@ -549,6 +562,7 @@ fn resolve_breaker(args: &RunArgs, file: &FileConfig) -> Result<BreakerConfig, C
         min_calls,
         cooldown,
         probes,
+        slow_call,
     })
 }
 
@@ -1265,10 +1279,26 @@ mod tests {
     }
 
     #[test]
+    fn breaker_slow_call_defaults_to_3s_and_0_turns_it_off() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.breaker.slow_call, Some(Duration::from_secs(3)));
+        let mut a = run_args("orders");
+        a.breaker_slow_call = Some("0".into());
+        assert_eq!(Config::for_run(&a).unwrap().breaker.slow_call, None);
+        a.breaker_slow_call = Some("1500ms".into());
+        assert_eq!(
+            Config::for_run(&a).unwrap().breaker.slow_call,
+            Some(Duration::from_millis(1500))
+        );
+        a.breaker_slow_call = Some("soon".into());
+        assert!(err(&a).to_string().contains("--breaker-slow-call"));
+    }
+
+    #[test]
     fn tier_buffer_defaults_sizes_and_bad_values() {
         let c = Config::for_run(&run_args("orders")).unwrap();
         assert_eq!(c.tier_buffer.total_bytes, 32 << 20);
-        assert_eq!(c.tier_buffer.partition_messages, 1);
+        assert_eq!(c.tier_buffer.partition_messages, 1000);
         assert_eq!(c.tier_buffer.partition_bytes, 1 << 20);
         assert_eq!(c.tier_buffer.horizon, Duration::from_secs(120));
 

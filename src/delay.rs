@@ -41,13 +41,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 /// `--tier-buffer` unless set: bytes kept by all tier partitions together, besides their heads.
 pub const DEFAULT_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 /// `--tier-buffer-messages` unless set: messages one tier partition keeps, its head included.
-/// 1 ("hold the head") for now: with read-ahead (`1000` is the measured setting) the consumer was
-/// seen to keep reporting every broker down after an Apache Kafka restart, holding `/readyz` at
-/// 503, and fresh work to arrive over 1 s after a breaker's half-open resume. Read-ahead is
-/// opt-in until both are understood (BENCHMARKS.md has its figures).
-pub const DEFAULT_PARTITION_MESSAGES: usize = 1;
-/// `--tier-buffer-messages` that turns read-ahead on at the measured size.
-pub const READ_AHEAD_PARTITION_MESSAGES: usize = 1000;
+/// At 1 000 a resumed partition is read in batches, not one fetch per message (BENCHMARKS.md
+/// has the lateness of both settings; `1` keeps "hold the head").
+pub const DEFAULT_PARTITION_MESSAGES: usize = 1000;
 /// `--tier-buffer-partition-bytes` unless set: bytes one tier partition keeps.
 pub const DEFAULT_PARTITION_BYTES: usize = 1024 * 1024;
 

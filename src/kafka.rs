@@ -26,7 +26,14 @@ use crate::metrics::Metrics;
 pub fn base_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.brokers);
-    c.set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's `debug` contexts log at debug level, which this filter would drop: a user who
+    // asks for them (`-X debug=broker,fetch`) gets them, shown under RUST_LOG=librdkafka=debug.
+    let debug = cluster.kafka.0.iter().any(|(k, _)| k == "debug");
+    c.set_log_level(if debug {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    });
     c
 }
 

@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use crate::breaker::{BreakerConfig, State as BreakerState};
 use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
@@ -196,7 +196,7 @@ impl Pipeline {
                 next_epoch: 0,
                 delays: DelayQueue::new(limits.tier_buffer),
                 buffered_gauges,
-                admission: Admission::new(Breaker::new(limits.breaker, limits.max_in_flight)),
+                admission: Admission::new(limits.breaker, limits.max_in_flight),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
@@ -221,7 +221,6 @@ impl Pipeline {
         // One timer for the earliest buffered head (or buffer wake-up), moved only when that
         // time changes.
         let mut timer = DueTimer::default();
-        let mut recv_errors = 0u32;
         let ended = loop {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
@@ -229,13 +228,10 @@ impl Pipeline {
             self.state.finish_revoke(&self.consumer, false);
             // Before anything polls the consumer (a rebalance callback may commit what is stored).
             self.state.store_finished(&self.consumer);
-            let wake = timer.wake_for(self.state.delays.next_due());
-            let breaker_wake = self
-                .state
-                .admission
-                .breaker
-                .wakes_at()
-                .map(Instant::from_std);
+            // Due retries stay in the tier buffers while the breaker would refuse them.
+            let retries_wanted = self.state.admission.breaker.admits_retries();
+            let wake = timer.wake_for(self.state.delays.next_due().filter(|_| retries_wanted));
+            let breaker_wake = self.state.admission.wakes_at().map(Instant::from_std);
             let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
@@ -272,7 +268,6 @@ impl Pipeline {
                 }
                 received = consumer.recv(), if room => match received {
                     Ok(m) => {
-                        recv_errors = 0;
                         // The message may have come with a rebalance; see it first.
                         while let Ok(event) = self.events.try_recv() {
                             state.on_rebalance(consumer, event);
@@ -298,13 +293,18 @@ impl Pipeline {
                             state.settle(consumer);
                         }
                         // A head that came due meanwhile goes now, not a loop turn later.
-                        if state.delays.next_due().is_some_and(|d| d <= Utc::now()) {
+                        if state.admission.breaker.admits_retries()
+                            && state.delays.next_due().is_some_and(|d| d <= Utc::now())
+                        {
                             state.release_due(consumer);
                             state.settle(consumer);
                         }
                     }
+                    // Informational: librdkafka retries on its own, at its reconnect backoff.
+                    // No back-off here: an outage queues hundreds of these behind the messages,
+                    // and sleeping on each (as this loop once did) kept the pipeline replaying
+                    // that backlog, one error per sleep, long after the brokers were back.
                     Err(e) => {
-                        recv_errors += 1;
                         if let Some((code, reason)) = consumer.client().fatal_error() {
                             tracing::error!(error = %code, reason = %reason, "the consumer failed for good");
                             break Ended::Fatal { code, reason };
@@ -313,9 +313,6 @@ impl Pipeline {
                             kafka::note_client_error(&state.metrics, &e, "consumer");
                         } else {
                             tracing::warn!(error = %e, "consumer error");
-                        }
-                        if recv_errors > 3 {
-                            tokio::time::sleep(Duration::from_millis(100 * recv_errors.min(20) as u64)).await;
                         }
                     }
                 },
@@ -824,21 +821,49 @@ impl State {
                     self.set_fetching(consumer, true);
                 }
                 self.pump();
+                self.release_due(consumer);
             }
         }
     }
 
     fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        self.judge_slow(consumer);
         match self.admission.breaker.tick(std::time::Instant::now()) {
             Some(new) => self.on_breaker_change(consumer, new),
             // Half-open and the grace for fresh probes is over: due retries may probe now.
-            None => self.pump(),
+            None => {
+                self.pump();
+                self.release_due(consumer);
+            }
+        }
+    }
+
+    /// Judges the calls that have been in the handler for `--breaker-slow-call` as failures,
+    /// without waiting for their end ([`Admission::judge_slow`]).
+    fn judge_slow(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        let verdict = self.admission.judge_slow(std::time::Instant::now());
+        if let Some(hung) = verdict.stalled {
+            tracing::warn!(
+                hung,
+                slow_call_ms = self.limits.breaker.slow_call.map_or(0, |d| d.as_millis() as u64),
+                "the handler answered nothing while these calls waited on it past --breaker-slow-call: a hung downstream"
+            );
+        }
+        for new in verdict.changes {
+            self.on_breaker_change(consumer, new);
+        }
+        if self.admission.parked() > 0 {
+            self.pump();
         }
     }
 
     /// Dispatches the tier messages that are due, and resumes the partitions whose buffers
-    /// drained (seeking each back to the first message it did not keep, if any).
+    /// drained (seeking each back to the first message it did not keep, if any). Nothing while
+    /// the breaker would refuse a retry: they wait in the buffers, within its bounds.
     fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        if !self.admission.breaker.admits_retries() {
+            return;
+        }
         let now = Utc::now();
         let tick = self.delays.pop_due(now);
         for released in tick.released {
@@ -889,6 +914,8 @@ impl State {
         if let Some(p) = self.parts.get_mut(&job.tp) {
             p.running.push(job.message.offset);
         }
+        self.admission
+            .started(job.tp, job.message.offset, std::time::Instant::now());
         let mut job = Box::pin(self.router.clone().process(job));
         self.started += 1;
         if self.spawn_only > 0 {

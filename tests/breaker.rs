@@ -4,7 +4,8 @@
 //! 1. mixes with poison messages never open it (and cost nothing: the run with the breaker off
 //!    is measured beside it and printed as `FIGURES`);
 //! 2. an outage opens it within 5 s and 50 calls, nothing is routed because of it, fresh work
-//!    probes first, and it closes within a cool-down and the probes after recovery;
+//!    probes first, and it closes within a cool-down and the probes after recovery; a downstream
+//!    that hangs (every call ends at the handler timeout, 10 s) opens it within 5 s too;
 //! 3. an outage while only due retries flow still opens it, before the retries are exhausted;
 //! 4. a partial outage (half the calls fail) neither opens it nor floods the tiers.
 //!
@@ -31,6 +32,8 @@ const TIERS: &[u64] = &[1000, 2000];
 const HEALTHY: u8 = 0;
 const DOWN: u8 = 1;
 const HALF: u8 = 2;
+/// Every call hangs past the handler timeout (a downstream that accepts and never answers).
+const HANG: u8 = 3;
 
 /// One handler call, as the downstream saw it.
 #[derive(Debug, Clone)]
@@ -96,6 +99,18 @@ impl Handler for Downstream {
     async fn handle(&self, m: &Message) -> Outcome {
         let id = String::from_utf8_lossy(m.payload()).into_owned();
         let n = self.n.fetch_add(1, Ordering::SeqCst);
+        if self.mode.load(Ordering::SeqCst) == HANG {
+            self.seen.lock().unwrap().push(Seen {
+                id,
+                attempt: m.attempt,
+                fresh: m.topic == self.main,
+                at: Instant::now(),
+                transient: true,
+            });
+            // The handler timeout (10 s by default) ends the call as a transient failure.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            return Outcome::transient("hung", "unreachable: the timeout fires first");
+        }
         let outcome = match self.mode.load(Ordering::SeqCst) {
             DOWN => Outcome::transient("down", "the downstream is down"),
             HALF if n % 2 == 0 => Outcome::transient("down", "half the calls fail"),
@@ -333,6 +348,60 @@ async fn mix_of_40_from_the_issue_never_opens_the_breaker() {
         ],
     );
     mix_never_opens_and_costs_nothing("mix-40", ids).await;
+}
+
+/// The downstream stops answering: every call hangs until the handler timeout (10 s). The
+/// breaker must not wait for those timeouts: calls in the handler longer than
+/// `--breaker-slow-call` (3 s) count as failures, so it opens within 5 s and 50 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_downstream_opens_the_breaker_before_the_handler_timeout() {
+    let main = unique("bhang");
+    let topo = topology(&main, TIERS);
+    create_topology(&topo, 3).await;
+    let down = Downstream::new(&main);
+    let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
+    wait_assigned(&mut svc).await;
+    let watch = Watch::start(svc.metrics.clone());
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let traffic = steady(&main, 10, stop_producing.clone());
+    let d = down.clone();
+    wait_until("300 calls", Duration::from_secs(60), move || {
+        d.count() >= 300
+    })
+    .await;
+    let before = down.count();
+    down.set(HANG);
+    let outage = Instant::now();
+    let m = svc.metrics.clone();
+    wait_until("the breaker opens", Duration::from_secs(20), move || {
+        m.circuit_state.get() == 2
+    })
+    .await;
+    let opened_after = outage.elapsed();
+    let calls = down.count() - before;
+    down.set(HEALTHY);
+    stop_producing.store(true, Ordering::Relaxed);
+    let n = traffic.await.unwrap();
+    let d = down.clone();
+    // The hung calls end at their timeout and go to a tier; after the cool-down every message
+    // succeeds.
+    wait_until(
+        "every message succeeded",
+        Duration::from_secs(90),
+        move || d.successes().len() == n,
+    )
+    .await;
+    let log = watch.finish().await;
+    svc.stop().await;
+    eprintln!(
+        "FIGURES breaker hang: opened_after={opened_after:?} calls_before_open={calls} changes={:?}",
+        log.iter().map(|(t, s)| (t.saturating_duration_since(outage).as_millis(), *s)).collect::<Vec<_>>()
+    );
+    assert!(
+        opened_after <= Duration::from_secs(5),
+        "opened within 5 s, not at the handler timeout: {opened_after:?}"
+    );
+    assert!(calls <= 50, "opened within 50 calls: {calls}");
 }
 
 /// The downstream fails every call for 32 s (the issue's 30 s, and just past the first

@@ -221,17 +221,7 @@ fn spread(seq: usize) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_ahead_handles_every_retry_once_never_early_in_order() {
-    // Read-ahead at its measured size (the default holds only the head for now, see README).
-    let max = run_with(
-        "ra-default",
-        |b| BufferBounds {
-            partition_messages: rebound::delay::READ_AHEAD_PARTITION_MESSAGES,
-            ..b
-        },
-        300,
-        spread,
-    )
-    .await;
+    let max = run_with("ra-default", |b| b, 300, spread).await;
     // More than one message per partition (2 partitions) at some moment: read ahead.
     assert!(
         max > 2,
@@ -296,7 +286,6 @@ async fn messages_beyond_the_horizon_are_read_again_later_none_lost() {
         "ra-horizon",
         |b| BufferBounds {
             horizon: Duration::from_millis(300),
-            partition_messages: rebound::delay::READ_AHEAD_PARTITION_MESSAGES,
             ..b
         },
         60,

@@ -1,12 +1,12 @@
-//! Which read and due job may start now (pure, no I/O): the circuit breaker, the queue of jobs it
-//! holds back (FIFO), and the key gate (same-key messages never in flight together), in one
-//! place. The poll loop offers jobs with [`Admission::park`], takes the ones to start with
+//! Which read and due job may start now (pure, no I/O): the circuit breaker (with its slow-call
+//! watch), the queue of jobs it holds back (FIFO), and the key gate (same-key messages never in
+//! flight together), in one place. The poll loop offers jobs with [`Admission::park`], takes the ones to start with
 //! [`Admission::next`], and reports every job's end with [`Admission::completed`].
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::breaker::{Admit, Attempt, Breaker, Probe, Signal, State as BreakerState};
+use crate::breaker::{Admit, Attempt, Breaker, Probe, Signal, SlowCalls, State as BreakerState};
 use crate::ordering::KeyGate;
 use crate::router::{Completion, Job, Tp};
 use crate::topology::Stage;
@@ -30,6 +30,18 @@ pub(super) struct Admission {
     signals: Vec<(Tp, i64, Signal)>,
     /// Jobs whose handler result the breaker has, still running (producing their copy).
     judged_running: usize,
+    /// Calls in the handler, for the breaker's slow-call rule.
+    slow: SlowCalls<(Tp, i64)>,
+    /// The breaker's `--breaker-min-calls` (the stall rule's quorum).
+    min_calls: usize,
+}
+
+/// What [`Admission::judge_slow`] found.
+pub(super) struct SlowVerdict {
+    /// Changes of the breaker's state, last one last.
+    pub(super) changes: Vec<BreakerState>,
+    /// Calls hung in the handler when that opened the breaker (the stall rule).
+    pub(super) stalled: Option<usize>,
 }
 
 fn attempt_of(tp: Tp) -> Attempt {
@@ -40,9 +52,11 @@ fn attempt_of(tp: Tp) -> Attempt {
 }
 
 impl Admission {
-    pub(super) fn new(breaker: Breaker) -> Admission {
+    pub(super) fn new(config: crate::breaker::BreakerConfig, max_in_flight: usize) -> Admission {
         Admission {
-            breaker,
+            breaker: Breaker::new(config, max_in_flight),
+            slow: SlowCalls::new(config.slow_call.filter(|_| config.enabled())),
+            min_calls: config.min_calls,
             parked: VecDeque::new(),
             gate: KeyGate::default(),
             probes: Vec::new(),
@@ -106,12 +120,67 @@ impl Admission {
         None
     }
 
+    /// A job's handler call starts (for the slow-call rule).
+    pub(super) fn started(&mut self, tp: Tp, offset: i64, now: Instant) {
+        self.slow.started((tp, offset), now);
+    }
+
+    /// When the breaker next has something to decide on its own: its cool-down or half-open
+    /// grace, a call becoming slow, or (closed) the handler stalling.
+    pub(super) fn wakes_at(&self) -> Option<Instant> {
+        let stall = (self.breaker.state() == BreakerState::Closed)
+            .then(|| self.slow.stalls_at(self.min_calls))
+            .flatten();
+        [self.breaker.wakes_at(), self.slow.wakes_at(), stall]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Judges the calls that have been in the handler for `--breaker-slow-call` as failures,
+    /// without waiting for their end; a handler that answers nothing while `--breaker-min-calls`
+    /// calls wait past it opens the breaker (a hung downstream).
+    pub(super) fn judge_slow(&mut self, now: Instant) -> SlowVerdict {
+        let mut changes = Vec::new();
+        for (tp, offset) in self.slow.slow(now) {
+            self.judged_running += 1;
+            let probe = self.take_probe(tp, offset);
+            tracing::debug!(
+                stage = ?tp.stage,
+                partition = tp.partition,
+                offset,
+                "handler call slower than --breaker-slow-call: the breaker counts it as failed"
+            );
+            if let Some(new) = self
+                .breaker
+                .record(Signal::Transient, attempt_of(tp), probe, now)
+            {
+                if new == BreakerState::Open {
+                    self.opened();
+                }
+                changes.push(new);
+            }
+        }
+        let mut stalled = None;
+        if self.slow.stalled(now, self.min_calls) {
+            let hung = self.slow.hung();
+            if let Some(new) = self.breaker.stall(hung, now) {
+                if new == BreakerState::Open {
+                    self.opened();
+                }
+                stalled = Some(hung);
+                changes.push(new);
+            }
+        }
+        SlowVerdict { changes, stalled }
+    }
+
     /// A job ended: frees its key (returning the job waiting behind it, which may start now)
     /// and settles its part in the breaker's bookkeeping.
     pub(super) fn completed(&mut self, done: &Completion) -> Option<Job> {
         let next = self.gate.release(done.tp, done.key.as_deref());
-        if done.signal.is_some() {
-            // The breaker had its result (`judge` runs first).
+        if done.signal.is_some() || self.slow.ended((done.tp, done.offset)) {
+            // The breaker had its result (`judge` runs first), or judged it slow.
             self.judged_running = self.judged_running.saturating_sub(1);
         } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
             // Handed back or never called: no evidence; another message may probe.
@@ -139,6 +208,10 @@ impl Admission {
         let mut changes = Vec::new();
         let mut signals = std::mem::take(&mut self.signals);
         for (tp, offset, signal) in signals.drain(..) {
+            if self.slow.answered((tp, offset), now) {
+                // Judged when it passed --breaker-slow-call.
+                continue;
+            }
             self.judged_running += 1;
             let probe = self.take_probe(tp, offset);
             if let Some(new) = self.breaker.record(signal, attempt_of(tp), probe, now) {
