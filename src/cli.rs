@@ -34,6 +34,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up: the size of `run`'s arguments costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: main consumer, delay tiers, router, metrics server.
@@ -232,6 +234,16 @@ pub struct RunArgs {
     /// How long a graceful stop may take before in-flight work is handed back.
     #[arg(long, env = "REBOUND_SHUTDOWN_TIMEOUT", value_name = "DURATION", help = with_default("How long a graceful stop may take before in-flight work is handed back", duration::format(defaults::SHUTDOWN_TIMEOUT)))]
     pub shutdown_timeout: Option<String>,
+
+    /// Consumer group membership (issue 16). A static member's name (KIP-345's
+    /// group.instance.id), e.g. the pod name: a restarted instance takes its partitions back
+    /// without a rebalance (see README, "Static membership").
+    #[arg(long, env = "REBOUND_INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
+    /// How long a revoked partition's running jobs may finish (and be committed) before they are
+    /// handed back to the next owner; 0s hands them back at once [default: 2s].
+    #[arg(long, env = "REBOUND_REVOKE_TIMEOUT", value_name = "DURATION")]
+    pub revoke_timeout: Option<String>,
 
     /// Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the
     /// breaker off.

@@ -10,7 +10,7 @@ use std::fmt;
 use crate::topology::Topology;
 
 /// librdkafka properties rebound sets itself; overriding them would break its guarantees.
-const RESERVED: [(&str, &str); 5] = [
+const RESERVED: [(&str, &str); 6] = [
     ("bootstrap.servers", "use --brokers"),
     ("group.id", "use --group"),
     (
@@ -22,6 +22,7 @@ const RESERVED: [(&str, &str); 5] = [
         "rebound stores only finished offsets itself",
     ),
     ("isolation.level", "rebound reads committed messages only"),
+    ("group.instance.id", "use --instance-id"),
 ];
 
 /// A `-X` property (or `[kafka]` file entry) rebound cannot take.
@@ -48,7 +49,7 @@ impl KafkaProps {
     /// The properties of the `[kafka]` file table (`file`, values as text) overridden by the
     /// `-X KEY=VALUE` items: a later key replaces an earlier one. Refuses an item without `=`
     /// and the properties rebound sets itself (`bootstrap.servers`, `group.id`, auto-commit,
-    /// offset store, `isolation.level`).
+    /// offset store, `isolation.level`, `group.instance.id`).
     pub fn parse(
         file: impl IntoIterator<Item = (String, String)>,
         items: &[String],

@@ -81,6 +81,8 @@ pub struct FileConfig {
     pub max_in_flight: Option<usize>,
     pub commit_interval: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub instance_id: Option<String>,
+    pub revoke_timeout: Option<String>,
     pub breaker_threshold: Option<f64>,
     pub breaker_window: Option<usize>,
     pub breaker_window_time: Option<String>,
@@ -197,6 +199,66 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Bounds of the tier partitions' read-ahead buffer.
     pub tier_buffer: BufferBounds,
+    /// Consumer group membership: see [`Membership`].
+    pub membership: Membership,
+}
+
+/// How `rebound run` takes part in its consumer group (`--instance-id`, `--revoke-timeout`;
+/// the protocol itself is chosen at start-up, [`crate::group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// A static member's `group.instance.id` (KIP-345), e.g. the pod name.
+    pub instance_id: Option<String>,
+    /// How long a revoke waits for the revoked partitions' running jobs.
+    pub revoke_timeout: Duration,
+}
+
+/// The default `--revoke-timeout`: short, and well inside `max.poll.interval.ms` (5 min).
+pub const DEFAULT_REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership {
+            instance_id: None,
+            revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+        }
+    }
+}
+
+impl Membership {
+    /// Flags beat the file; the `-X` group settings are checked here too (exit 2 on a conflict
+    /// librdkafka would refuse).
+    fn resolve(
+        args: &RunArgs,
+        file: &FileConfig,
+        kafka: &KafkaProps,
+    ) -> Result<Membership, ConfigError> {
+        crate::group::check(&kafka.0).map_err(|e| bad("-X", e.to_string()))?;
+        let instance_id = args.instance_id.clone().or(file.instance_id.clone());
+        if let Some(id) = &instance_id {
+            crate::group::check_instance_id(id).map_err(|e| bad("--instance-id", e))?;
+        }
+        let revoke_timeout = match args
+            .revoke_timeout
+            .as_deref()
+            .or(file.revoke_timeout.as_deref())
+        {
+            None => DEFAULT_REVOKE_TIMEOUT,
+            Some(s) => {
+                duration::parse(s.trim()).map_err(|e| bad("--revoke-timeout", e.to_string()))?
+            }
+        };
+        if revoke_timeout > Duration::from_secs(60) {
+            return Err(bad(
+                "--revoke-timeout",
+                "must be at most 60s (a rebalance waits for it; max.poll.interval.ms bounds it)",
+            ));
+        }
+        Ok(Membership {
+            instance_id,
+            revoke_timeout,
+        })
+    }
 }
 
 impl Config {
@@ -217,6 +279,7 @@ impl Config {
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             breaker: BreakerConfig::default(),
             tier_buffer: BufferBounds::with_horizon(shortest_tier(&topology)),
+            membership: Membership::default(),
         }
     }
 
@@ -289,7 +352,9 @@ impl Config {
         }
         let breaker = resolve_breaker(args, &file)?;
         let tier_buffer = resolve_tier_buffer(args, &file, &cluster.topology)?;
+        let membership = Membership::resolve(args, &file, &cluster.kafka)?;
         Ok(Config {
+            membership,
             breaker,
             tier_buffer,
             cluster,
@@ -524,6 +589,17 @@ impl fmt::Display for Config {
             "shutdown-timeout = {}",
             duration::Short(self.shutdown_timeout)
         )?;
+        let m = &self.membership;
+        writeln!(
+            f,
+            "membership       = {}; revoke-timeout {}",
+            m.instance_id
+                .as_deref()
+                .map_or("dynamic".to_string(), |id| format!(
+                    "static, instance-id {id}"
+                )),
+            duration::Short(m.revoke_timeout)
+        )?;
         let b = &self.tier_buffer;
         writeln!(
             f,
@@ -711,6 +787,33 @@ mod tests {
         let mut a = run_args("orders");
         a.topology.connect.config = Some(bad.path().to_path_buf());
         assert_eq!(err(&a).field, "--tier-buffer-messages");
+    }
+
+    #[test]
+    fn membership_settings_and_group_conflicts() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.membership, Membership::default());
+        let mut a = run_args("orders");
+        a.instance_id = Some("orders-7f9c".into());
+        a.revoke_timeout = Some("0s".into());
+        let m = Config::for_run(&a).unwrap().membership;
+        assert_eq!(m.instance_id.as_deref(), Some("orders-7f9c"));
+        assert_eq!(m.revoke_timeout, Duration::ZERO);
+        a.revoke_timeout = Some("2m".into());
+        assert_eq!(err(&a).field, "--revoke-timeout");
+        a.revoke_timeout = None;
+        a.instance_id = Some("pod 1".into());
+        assert_eq!(err(&a).field, "--instance-id");
+        let mut x = run_args("orders");
+        x.topology.kafka = vec![
+            "group.protocol=consumer".into(),
+            "session.timeout.ms=6000".into(),
+        ];
+        let e = err(&x);
+        assert_eq!(e.field, "-X");
+        assert!(e.problem.contains("session.timeout.ms"), "{e}");
+        x.topology.kafka = vec!["group.instance.id=a".into()];
+        assert!(err(&x).problem.contains("--instance-id"));
     }
 
     #[test]

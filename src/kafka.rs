@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::bindings as rd;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 use rdkafka::metadata::Metadata;
@@ -62,7 +62,6 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = base_config(cluster);
     c.set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
-        .set("partition.assignment.strategy", "range,roundrobin")
         // Tier partitions sit paused most of the time, and what a fetch brought for a partition
         // that is then paused is thrown away. With librdkafka's 50 MB default the resident size
         // grew with the backlog parked in the tiers (a broker that does not honour
@@ -92,6 +91,23 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed");
+    c
+}
+
+/// The consumer of `rebound run`: [`consumer_config`] joined with `protocol` (see
+/// [`crate::group`]) and, for a static member (KIP-345), `group.instance.id`.
+pub fn group_consumer_config(
+    cluster: &ClusterConfig,
+    protocol: &crate::group::Protocol,
+    instance_id: Option<&str>,
+) -> ClientConfig {
+    let mut c = consumer_config(cluster);
+    for (k, v) in protocol.properties() {
+        c.set(k, v);
+    }
+    if let Some(id) = instance_id {
+        c.set("group.instance.id", id);
+    }
     c
 }
 
@@ -213,8 +229,13 @@ pub fn set_only_offset(list: &mut TopicPartitionList, offset: i64) -> Result<(),
 /// A change of assignment, seen by the poll loop right after the consumer saw it.
 #[derive(Debug)]
 pub enum RebalanceEvent {
+    /// Added to the assignment (already assigned and resumed).
     Assigned(Vec<(String, i32)>),
+    /// Already given up (lost, or the consumer is closing): drop their state.
     Revoked(Vec<(String, i32)>),
+    /// To be given up by the loop once their running jobs finished or a deadline passed: the
+    /// loop commits them and calls `incremental_unassign` (`unassign` with an eager assignor).
+    Revoking(Vec<(String, i32)>),
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -224,11 +245,23 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// The consumer's context: logs through `tracing`, commits on revoke, resumes on assign, and
-/// turns librdkafka statistics into the lag gauge.
+/// The consumer's context: logs through `tracing`, hands revokes to the poll loop, resumes on
+/// assign, and turns librdkafka statistics into the lag gauge.
 pub struct TopologyContext {
     pub events: UnboundedSender<RebalanceEvent>,
     pub metrics: Arc<Metrics>,
+    /// Set by the loop before it closes the consumer: revokes are then answered at once.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl TopologyContext {
+    pub fn new(events: UnboundedSender<RebalanceEvent>, metrics: Arc<Metrics>) -> Self {
+        TopologyContext {
+            events,
+            metrics,
+            closing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl ClientContext for TopologyContext {
@@ -262,34 +295,85 @@ impl ClientContext for TopologyContext {
 }
 
 impl ConsumerContext for TopologyContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                // Offsets are stored only for finished work, so committing the store now hands
-                // the partitions over exactly where finished work ends.
-                match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                    Ok(()) => tracing::info!(partitions = tpl.count(), "committed before revoke"),
-                    Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+    /// Replaces rdkafka's default, which gives revoked partitions up inside the callback. The
+    /// callback runs inside the consumer's poll, on the loop that also receives the jobs'
+    /// completions, so it cannot wait for them. Instead a revoke is handed to the loop
+    /// ([`RebalanceEvent::Revoking`]) and librdkafka is answered later, from the loop
+    /// (`incremental_unassign`): librdkafka keeps the group waiting for that call (heartbeats go
+    /// on) and nothing blocks. Lost partitions, and revokes while closing, are answered here.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rd::rd_kafka_resp_err_t,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rd::rd_kafka_resp_err_t::*;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    tracing::warn!(error = %e, "taking the assigned partitions failed");
+                }
+                // librdkafka remembers a paused flag across a rebalance that gives a partition
+                // back; rebound's own pause state starts empty for a new assignment.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resume after assignment failed");
+                }
+                let _ = self.events.send(RebalanceEvent::Assigned(partitions(tpl)));
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                if !lost
+                    && !self.closing.load(Ordering::Relaxed)
+                    && self
+                        .events
+                        .send(RebalanceEvent::Revoking(partitions(tpl)))
+                        .is_ok()
+                {
+                    return;
+                }
+                if !lost {
+                    // Offsets are stored only for finished work.
+                    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                        Ok(())
+                        | Err(KafkaError::ConsumerCommit(
+                            rdkafka::types::RDKafkaErrorCode::NoOffset,
+                        )) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "commit before revoke failed; the next owner may repeat some work")
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "commit before revoke failed; the next owner may repeat some work")
-                    }
+                } else {
+                    tracing::warn!(partitions = tpl.count(), "partitions lost (the group moved on without this member); their running work will be repeated by the next owner");
+                }
+                let given_up = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = given_up {
+                    tracing::warn!(error = %e, "giving up revoked partitions failed");
                 }
                 let _ = self.events.send(RebalanceEvent::Revoked(partitions(tpl)));
             }
-            Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            // librdkafka remembers a paused flag across a rebalance that gives a partition back;
-            // rebound's own pause state starts empty for a new assignment, so make them agree.
-            if let Err(e) = consumer.resume(tpl) {
-                tracing::warn!(error = %e, "resume after assignment failed");
+            other => {
+                // As librdkafka's documentation asks of a rebalance error: drop the assignment.
+                tracing::warn!(error = ?other, "rebalance error");
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                let _ = self.events.send(RebalanceEvent::Revoked(partitions(tpl)));
             }
-            let _ = self.events.send(RebalanceEvent::Assigned(partitions(tpl)));
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod dlq;
 #[doc(hidden)]
 pub mod duration;
+pub mod group;
 pub mod handler;
 #[doc(hidden)]
 pub mod headers;

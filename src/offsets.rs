@@ -51,6 +51,11 @@ impl PartitionOffsets {
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
+
+    /// Last offset read + 1 (`None`: nothing read).
+    pub fn read_to(&self) -> Option<i64> {
+        self.next
+    }
 }
 
 #[cfg(test)]

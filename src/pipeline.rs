@@ -2,8 +2,8 @@
 //! per-partition state and is the only place that pauses, resumes, stores and commits.
 //!
 //! ```text
-//! recv ──► main message ─────────────────────────────► KeyGate ─► Router job (task)
-//!      └─► tier message ─ due, nothing ahead? ─ yes ─►    ▲            │
+//! recv ──► main message ─────────────────────────────► Admission ─► Router job (task)
+//!      └─► tier message ─ due, nothing ahead? ─ yes ─►    ▲  (breaker, key gate)
 //!              └─ no: keep in the bounded buffer ───► DelayQueue ─────┘ (timer)
 //!                 (full or beyond the horizon: pause; seek back to what was not kept)
 //! Router job ─► Completion ─► PartitionOffsets.finish ─► store offset ─► commit (interval)
@@ -16,11 +16,13 @@
 //!   before the messages read ahead of it in its partition;
 //! * tier buffers stay within their bounds ([`crate::delay`]); a message not kept is read
 //!   again (the partition is sought back to it before it resumes);
-//! * on revoke, every trace of the partition (offsets, buffer, waiting jobs) is dropped and
-//!   results of its in-flight jobs are ignored (their epoch is gone), so nothing from an old
-//!   assignment is committed or resumed in a new one.
+//! * a revoke is deferred until the loop has let the partition's running jobs finish (at most
+//!   `--revoke-timeout`) and committed them; then every trace of the partition (one entry of
+//!   [`State::parts`], its buffer, its waiting jobs) is dropped and results of jobs still
+//!   running are ignored (their epoch is gone), so nothing from an old assignment is committed
+//!   or resumed in a new one. Other partitions are not touched.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -40,18 +42,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{
-    Admit, Attempt, Breaker, BreakerConfig, Probe, Signal, SlowCalls, State as BreakerState,
-};
+use crate::breaker::{BreakerConfig, State as BreakerState};
 use crate::delay::{BufferBounds, DelayQueue, Offer};
 use crate::handler::Message;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
-use crate::ordering::KeyGate;
 use crate::router::{Completion, Finish, Intake, Job, Router, Tp};
 use crate::status::{self, PartitionStatus, Snapshot};
 use crate::topology::Stage;
+
+mod admission;
+use admission::Admission;
 
 /// Loop settings.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +64,58 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// Bounds of the tier partitions' read-ahead buffer.
     pub tier_buffer: BufferBounds,
+    /// How long a revoke waits for the revoked partitions' running jobs before it hands them
+    /// back (`--revoke-timeout`).
+    pub revoke_timeout: Duration,
+}
+
+/// Everything the loop keeps about one assigned partition (its tier buffer lives in
+/// [`State::delays`], whose due-time order spans partitions). A revoke removes it in one step
+/// ([`State::remove_partition`]).
+struct Partition {
+    /// Assignment generation: jobs carry it, and a completion of another one is ignored.
+    epoch: u64,
+    offsets: PartitionOffsets,
+    /// A single-entry list, so that storing the partition's offset allocates nothing.
+    store_list: Option<TopicPartitionList>,
+    /// Offsets of this assignment's jobs that started and have not completed.
+    running: Vec<i64>,
+    /// Being revoked: nothing new starts; running jobs may still finish and be committed.
+    revoking: bool,
+}
+
+impl Partition {
+    fn new(epoch: u64) -> Partition {
+        Partition {
+            epoch,
+            offsets: PartitionOffsets::default(),
+            store_list: None,
+            running: Vec::new(),
+            revoking: false,
+        }
+    }
+}
+
+/// A revoke librdkafka handed to the loop, not finished yet (see [`State::begin_revoke`]).
+struct Revoking {
+    /// The partitions as librdkafka named them (the unassign takes the same list).
+    list: Vec<(String, i32)>,
+    /// Those of the topology.
+    tps: Vec<Tp>,
+    since: Instant,
+    deadline: Instant,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The stop token was cancelled.
+    Stopped,
+    /// The consumer hit a fatal error (librdkafka cannot go on with this client instance).
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
 }
 
 /// Everything the loop owns besides the consumer.
@@ -69,25 +123,13 @@ struct State {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     limits: Limits,
-    /// Assignment generation per assigned partition; absent = not ours.
-    epochs: HashMap<Tp, u64>,
+    /// Per assigned partition; absent = not ours.
+    parts: HashMap<Tp, Partition>,
     next_epoch: u64,
-    offsets: HashMap<Tp, PartitionOffsets>,
     delays: DelayQueue<Tp, Job>,
     /// Per tier: the buffered-messages and buffered-bytes gauges.
     buffered_gauges: Vec<(prometheus::IntGauge, prometheus::IntGauge)>,
-    gate: KeyGate<Tp, Job>,
-    /// Read and due, waiting for the circuit breaker to let them start (FIFO).
-    parked: VecDeque<Job>,
-    breaker: Breaker,
-    /// Probes a half-open breaker let through and that have not reported yet.
-    probes: Vec<ProbeJob>,
-    /// Handler results taken from the router, reused so that taking them allocates nothing.
-    signals: Vec<(Tp, i64, Signal)>,
-    /// Jobs whose handler result the breaker has, still running (producing their copy).
-    judged_running: usize,
-    /// Calls in the handler, for the breaker's slow-call rule.
-    slow: SlowCalls<(Tp, i64)>,
+    admission: Admission,
     /// Every assigned partition is paused because the breaker is open.
     fetch_paused: bool,
     jobs: JoinSet<Completion>,
@@ -97,32 +139,15 @@ struct State {
     spawn_only: u32,
     /// Jobs started so far (inline polls are timed for one in [`TIME_EVERY`]).
     started: u64,
-    /// One single-entry list per partition, so that storing its offset allocates nothing.
-    store_lists: HashMap<Tp, TopicPartitionList>,
     /// Partitions whose committable offset may have moved since offsets were last stored.
     unstored: Vec<Tp>,
     /// A pause, resume or revoke happened since the paused gauges were last set.
     paused_changed: bool,
     /// When the `/status` snapshot was last published.
     status_published: Option<std::time::Instant>,
+    /// The revoke in progress, if any.
+    revoking: Option<Revoking>,
     draining: bool,
-}
-
-/// Probes of a revoked partition will not report (or not as probes): others take their place.
-fn forget_probes(probes: &mut Vec<ProbeJob>, breaker: &mut Breaker, tp: Tp) {
-    probes.retain(|p| {
-        if p.tp == tp {
-            breaker.forget(p.probe);
-        }
-        p.tp != tp
-    });
-}
-
-/// A probe a half-open breaker let through: which job, to recognise its completion.
-struct ProbeJob {
-    tp: Tp,
-    offset: i64,
-    probe: Probe,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -138,8 +163,11 @@ const RECV_BATCH: usize = 256;
 
 /// The consumer and its loop.
 pub struct Pipeline {
-    consumer: StreamConsumer<TopologyContext>,
+    /// Declared (so dropped) before the consumer: a pipeline dropped without its shutdown (its
+    /// future cancelled) closes the consumer in the drop, and the revoke that close raises must
+    /// not be handed to a loop that is gone (the context answers it itself when sending fails).
     events: UnboundedReceiver<RebalanceEvent>,
+    consumer: StreamConsumer<TopologyContext>,
     state: State,
 }
 
@@ -164,40 +192,28 @@ impl Pipeline {
                 router,
                 metrics,
                 limits,
-                epochs: HashMap::new(),
+                parts: HashMap::new(),
                 next_epoch: 0,
-                offsets: HashMap::new(),
                 delays: DelayQueue::new(limits.tier_buffer),
                 buffered_gauges,
-                gate: KeyGate::default(),
-                parked: VecDeque::new(),
-                breaker: Breaker::new(limits.breaker, limits.max_in_flight),
-                probes: Vec::new(),
-                signals: Vec::new(),
-                judged_running: 0,
-                slow: SlowCalls::new(
-                    limits
-                        .breaker
-                        .slow_call
-                        .filter(|_| limits.breaker.enabled()),
-                ),
+                admission: Admission::new(limits.breaker, limits.max_in_flight),
                 fetch_paused: false,
                 jobs: JoinSet::new(),
                 finished: Vec::new(),
                 spawn_only: 0,
                 started: 0,
-                store_lists: HashMap::new(),
                 unstored: Vec::new(),
                 paused_changed: true,
                 status_published: None,
+                revoking: None,
                 draining: false,
             },
         }
     }
 
-    /// Runs until `stop` is cancelled, then finishes or hands back in-flight work, commits, and
-    /// closes the consumer within the shutdown timeout.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Runs until `stop` is cancelled (or the consumer fails for good), then finishes or hands
+    /// back in-flight work, commits, and closes the consumer within the shutdown timeout.
+    pub async fn run(mut self, stop: CancellationToken) -> Ended {
         let mut commit = tokio::time::interval(self.state.limits.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = stop.cancelled();
@@ -205,37 +221,24 @@ impl Pipeline {
         // One timer for the earliest buffered head (or buffer wake-up), moved only when that
         // time changes.
         let mut timer = DueTimer::default();
-        loop {
+        let ended = loop {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
             }
-            // Before anything polls the consumer (a revoke callback commits what is stored).
+            self.state.finish_revoke(&self.consumer, false);
+            // Before anything polls the consumer (a rebalance callback may commit what is stored).
             self.state.store_finished(&self.consumer);
             // Due retries stay in the tier buffers while the breaker would refuse them.
-            let retries_wanted = self.state.breaker.admits_retries();
+            let retries_wanted = self.state.admission.breaker.admits_retries();
             let wake = timer.wake_for(self.state.delays.next_due().filter(|_| retries_wanted));
-            let stall_wake = (self.state.breaker.state() == BreakerState::Closed)
-                .then(|| {
-                    self.state
-                        .slow
-                        .stalls_at(self.state.limits.breaker.min_calls)
-                })
-                .flatten();
-            let breaker_wake = [
-                self.state.breaker.wakes_at(),
-                self.state.slow.wakes_at(),
-                stall_wake,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Instant::from_std);
+            let breaker_wake = self.state.admission.wakes_at().map(Instant::from_std);
+            let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
             let room = self.state.buffered() < self.state.limits.max_in_flight;
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
                 biased;
-                _ = &mut stopped => break,
+                _ = &mut stopped => break Ended::Stopped,
                 Some(joined) = state.jobs.join_next(), if !state.jobs.is_empty() => {
                     if let Ok(done) = joined {
                         state.finished.push(done);
@@ -257,6 +260,8 @@ impl Pipeline {
                     state.breaker_tick(consumer);
                     state.settle(consumer);
                 }
+                // The top of the loop finishes the revoke once its deadline has passed.
+                _ = sleep_until(revoke_wake) => {}
                 _ = commit.tick() => {
                     state.store_finished(consumer);
                     commit_offsets(consumer, CommitMode::Async);
@@ -288,7 +293,7 @@ impl Pipeline {
                             state.settle(consumer);
                         }
                         // A head that came due meanwhile goes now, not a loop turn later.
-                        if state.breaker.admits_retries()
+                        if state.admission.breaker.admits_retries()
                             && state.delays.next_due().is_some_and(|d| d <= Utc::now())
                         {
                             state.release_due(consumer);
@@ -300,6 +305,10 @@ impl Pipeline {
                     // and sleeping on each (as this loop once did) kept the pipeline replaying
                     // that backlog, one error per sleep, long after the brokers were back.
                     Err(e) => {
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            tracing::error!(error = %code, reason = %reason, "the consumer failed for good");
+                            break Ended::Fatal { code, reason };
+                        }
                         if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
                             kafka::note_client_error(&state.metrics, &e, "consumer");
                         } else {
@@ -310,22 +319,29 @@ impl Pipeline {
             }
             state.update_gauges();
             state.publish_status(false);
-        }
-        self.shutdown().await;
+        };
+        let last = ended == Ended::Stopped;
+        self.shutdown(last).await;
+        ended
     }
 
-    async fn shutdown(mut self) {
+    /// Stops receiving, lets running work finish (within the shutdown timeout), commits and
+    /// closes the consumer. `last`: the service stops (else a new consumer takes over, so
+    /// `/readyz` is left to it).
+    async fn shutdown(mut self, last: bool) {
         let state = &mut self.state;
-        state
-            .metrics
-            .health
-            .shutting_down
-            .store(true, Ordering::Relaxed);
+        if last {
+            state
+                .metrics
+                .health
+                .shutting_down
+                .store(true, Ordering::Relaxed);
+        }
         state.draining = true;
         let buffered_tier = state.delays.len();
         tracing::info!(
             in_flight = state.jobs.len(),
-            waiting = state.gate.waiting(),
+            waiting = state.admission.waiting(),
             buffered_tier,
             "stopping: no more fetching; finishing in-flight work"
         );
@@ -357,11 +373,27 @@ impl Pipeline {
         state.update_gauges();
         state.store_finished(&self.consumer);
         commit_offsets(&self.consumer, CommitMode::Sync);
+        // A revoke librdkafka is waiting for is answered before the close (which would
+        // otherwise wait for it); from now on the context answers revokes itself.
+        state.finish_revoke(&self.consumer, true);
+        let unfinished: Vec<Tp> = state
+            .parts
+            .iter()
+            .filter(|(_, p)| p.offsets.committable() != p.offsets.read_to())
+            .map(|(tp, _)| *tp)
+            .collect();
+        for tp in unfinished {
+            state.hand_back(tp, "stopping");
+        }
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Relaxed);
         state.publish_status(true);
         tracing::info!("offsets committed; leaving the group");
         // A list that went through `store_offsets` holds a reference to librdkafka's partition
         // object, and the client does not finish closing while one is alive.
-        state.store_lists.clear();
+        state.parts.clear();
         close_consumer(self.consumer, Duration::from_secs(10));
     }
 }
@@ -370,61 +402,215 @@ impl State {
     /// Messages read and not finished, except those in tier buffers: what `--max-in-flight`
     /// bounds.
     fn buffered(&self) -> usize {
-        self.jobs.len() + self.gate.waiting() + self.parked.len()
+        self.jobs.len() + self.admission.waiting()
+    }
+
+    /// Whether `job` still belongs to its partition's assignment and may start.
+    fn is_current(parts: &HashMap<Tp, Partition>, job: &Job) -> bool {
+        parts
+            .get(&job.tp)
+            .is_some_and(|p| p.epoch == job.epoch && !p.revoking)
+    }
+
+    fn stage_of(&self, topic: &str, partition: i32) -> Option<Tp> {
+        let stage = self.router.topology.stage_of(topic)?;
+        Some(Tp { stage, partition })
     }
 
     fn on_rebalance(&mut self, consumer: &StreamConsumer<TopologyContext>, event: RebalanceEvent) {
-        let topology = &self.router.topology;
         match event {
-            RebalanceEvent::Assigned(parts) => {
-                for (topic, partition) in parts {
-                    let Some(stage) = topology.stage_of(&topic) else {
+            RebalanceEvent::Assigned(list) => {
+                for (topic, partition) in &list {
+                    let Some(tp) = self.stage_of(topic, *partition) else {
                         continue;
                     };
-                    let tp = Tp { stage, partition };
                     self.next_epoch += 1;
-                    self.epochs.insert(tp, self.next_epoch);
-                    self.offsets.insert(tp, PartitionOffsets::default());
+                    self.parts.insert(tp, Partition::new(self.next_epoch));
                 }
                 self.metrics.health.assigned.store(true, Ordering::Relaxed);
-                tracing::info!(assigned = self.epochs.len(), "partitions assigned");
+                tracing::info!(
+                    added = list.len(),
+                    assigned = self.parts.len(),
+                    "partitions assigned"
+                );
                 if self.fetch_paused {
                     // The context resumed them; the open breaker wants them paused.
                     self.set_fetching(consumer, false);
                 }
             }
-            RebalanceEvent::Revoked(parts) => {
-                self.paused_changed = true;
-                let mut handed_back = 0;
-                for (topic, partition) in parts {
-                    let Some(stage) = topology.stage_of(&topic) else {
-                        continue;
-                    };
-                    let tp = Tp { stage, partition };
-                    self.epochs.remove(&tp);
-                    self.offsets.remove(&tp);
-                    self.store_lists.remove(&tp);
-                    let (dropped, bytes) = self.delays.remove(&tp);
-                    self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
-                    handed_back += dropped.len();
-                    handed_back += self.gate.remove_partition(tp).len();
-                    let before = self.parked.len();
-                    self.parked.retain(|j| j.tp != tp);
-                    handed_back += before - self.parked.len();
-                    forget_probes(&mut self.probes, &mut self.breaker, tp);
-                    // The lag of a partition that moved is its new owner's to report.
-                    let _ = self
-                        .metrics
-                        .lag
-                        .remove_label_values(&[topology.topic(stage), &partition.to_string()]);
+            RebalanceEvent::Revoked(list) => {
+                // Already unassigned (lost, or the consumer is closing): nothing to wait for.
+                for (topic, partition) in &list {
+                    if let Some(tp) = self.stage_of(topic, *partition) {
+                        self.hand_back(tp, "partition lost");
+                    }
                 }
                 tracing::info!(
-                    remaining = self.epochs.len(),
-                    handed_back,
+                    revoked = list.len(),
+                    remaining = self.parts.len(),
                     "partitions revoked"
                 );
             }
+            RebalanceEvent::Revoking(list) => self.begin_revoke(consumer, list),
         }
+    }
+
+    /// Starts a revoke: the partitions stop starting work (their buffered, parked and
+    /// key-gated jobs are dropped, to be read again by the next owner) and are paused; their
+    /// running jobs may finish until `--revoke-timeout`. [`State::finish_revoke`] then commits
+    /// and gives the partitions up. Nothing blocks: the loop goes on serving every other
+    /// partition and receiving the completions the revoke waits for.
+    fn begin_revoke(
+        &mut self,
+        consumer: &StreamConsumer<TopologyContext>,
+        list: Vec<(String, i32)>,
+    ) {
+        let now = Instant::now();
+        let mut tps = Vec::new();
+        let mut pause_list = TopicPartitionList::with_capacity(list.len());
+        for (topic, partition) in &list {
+            pause_list.add_partition(topic, *partition);
+            let Some(tp) = self.stage_of(topic, *partition) else {
+                continue;
+            };
+            tps.push(tp);
+            if let Some(p) = self.parts.get_mut(&tp) {
+                p.revoking = true;
+            }
+            let (dropped, bytes) = self.delays.remove(&tp);
+            self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
+            self.admission.remove_partition(tp);
+        }
+        self.paused_changed = true;
+        if let Err(e) = consumer.pause(&pause_list) {
+            tracing::debug!(error = %e, "pausing revoked partitions failed");
+        }
+        let running: usize = tps
+            .iter()
+            .filter_map(|tp| self.parts.get(tp))
+            .map(|p| p.running.len())
+            .sum();
+        tracing::info!(
+            partitions = list.len(),
+            running,
+            wait_ms = self.limits.revoke_timeout.as_millis() as u64,
+            "revoke: letting the running jobs of the revoked partitions finish"
+        );
+        match &mut self.revoking {
+            // librdkafka waits for the answer to one revoke before the next; defensive.
+            Some(r) => {
+                r.list.extend(list);
+                r.tps.extend(tps);
+            }
+            None => {
+                self.revoking = Some(Revoking {
+                    list,
+                    tps,
+                    since: now,
+                    deadline: now + self.limits.revoke_timeout,
+                })
+            }
+        }
+    }
+
+    /// Finishes the revoke in progress once its partitions have no running job, its deadline
+    /// has passed, or `now`: stores and commits (synchronously) what finished, logs what is
+    /// handed back, drops the partitions' state and gives them up (`incremental_unassign`, or
+    /// `unassign` with an eager assignor).
+    fn finish_revoke(&mut self, consumer: &StreamConsumer<TopologyContext>, now: bool) {
+        let Some(r) = &self.revoking else {
+            return;
+        };
+        let drained = r
+            .tps
+            .iter()
+            .all(|tp| self.parts.get(tp).is_none_or(|p| p.running.is_empty()));
+        if !now && !drained && Instant::now() < r.deadline {
+            return;
+        }
+        let Some(r) = self.revoking.take() else {
+            return;
+        };
+        self.store_finished(consumer);
+        let router = self.router.clone();
+        let topology = &router.topology;
+        let mut commit = TopicPartitionList::with_capacity(r.tps.len());
+        for tp in &r.tps {
+            if let Some(stored) = self.parts.get(tp).and_then(|p| p.offsets.stored()) {
+                let _ = commit.add_partition_offset(
+                    topology.topic(tp.stage),
+                    tp.partition,
+                    Offset::Offset(stored),
+                );
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "commit of revoked partitions failed; the next owner may repeat their finished work");
+            }
+        }
+        for tp in &r.tps {
+            self.hand_back(*tp, "partition revoked");
+        }
+        let mut all = TopicPartitionList::with_capacity(r.list.len());
+        for (topic, partition) in &r.list {
+            all.add_partition(topic, *partition);
+        }
+        let given_up = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(&all),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = given_up {
+            tracing::warn!(error = %e, "giving up revoked partitions failed");
+        }
+        tracing::info!(
+            revoked = r.list.len(),
+            remaining = self.parts.len(),
+            drained,
+            waited_ms = r.since.elapsed().as_millis() as u64,
+            "partitions revoked"
+        );
+    }
+
+    /// Drops every trace of `tp` and logs what is handed back to the next owner, which reads
+    /// again from the committable offset (`from`, what was committed) up to the last offset
+    /// read (`until`, exclusive): the work not finished, and finished work behind it. `running`
+    /// lists the jobs still running (their handler may have been called; their results will be
+    /// ignored).
+    fn hand_back(&mut self, tp: Tp, why: &'static str) {
+        let Some(p) = self.remove_partition(tp) else {
+            return;
+        };
+        let from = p.offsets.committable();
+        let until = p.offsets.read_to();
+        let mut running = p.running;
+        running.sort_unstable();
+        tracing::info!(
+            topic = self.router.topology.topic(tp.stage),
+            partition = tp.partition,
+            from,
+            until,
+            handed_back = until.unwrap_or(0) - from.unwrap_or(0),
+            running = ?running,
+            "{why}; unfinished work handed back"
+        );
+    }
+
+    /// Removes `tp` and everything the loop keeps about it.
+    fn remove_partition(&mut self, tp: Tp) -> Option<Partition> {
+        let part = self.parts.remove(&tp);
+        let (dropped, bytes) = self.delays.remove(&tp);
+        self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
+        self.admission.remove_partition(tp);
+        self.unstored.retain(|t| *t != tp);
+        self.paused_changed = true;
+        // The lag of a partition that moved is its new owner's to report.
+        let topology = &self.router.topology;
+        let _ = self
+            .metrics
+            .lag
+            .remove_label_values(&[topology.topic(tp.stage), &tp.partition.to_string()]);
+        part
     }
 
     fn on_message(&mut self, consumer: &StreamConsumer<TopologyContext>, m: &BorrowedMessage<'_>) {
@@ -440,12 +626,14 @@ impl State {
             stage,
             partition: m.partition(),
         };
-        let epoch = match self.epochs.get(&tp) {
-            Some(e) => *e,
+        let epoch = match self.parts.get(&tp) {
+            // Being revoked: not begun, so the next owner reads it.
+            Some(p) if p.revoking => return,
+            Some(p) => p.epoch,
             None => {
                 // Assignment events arrive before the partition's messages; this is defensive.
                 self.next_epoch += 1;
-                self.epochs.insert(tp, self.next_epoch);
+                self.parts.insert(tp, Partition::new(self.next_epoch));
                 self.next_epoch
             }
         };
@@ -488,7 +676,9 @@ impl State {
     /// Counts a message as read and its work as begun (so its offset holds commits back).
     fn begin(&mut self, tp: Tp, offset: i64) {
         self.router.series(tp).consumed.inc();
-        self.offsets.entry(tp).or_default().begin(offset);
+        if let Some(p) = self.parts.get_mut(&tp) {
+            p.offsets.begin(offset);
+        }
     }
 
     /// A tier message: handled now if it is due with nothing ahead of it, else kept in the
@@ -551,134 +741,32 @@ impl State {
         if self.draining {
             return;
         }
-        self.parked.push_back(job);
+        self.admission.park(job);
         self.pump();
     }
 
-    /// Starts parked jobs while the breaker lets them through; a job waits behind an in-flight
-    /// message with the same key. A half-open breaker gets main-topic jobs first (fresh work is
-    /// the best probe); it takes a due retry only when none is waiting.
+    /// Starts the jobs [`Admission`] lets through now.
     fn pump(&mut self) {
-        while !self.draining && !self.parked.is_empty() {
-            // Let through, and the breaker does not have their result yet.
-            let unknown = (self.jobs.len() + self.finished.len() + self.gate.waiting())
-                .saturating_sub(self.judged_running);
-            let (at, admit) = match self.breaker.state() {
-                BreakerState::Closed => (0, self.breaker.try_start(Attempt::First, unknown)),
-                BreakerState::Open => break,
-                BreakerState::HalfOpen => {
-                    let fresh = self.parked.iter().position(|j| j.tp.stage == Stage::Main);
-                    let (at, attempt) = fresh.map_or((0, Attempt::Retry), |i| (i, Attempt::First));
-                    (at, self.breaker.try_start(attempt, unknown))
-                }
-            };
-            if admit == Admit::No {
-                break;
-            }
-            let Some(job) = self.parked.remove(at) else {
+        while !self.draining {
+            let running = self.jobs.len() + self.finished.len();
+            let parts = &self.parts;
+            let Some(job) = self.admission.next(running, |j| Self::is_current(parts, j)) else {
                 break;
             };
-            if self.epochs.get(&job.tp) != Some(&job.epoch) {
-                if let Admit::Probe(probe) = admit {
-                    self.breaker.forget(probe);
-                }
-                continue;
-            }
-            if let Admit::Probe(probe) = admit {
-                self.probes.push(ProbeJob {
-                    tp: job.tp,
-                    offset: job.message.offset,
-                    probe,
-                });
-            }
-            if let Some(job) = self.gate.admit(job.tp, job, |j| j.message.key.as_deref()) {
-                self.start(job);
-            }
-        }
-    }
-
-    /// The probe the job for (`tp`, `offset`) was, if it was one.
-    fn take_probe(&mut self, tp: Tp, offset: i64) -> Option<Probe> {
-        if self.probes.is_empty() {
-            return None;
-        }
-        let i = self
-            .probes
-            .iter()
-            .position(|p| p.tp == tp && p.offset == offset)?;
-        Some(self.probes.swap_remove(i).probe)
-    }
-
-    /// Judges the calls that have been in the handler for `--breaker-slow-call` as failures,
-    /// without waiting for their end.
-    fn judge_slow(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        let now = std::time::Instant::now();
-        for (tp, offset) in self.slow.slow(now) {
-            self.judged_running += 1;
-            let probe = self.take_probe(tp, offset);
-            let attempt = match tp.stage {
-                Stage::Main => Attempt::First,
-                Stage::Tier(_) => Attempt::Retry,
-            };
-            tracing::debug!(
-                tier = self.router.topology.label(tp.stage),
-                partition = tp.partition,
-                offset,
-                "handler call slower than --breaker-slow-call: the breaker counts it as failed"
-            );
-            if let Some(new) = self.breaker.record(Signal::Transient, attempt, probe, now) {
-                self.on_breaker_change(consumer, new);
-            }
-        }
-        if self.slow.stalled(now, self.limits.breaker.min_calls) {
-            let hung = self.slow.hung();
-            if let Some(new) = self.breaker.stall(hung, now) {
-                tracing::warn!(
-                    hung,
-                    slow_call_ms = self.limits.breaker.slow_call.map_or(0, |d| d.as_millis() as u64),
-                    "the handler answered nothing while these calls waited on it past --breaker-slow-call: a hung downstream"
-                );
-                self.on_breaker_change(consumer, new);
-            }
-        }
-        if !self.parked.is_empty() {
-            self.pump();
+            self.start(job);
         }
     }
 
     /// Gives the breaker the handler results the router has published, in their order.
     fn judge_signals(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        {
-            let mut shared = self
-                .router
-                .signals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if shared.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut *shared, &mut self.signals);
+        let changes = self
+            .admission
+            .judge(&self.router.signals, std::time::Instant::now());
+        for new in changes {
+            self.on_breaker_change(consumer, new);
         }
-        let now = std::time::Instant::now();
-        let mut signals = std::mem::take(&mut self.signals);
-        for (tp, offset, signal) in signals.drain(..) {
-            if self.slow.answered((tp, offset), now) {
-                // Judged when it passed --breaker-slow-call.
-                continue;
-            }
-            self.judged_running += 1;
-            let probe = self.take_probe(tp, offset);
-            let attempt = match tp.stage {
-                Stage::Main => Attempt::First,
-                Stage::Tier(_) => Attempt::Retry,
-            };
-            if let Some(new) = self.breaker.record(signal, attempt, probe, now) {
-                self.on_breaker_change(consumer, new);
-            }
-        }
-        self.signals = signals;
         // A closed breaker may have held jobs back until these results were known.
-        if !self.parked.is_empty() {
+        if self.admission.parked() > 0 {
             self.pump();
         }
     }
@@ -688,8 +776,8 @@ impl State {
         self.fetch_paused = !on;
         let topology = &self.router.topology;
         let mut tpl = TopicPartitionList::new();
-        for tp in self.epochs.keys() {
-            if !self.delays.is_held(tp) {
+        for (tp, p) in &self.parts {
+            if !p.revoking && !self.delays.is_held(tp) {
                 tpl.add_partition(topology.topic(tp.stage), tp.partition);
             }
         }
@@ -707,16 +795,16 @@ impl State {
         self.metrics.circuit_state.set(new.as_gauge());
         match new {
             BreakerState::Open => {
-                let e = self.breaker.evidence();
+                let e = self.admission.breaker.evidence();
                 tracing::warn!(
-                    waiting = self.parked.len(),
+                    waiting = self.admission.parked(),
                     calls = e.map_or(0, |e| e.calls),
                     failures = e.map_or(0, |e| e.failures),
                     retries_judged = e.is_some_and(|e| e.with_retries),
                     cooldown_ms = self.limits.breaker.cooldown.as_millis() as u64,
                     "circuit breaker open: the handler's transient failures reached the threshold; fetching paused"
                 );
-                self.probes.clear();
+                self.admission.opened();
                 self.set_fetching(consumer, false);
             }
             BreakerState::HalfOpen => {
@@ -740,7 +828,7 @@ impl State {
 
     fn breaker_tick(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         self.judge_slow(consumer);
-        match self.breaker.tick(std::time::Instant::now()) {
+        match self.admission.breaker.tick(std::time::Instant::now()) {
             Some(new) => self.on_breaker_change(consumer, new),
             // Half-open and the grace for fresh probes is over: due retries may probe now.
             None => {
@@ -750,11 +838,30 @@ impl State {
         }
     }
 
+    /// Judges the calls that have been in the handler for `--breaker-slow-call` as failures,
+    /// without waiting for their end ([`Admission::judge_slow`]).
+    fn judge_slow(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        let verdict = self.admission.judge_slow(std::time::Instant::now());
+        if let Some(hung) = verdict.stalled {
+            tracing::warn!(
+                hung,
+                slow_call_ms = self.limits.breaker.slow_call.map_or(0, |d| d.as_millis() as u64),
+                "the handler answered nothing while these calls waited on it past --breaker-slow-call: a hung downstream"
+            );
+        }
+        for new in verdict.changes {
+            self.on_breaker_change(consumer, new);
+        }
+        if self.admission.parked() > 0 {
+            self.pump();
+        }
+    }
+
     /// Dispatches the tier messages that are due, and resumes the partitions whose buffers
     /// drained (seeking each back to the first message it did not keep, if any). Nothing while
     /// the breaker would refuse a retry: they wait in the buffers, within its bounds.
     fn release_due(&mut self, consumer: &StreamConsumer<TopologyContext>) {
-        if !self.breaker.admits_retries() {
+        if !self.admission.breaker.admits_retries() {
             return;
         }
         let now = Utc::now();
@@ -762,9 +869,8 @@ impl State {
         for released in tick.released {
             let tp = released.partition;
             self.count_buffered(tp, -(released.items.len() as i64), -(released.bytes as i64));
-            let current = self.epochs.get(&tp).copied();
             for job in released.items {
-                if Some(job.epoch) == current {
+                if Self::is_current(&self.parts, &job) {
                     self.dispatch(job);
                 }
             }
@@ -772,7 +878,7 @@ impl State {
         for resume in tick.resume {
             let tp = resume.partition;
             self.paused_changed = true;
-            if !self.epochs.contains_key(&tp) {
+            if self.parts.get(&tp).is_none_or(|p| p.revoking) {
                 continue;
             }
             let topic = self.router.topology.topic(tp.stage);
@@ -805,8 +911,11 @@ impl State {
     /// no trip through the loop. A job that has to wait is moved into its own task, which polls it
     /// again at once, so nothing registered with the throw-away waker is lost.
     fn start(&mut self, job: Job) {
-        self.slow
-            .started((job.tp, job.message.offset), std::time::Instant::now());
+        if let Some(p) = self.parts.get_mut(&job.tp) {
+            p.running.push(job.message.offset);
+        }
+        self.admission
+            .started(job.tp, job.message.offset, std::time::Instant::now());
         let mut job = Box::pin(self.router.clone().process(job));
         self.started += 1;
         if self.spawn_only > 0 {
@@ -840,51 +949,51 @@ impl State {
     }
 
     fn on_completion(&mut self, done: Completion) {
-        if let Some(next) = self.gate.release(done.tp, done.key.as_deref()) {
-            if self.draining {
+        if let Some(next) = self.admission.completed(&done) {
+            if self.draining || !Self::is_current(&self.parts, &next) {
                 // Not started: handed back, its offset stays uncommitted.
             } else {
                 self.start(next);
             }
         }
-        if done.signal.is_some() || self.slow.ended((done.tp, done.offset)) {
-            // The breaker had its result (`judge_signals` runs first), or judged it slow.
-            self.judged_running = self.judged_running.saturating_sub(1);
-        } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
-            // Handed back or never called: no evidence; another message may probe.
-            self.breaker.forget(probe);
-        }
-        if !self.parked.is_empty() {
+        if self.admission.parked() > 0 {
             // One less result unknown: a held-back job may start.
             self.pump();
         }
-        if done.finish != Finish::Done || self.epochs.get(&done.tp) != Some(&done.epoch) {
-            return;
-        }
-        let Some(offsets) = self.offsets.get_mut(&done.tp) else {
+        // A job of an earlier assignment (its partition was revoked and maybe came back).
+        let Some(p) = self
+            .parts
+            .get_mut(&done.tp)
+            .filter(|p| p.epoch == done.epoch)
+        else {
             return;
         };
-        offsets.finish(done.offset);
+        if let Some(i) = p.running.iter().position(|o| *o == done.offset) {
+            p.running.swap_remove(i);
+        }
+        if done.finish != Finish::Done {
+            return;
+        }
+        p.offsets.finish(done.offset);
         if !self.unstored.contains(&done.tp) {
             self.unstored.push(done.tp);
         }
     }
 
     /// Stores the committable offset of every partition whose finished work moved it. Runs
-    /// before anything polls the consumer (a revoke callback inside the poll commits what is
-    /// stored), before each commit and at shutdown, so stored offsets are as fresh as with a
+    /// before anything polls the consumer (a rebalance callback inside the poll may commit what
+    /// is stored), before each commit (a revoke's included) and at shutdown, so stored offsets are as fresh as with a
     /// store per completion. The list per partition is kept, so a store allocates nothing.
     fn store_finished(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         for tp in self.unstored.drain(..) {
-            let Some(next) = self
-                .offsets
-                .get_mut(&tp)
-                .and_then(PartitionOffsets::advance)
-            else {
+            let Some(p) = self.parts.get_mut(&tp) else {
+                continue;
+            };
+            let Some(next) = p.offsets.advance() else {
                 continue;
             };
             let topic = self.router.topology.topic(tp.stage);
-            let list = self.store_lists.entry(tp).or_insert_with(|| {
+            let list = p.store_list.get_or_insert_with(|| {
                 let mut list = TopicPartitionList::with_capacity(1);
                 list.add_partition(topic, tp.partition);
                 list
@@ -932,13 +1041,15 @@ impl State {
         self.status_published = Some(std::time::Instant::now());
         let topology = &self.router.topology;
         let mut partitions: Vec<PartitionStatus> = self
-            .epochs
-            .keys()
-            .map(|tp| {
+            .parts
+            .iter()
+            .map(|(tp, p)| {
                 let head = self.delays.head(tp);
-                let offsets = self.offsets.get(tp);
+                let offsets = Some(&p.offsets);
                 let paused_for = if self.delays.is_held(tp) {
                     Some("due")
+                } else if p.revoking {
+                    Some("revoking")
                 } else if self.fetch_paused {
                     Some("breaker")
                 } else {
@@ -960,7 +1071,7 @@ impl State {
         partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         self.metrics.status.send_replace(Snapshot {
             updated_at: Some(crate::headers::format_time(Utc::now())),
-            breaker: self.breaker.state().as_str(),
+            breaker: self.admission.breaker.state().as_str(),
             in_flight: partitions.iter().map(|p| p.in_flight).sum(),
             partitions,
             ..Snapshot::default()

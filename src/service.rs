@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterConfig;
@@ -27,7 +28,7 @@ use crate::config::Config;
 use crate::handler::Handler;
 use crate::kafka::{self, TopologyContext};
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{Limits, Pipeline};
+use crate::pipeline::{Ended, Limits, Pipeline};
 use crate::produce::Producer;
 use crate::router::Router;
 
@@ -47,6 +48,19 @@ pub enum ServiceError {
     /// tier's delay); each line says how to fix it.
     #[error("the topics would lose messages; fix them before starting:\n{}", .0.iter().map(|h| format!("  {h}")).collect::<Vec<_>>().join("\n"))]
     UnsafeTopics(Vec<crate::topics::Hazard>),
+    /// A consumer group setting the broker cannot follow (e.g. `group.protocol=consumer` on a
+    /// broker without KIP-848).
+    #[error("-X: {0}")]
+    Group(#[from] crate::group::GroupConflict),
+    /// The consumer failed for good (librdkafka's fatal error), other than the one a restarted
+    /// static member meets and that rebound waits out.
+    #[error("the consumer failed for good: {reason} ({code})")]
+    Fatal {
+        /// librdkafka's error code.
+        code: rdkafka::types::RDKafkaErrorCode,
+        /// librdkafka's description.
+        reason: String,
+    },
     /// The metrics server could not listen.
     #[error("metrics server cannot listen on {addr}: {error}")]
     MetricsBind {
@@ -63,6 +77,7 @@ impl ServiceError {
         matches!(
             self,
             ServiceError::MissingTopics(_)
+                | ServiceError::Group(_)
                 | ServiceError::MetricsBind { .. }
                 | ServiceError::UnsafeTopics(_)
         )
@@ -116,12 +131,22 @@ impl Service {
             None => None,
         };
 
-        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer: StreamConsumer<TopologyContext> = kafka::consumer_config(cluster)
-            .create_with_context(TopologyContext {
-                events: events_tx,
-                metrics: metrics.clone(),
-            })?;
+        let choice = crate::group::choose(&cluster.kafka.0, probe_group_protocol(cluster).await)?;
+        let membership = &config.membership;
+        tracing::info!(protocol = %choice.protocol, why = choice.why,
+            instance_id = membership.instance_id.as_deref(), "consumer group protocol");
+        let consumer_config = kafka::group_consumer_config(
+            cluster,
+            &choice.protocol,
+            membership.instance_id.as_deref(),
+        );
+        let new_consumer = || -> Result<_, KafkaError> {
+            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+            let consumer: StreamConsumer<TopologyContext> = consumer_config
+                .create_with_context(TopologyContext::new(events_tx, metrics.clone()))?;
+            Ok((consumer, events_rx))
+        };
+        let mut first = Some(new_consumer()?);
         if !check_topics(cluster, &topology.topics(), &stop).await? {
             tracing::info!("stopped before start-up finished");
             server_stop.cancel();
@@ -131,31 +156,65 @@ impl Service {
         let producer = Producer::reporting_to(cluster, metrics.clone())?;
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
-        consumer.subscribe(&subscribed)?;
         tracing::info!(group = %cluster.group, topics = ?subscribed, dlq = %topology.dlq, max_retries = topology.max_retries,
             "rebound running");
 
         let series = metrics.stage_series(&topology);
-        let router = Arc::new(Router {
-            topology,
-            handler,
-            producer: producer.clone(),
-            metrics: metrics.clone(),
-            handler_timeout: config.handler_timeout,
-            abandon: CancellationToken::new(),
-            series,
-            signals: Default::default(),
-        });
         let limits = Limits {
             max_in_flight: config.max_in_flight,
             breaker: config.breaker,
             commit_interval: config.commit_interval,
             shutdown_timeout: config.shutdown_timeout,
             tier_buffer: config.tier_buffer,
+            revoke_timeout: membership.revoke_timeout,
         };
-        Pipeline::new(consumer, events_rx, router, limits)
-            .run(stop)
-            .await;
+        // A restarted static member is refused (UNRELEASED_INSTANCE_ID, a fatal error of that
+        // client) by a KIP-848 group until its previous member's session expires: join again
+        // with a new client, backing off, instead of exiting.
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let (consumer, events_rx) = match first.take() {
+                Some(c) => c,
+                None => new_consumer()?,
+            };
+            consumer.subscribe(&subscribed)?;
+            let router = Arc::new(Router {
+                topology: topology.clone(),
+                handler: handler.clone(),
+                producer: producer.clone(),
+                metrics: metrics.clone(),
+                handler_timeout: config.handler_timeout,
+                abandon: CancellationToken::new(),
+                series: series.clone(),
+                signals: Default::default(),
+            });
+            match Pipeline::new(consumer, events_rx, router, limits)
+                .run(stop.clone())
+                .await
+            {
+                Ended::Stopped => break,
+                Ended::Fatal {
+                    code: RDKafkaErrorCode::UnreleasedInstanceId,
+                    ..
+                } => {
+                    tracing::warn!(
+                        instance_id = membership.instance_id.as_deref(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "the group still holds this instance id's previous member (UNRELEASED_INSTANCE_ID: its session has not expired yet); joining again"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Ended::Fatal { code, reason } => {
+                    producer.flush(Duration::from_secs(5));
+                    server_stop.cancel();
+                    return Err(ServiceError::Fatal { code, reason });
+                }
+            }
+        }
         producer.flush(Duration::from_secs(5));
         server_stop.cancel();
         if let Some(task) = server {
@@ -163,6 +222,35 @@ impl Service {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Whether the broker offers the KIP-848 consumer group protocol (one `ApiVersions` request,
+/// [`crate::probe`]); `None` when not known: a TLS or SASL listener (the probe speaks plaintext
+/// only) or no answer.
+async fn probe_group_protocol(cluster: &ClusterConfig) -> Option<bool> {
+    let plaintext = cluster
+        .kafka
+        .0
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "security.protocol")
+        .is_none_or(|(_, v)| v.trim().eq_ignore_ascii_case("plaintext"));
+    if !plaintext {
+        return None;
+    }
+    let brokers = cluster.brokers.clone();
+    let probed = tokio::task::spawn_blocking(move || {
+        crate::probe::api_versions(&brokers, Duration::from_secs(5))
+    })
+    .await;
+    match probed {
+        Ok(Ok(features)) => Some(features.consumer_group_protocol()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot ask the broker which group protocols it offers");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -15,7 +15,8 @@ pub struct PartitionStatus {
     pub partition: i32,
     /// Fetching is paused: its head is held until due, or the breaker is open.
     pub paused: bool,
-    /// Why it is paused: `due` (a held head) or `breaker`; absent when fetching.
+    /// Why it is paused: `due` (a held head), `breaker`, or `revoking` (its running jobs finish
+    /// before it is given up); absent when fetching.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_for: Option<&'static str>,
     /// When the held head is due (RFC 3339 UTC, milliseconds).

@@ -4,10 +4,12 @@
 //!
 //! Shared helpers: `common` (broker address, unique names, producing, reading with a deadline,
 //! the recording handler, `wait_until`, running rebound in-process), `rel` (the reliability
-//! suite's processes, traffic and checks), `console_fixture` (a DLQ to browse).
+//! suite's processes, traffic and checks), `console_fixture` (a DLQ to browse), `rebal` (the rebalance tests' group member, protocols
+//! and revoke log).
 
 mod common;
 mod console_fixture;
+mod rebal;
 mod rel;
 
 mod breaker;
@@ -24,6 +26,7 @@ mod docs;
 mod http_handler;
 mod observability;
 mod readahead;
+mod rebalance;
 mod reliability_broker;
 mod reliability_chaos;
 mod reliability_crash;
