@@ -805,14 +805,14 @@ mod tests {
         a.instance_id = Some("pod 1".into());
         assert_eq!(err(&a).field, "--instance-id");
         let mut x = run_args("orders");
-        x.topology.kafka = vec![
+        x.topology.connect.kafka = vec![
             "group.protocol=consumer".into(),
             "session.timeout.ms=6000".into(),
         ];
         let e = err(&x);
         assert_eq!(e.field, "-X");
         assert!(e.problem.contains("session.timeout.ms"), "{e}");
-        x.topology.kafka = vec!["group.instance.id=a".into()];
+        x.topology.connect.kafka = vec!["group.instance.id=a".into()];
         assert!(err(&x).problem.contains("--instance-id"));
     }
 

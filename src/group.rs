@@ -38,7 +38,10 @@ pub enum Protocol {
     /// `group.protocol=consumer` (KIP-848).
     Consumer,
     /// `group.protocol=classic` with `partition.assignment.strategy=assignor`.
-    Classic { assignor: String },
+    Classic {
+        /// `partition.assignment.strategy`, e.g. `cooperative-sticky`.
+        assignor: String,
+    },
 }
 
 impl Protocol {
@@ -74,20 +77,26 @@ impl std::fmt::Display for Protocol {
 /// The choice and the reason for it, for the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The protocol to join with.
     pub protocol: Protocol,
+    /// Why, in a few words (the broker's answer, or the user's `-X`).
     pub why: &'static str,
 }
 
 /// A group setting librdkafka (or the broker) would refuse; the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GroupConflict {
+    /// A classic-only property (named) with `group.protocol=consumer`.
     #[error("{0} cannot be set with group.protocol=consumer (the broker owns the session timeout, heartbeat interval and assignment there: its group.consumer.* settings, or -X group.remote.assignor); drop -X {0}, or keep it with -X group.protocol=classic")]
     RefusedWithConsumer(String),
     #[error("partition.assignment.strategy={0:?} mixes eager (range, roundrobin) and cooperative (cooperative-sticky) assignors, which librdkafka refuses; use cooperative-sticky alone (README: \"Consumer group protocol\" has the upgrade path)")]
+    /// The assignor list (given) mixes eager and cooperative assignors.
     MixedAssignors(String),
+    /// A `group.protocol` value (given) librdkafka does not know.
     #[error("group.protocol={0:?} is neither `consumer` nor `classic`")]
     UnknownProtocol(String),
     #[error("group.protocol=consumer, but the broker does not offer the KIP-848 consumer group protocol (Apache Kafka 4.0+ does); use -X group.protocol=classic, or leave group.protocol out to let rebound choose")]
+    /// `group.protocol=consumer` against a broker without KIP-848.
     BrokerLacksConsumer,
 }
 

@@ -4,8 +4,8 @@
 //!
 //! Shared helpers: `common` (broker address, unique names, producing, reading with a deadline,
 //! the recording handler, `wait_until`, running rebound in-process), `rel` (the reliability
-//! suite's processes, traffic and checks), `console_fixture` (a DLQ to browse), `rebal` (the rebalance tests' group member, protocols
-//! and revoke log).
+//! suite's processes, traffic and checks), `console_fixture` (a DLQ to browse),
+//! `rebal` (the rebalance tests' group member, protocols and revoke log).
 
 mod common;
 mod console_fixture;

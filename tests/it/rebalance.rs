@@ -1,7 +1,7 @@
 //! Rebalances that repeat nothing (issue 16), on both group protocols (KIP-848 `consumer` and
 //! `classic` with cooperative-sticky; Tansu runs only `classic`).
 //!
-//! A plain group member ([`rebal::Member`]) takes partitions away from rebound and gives them
+//! A plain group member ([`crate::rebal::Member`]) takes partitions away from rebound and gives them
 //! back on cue, so each case moves exactly the partition it is about:
 //!
 //! * a revoke lets the running jobs of the revoked partition finish and commits them, and the
@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use crate::common::*;
 use crate::rebal::*;
+use chrono::Utc;
 use rebound::headers as h;
 use rebound::{Config, Topology};
 

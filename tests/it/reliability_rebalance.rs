@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::rebal::*;
 use crate::rel::*;
 use rand::SeedableRng;
 use rebound::handler::http::HttpHandler;
@@ -190,7 +189,7 @@ async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_
 
 /// One instance of the scale scenario: rebound's defaults, the HTTP sink as handler.
 fn scaled_instance(topo: &rebound::Topology, group: &str, protocol: &str, sink: &Sink) -> Running {
-    rebal::capture_log();
+    crate::rebal::capture_log();
     let mut cfg = config(topo.clone(), group);
     cfg.commit_interval = Duration::from_secs(1);
     if protocol == "eager" {
@@ -201,7 +200,7 @@ fn scaled_instance(topo: &rebound::Topology, group: &str, protocol: &str, sink: 
         ));
         cfg.membership.revoke_timeout = Duration::ZERO;
     } else {
-        rebal::with_protocol(&mut cfg, protocol);
+        crate::rebal::with_protocol(&mut cfg, protocol);
     }
     let handler = HttpHandler::new(&sink.url, Duration::from_secs(10))
         .unwrap()
@@ -283,7 +282,7 @@ async fn scale_out_and_in(protocol: &str) {
 
     let a = account(&fates, &sink.records(), &dlq, &topo);
     let topics = topo.topics();
-    let revokes = rebal::revokes(&topics);
+    let revokes = crate::rebal::revokes(&topics);
     let moved: std::collections::BTreeSet<(String, i32)> = revokes
         .iter()
         .map(|r| (r.topic.clone(), r.partition))
@@ -331,7 +330,7 @@ async fn scale_out_and_in(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_to_four_and_back_repeats_only_handed_back_work_consumer() {
-    if rebal::runs_here("consumer") {
+    if crate::rebal::runs_here("consumer") {
         scale_out_and_in("consumer").await;
     }
 }
@@ -532,7 +531,7 @@ async fn static_membership(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_member_restart_and_scale_in_consumer() {
-    if rebal::runs_here("consumer") {
+    if crate::rebal::runs_here("consumer") {
         static_membership("consumer").await;
     }
 }
