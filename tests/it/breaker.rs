@@ -346,29 +346,66 @@ async fn mix_of_40_from_the_issue_never_opens_the_breaker() {
     mix_never_opens_and_costs_nothing("mix-40", ids).await;
 }
 
+/// rebound with the default breaker, a healthy downstream and 200 messages a second to the
+/// main topic, once the downstream has seen 300 calls.
+struct UnderTraffic {
+    topo: Topology,
+    down: Downstream,
+    svc: Running,
+    watch: Watch,
+    stop_producing: Arc<AtomicBool>,
+    traffic: tokio::task::JoinHandle<usize>,
+}
+
+impl UnderTraffic {
+    async fn start(prefix: &str) -> UnderTraffic {
+        let Scenario { main, topo } = Scenario::create(prefix, TIERS, 3).await;
+        let down = Downstream::new(&main);
+        let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
+        wait_assigned(&mut svc).await;
+        let watch = Watch::start(svc.metrics.clone());
+        // The messages keep coming during an outage (they wait in the main topic).
+        let stop_producing = Arc::new(AtomicBool::new(false));
+        let traffic = steady(&main, 10, stop_producing.clone());
+        let d = down.clone();
+        wait_until("300 calls", Duration::from_secs(60), move || {
+            d.count() >= 300
+        })
+        .await;
+        UnderTraffic {
+            topo,
+            down,
+            svc,
+            watch,
+            stop_producing,
+            traffic,
+        }
+    }
+
+    /// Stops producing and waits until every message produced has succeeded; returns the
+    /// breaker's state changes.
+    async fn finish(self, within: Duration) -> (Running, Vec<(Instant, i64)>) {
+        self.stop_producing.store(true, Ordering::Relaxed);
+        let n = self.traffic.await.unwrap();
+        let d = self.down.clone();
+        wait_until("every message succeeded", within, move || {
+            d.successes().len() == n
+        })
+        .await;
+        (self.svc, self.watch.finish().await)
+    }
+}
+
 /// The downstream stops answering: every call hangs until the handler timeout (10 s). The
 /// breaker must not wait for those timeouts: calls in the handler longer than
 /// `--breaker-slow-call` (3 s) count as failures, so it opens within 5 s and 50 calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_downstream_opens_the_breaker_before_the_handler_timeout() {
-    let main = unique("bhang");
-    let topo = topology(&main, TIERS);
-    create_topology(&topo, 3).await;
-    let down = Downstream::new(&main);
-    let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_assigned(&mut svc).await;
-    let watch = Watch::start(svc.metrics.clone());
-    let stop_producing = Arc::new(AtomicBool::new(false));
-    let traffic = steady(&main, 10, stop_producing.clone());
-    let d = down.clone();
-    wait_until("300 calls", Duration::from_secs(60), move || {
-        d.count() >= 300
-    })
-    .await;
+    let run = UnderTraffic::start("bhang").await;
+    let (down, m) = (run.down.clone(), run.svc.metrics.clone());
     let before = down.count();
     down.set(HANG);
     let outage = Instant::now();
-    let m = svc.metrics.clone();
     wait_until("the breaker opens", Duration::from_secs(20), move || {
         m.circuit_state.get() == 2
     })
@@ -376,18 +413,9 @@ async fn a_hung_downstream_opens_the_breaker_before_the_handler_timeout() {
     let opened_after = outage.elapsed();
     let calls = down.count() - before;
     down.set(HEALTHY);
-    stop_producing.store(true, Ordering::Relaxed);
-    let n = traffic.await.unwrap();
-    let d = down.clone();
     // The hung calls end at their timeout and go to a tier; after the cool-down every message
     // succeeds.
-    wait_until(
-        "every message succeeded",
-        Duration::from_secs(90),
-        move || d.successes().len() == n,
-    )
-    .await;
-    let log = watch.finish().await;
+    let (svc, log) = run.finish(Duration::from_secs(90)).await;
     svc.stop().await;
     eprintln!(
         "FIGURES breaker hang: opened_after={opened_after:?} calls_before_open={calls} changes={:?}",
@@ -404,22 +432,12 @@ async fn a_hung_downstream_opens_the_breaker_before_the_handler_timeout() {
 /// cool-down, so that one probe round fails) while a backlog waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() {
-    let Scenario { main, topo } = Scenario::create("boutage", TIERS, 3).await;
-    let down = Downstream::new(&main);
-    let mut svc = start(config(topo.clone(), &unique("g")), Arc::new(down.clone()));
-    wait_assigned(&mut svc).await;
-    let watch = Watch::start(svc.metrics.clone());
-    // 200 messages a second throughout, the outage included (they wait in the main topic).
-    let stop_producing = Arc::new(AtomicBool::new(false));
-    let traffic = steady(&main, 10, stop_producing.clone());
-    let d = down.clone();
-    wait_until("300 calls", Duration::from_secs(60), move || {
-        d.count() >= 300
-    })
-    .await;
+    let run = UnderTraffic::start("boutage").await;
+    let (down, topo) = (run.down.clone(), run.topo.clone());
+    let metrics = run.svc.metrics.clone();
     down.set(DOWN);
     let outage = Instant::now();
-    let m = svc.metrics.clone();
+    let m = metrics.clone();
     wait_until("the breaker opens", Duration::from_secs(10), move || {
         m.circuit_state.get() == 2
     })
@@ -428,21 +446,12 @@ async fn an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing() 
     tokio::time::sleep_until((outage + outage_for).into()).await;
     down.set(HEALTHY);
     let recovered = Instant::now();
-    let m = svc.metrics.clone();
+    let m = metrics.clone();
     wait_until("the breaker closed", Duration::from_secs(40), move || {
         m.circuit_state.get() == 0
     })
     .await;
-    stop_producing.store(true, Ordering::Relaxed);
-    let n = traffic.await.unwrap();
-    let d = down.clone();
-    wait_until(
-        "every message succeeded",
-        Duration::from_secs(60),
-        move || d.successes().len() == n,
-    )
-    .await;
-    let log = watch.finish().await;
+    let (svc, log) = run.finish(Duration::from_secs(60)).await;
     let copies = tier_copies(&svc.metrics, &topo);
     let dead = dlq_total(&svc.metrics);
     svc.stop().await;
