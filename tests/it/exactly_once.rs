@@ -1,0 +1,184 @@
+//! `--exactly-once` (issue 18) on Apache Kafka: retry and DLQ copies commit with their source
+//! offsets in one transaction, so a `read_committed` reader (the test's own consumer) finds each
+//! copy once, even across `kill -9`. Tansu 0.6 has no transactions: skipped there.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rel::*;
+use rand::{Rng, SeedableRng};
+use rebound::headers as h;
+
+fn start(args: &[String], log: &std::path::Path) -> Proc {
+    let port = free_port();
+    let mut args = args.to_vec();
+    let at = args.iter().position(|a| a == "--metrics-addr").unwrap() + 1;
+    args[at] = format!("127.0.0.1:{port}");
+    Proc::spawn(&args, port, log, &[])
+}
+
+fn skip_on_tansu() -> bool {
+    if broker_kind() == "tansu" {
+        eprintln!("skipped on Tansu: it has no Kafka transactions (no EndTxn)");
+        return true;
+    }
+    false
+}
+
+/// Copies of the same message at the same attempt found more than once in `topic`, read with
+/// `isolation.level=read_committed` (librdkafka's default, set here explicitly by `read_at`'s
+/// caller contract: aborted records are skipped).
+fn duplicate_copies(brokers: &str, topic: &str) -> (usize, usize) {
+    let got = read_at(
+        brokers,
+        topic,
+        0,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for g in &got {
+        let id = g.payload_str();
+        let attempt = g.header(h::ATTEMPT).unwrap_or_default();
+        *seen.entry((id, attempt)).or_default() += 1;
+    }
+    let dups = seen.values().map(|n| n - 1).sum();
+    (got.len(), dups)
+}
+
+fn eos_args(
+    brokers: &str,
+    topo: &rebound::topology::Topology,
+    group: &str,
+    sink: &Sink,
+) -> Vec<String> {
+    let mut args = run_args(brokers, topo, group, sink, 0);
+    args.extend(
+        [
+            "--exactly-once",
+            "--instance-id",
+            "eos-1",
+            // A killed member stays in the group until its session times out; keep that short
+            // so the restarted process gets the partitions back soon.
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_kill_9_leaves_no_duplicate_copy_in_any_tier_or_the_dlq() {
+    if skip_on_tansu() {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("eos-crash"));
+    let brokers = brokers();
+    let Scenario { main, mut topo } = Scenario::create("eos", &[200, 500], 3).await;
+    topo.max_retries = 3;
+    let mix = [
+        ("ok", 50),
+        ("fail-1", 20),
+        ("fail-2", 8),
+        ("fail-3", 4),
+        ("always", 6),
+        ("permanent", 12),
+    ];
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("e", 1500 * scale(), &mix, topo.max_retries, &mut rng);
+    let sink = Sink::start().await;
+    let dir = workdir("eos-crash");
+    let log = dir.path().join("rebound.log");
+    let args = eos_args(&brokers, &topo, &unique("g"), &sink);
+
+    let feed = {
+        let brokers = brokers.clone();
+        let main = main.clone();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            for chunk in messages.chunks(100) {
+                produce_many(&brokers, &main, chunk).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    for k in 0..3 * scale() {
+        let mut p = start(&args, &log);
+        wait_readyz(&p, Duration::from_secs(60)).await;
+        let before = sink.count();
+        wait_progress(
+            "progress after restart",
+            &sink,
+            before,
+            &fates,
+            topo.max_retries,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2000))).await;
+        p.kill9();
+        kills += 1;
+        eprintln!("kill {} at {:?}", k + 1, started.elapsed());
+    }
+    let mut p = start(&args, &log);
+    feed.await.unwrap();
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
+    assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
+    let (status, took) = p.term(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?} after {took:?}\n{}",
+        p.log_text()
+    );
+    let a = account(&fates, &sink.records(), &dlq, &topo);
+    let mut tier_dups = Vec::new();
+    for t in &topo.tiers {
+        tier_dups.push((t.label.clone(), duplicate_copies(&brokers, &t.topic)));
+    }
+    eprintln!(
+        "FIGURES crash-exactly-once: messages={} kills={kills} {} tier_copies_and_duplicates={tier_dups:?} took_s={}",
+        fates.len(),
+        a.summary(),
+        started.elapsed().as_secs()
+    );
+    a.assert_exact();
+    assert_eq!(a.dead.values().sum::<usize>(), dead_expected);
+    assert_eq!(
+        a.duplicate_dead,
+        0,
+        "duplicate DLQ records; {}",
+        a.summary()
+    );
+    for (tier, (_, dups)) in &tier_dups {
+        assert_eq!(*dups, 0, "duplicate copies in tier {tier}: {tier_dups:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_without_instance_id_exits_2_saying_what_to_fix() {
+    let (code, _, err) = output(rebound().args([
+        "run",
+        "--brokers",
+        "127.0.0.1:9",
+        "--topic",
+        "orders",
+        "--group",
+        "g",
+        "--handler",
+        "command",
+        "--command",
+        "true",
+        "--exactly-once",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--instance-id"), "{err}");
+}
