@@ -838,6 +838,28 @@ mod tests {
     }
 
     #[test]
+    fn exactly_once_is_off_by_default_and_needs_an_instance_id() {
+        assert!(
+            !Config::for_run(&run_args("orders"))
+                .unwrap()
+                .membership
+                .exactly_once
+        );
+        let mut a = run_args("orders");
+        a.exactly_once = true;
+        let e = err(&a);
+        assert_eq!(e.field, "--exactly-once");
+        assert!(e.problem.contains("--instance-id"), "{e}");
+        a.instance_id = Some("pod-1".into());
+        let c = Config::for_run(&a).unwrap();
+        assert!(c.membership.exactly_once);
+        assert!(c.to_string().contains("exactly-once     = on"), "{c}");
+        let mut x = run_args("orders");
+        x.topology.connect.kafka = vec!["transactional.id=t".into()];
+        assert!(err(&x).problem.contains("--exactly-once"));
+    }
+
+    #[test]
     fn bad_settings_name_the_field() {
         let mut a = run_args("orders");
         a.topology.tiers.tiers = Some("4m,2m".into());
