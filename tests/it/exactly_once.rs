@@ -52,13 +52,12 @@ fn eos_args(
     topo: &rebound::topology::Topology,
     group: &str,
     sink: &Sink,
+    instance: &str,
 ) -> Vec<String> {
     let mut args = run_args(brokers, topo, group, sink, 0);
+    args.extend(["--exactly-once", "--instance-id", instance].map(String::from));
     args.extend(
         [
-            "--exactly-once",
-            "--instance-id",
-            "eos-1",
             // A killed member stays in the group until its session times out; keep that short
             // so the restarted process gets the partitions back soon.
             "-X",
@@ -96,7 +95,7 @@ async fn exactly_once_kill_9_leaves_no_duplicate_copy_in_any_tier_or_the_dlq() {
     let sink = Sink::start().await;
     let dir = workdir("eos-crash");
     let log = dir.path().join("rebound.log");
-    let args = eos_args(&brokers, &topo, &unique("g"), &sink);
+    let args = eos_args(&brokers, &topo, &unique("g"), &sink, "eos-1");
 
     let feed = {
         let brokers = brokers.clone();
@@ -181,4 +180,103 @@ async fn exactly_once_without_instance_id_exits_2_saying_what_to_fix() {
     ]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--instance-id"), "{err}");
+}
+
+/// A zombie: instance A is paused (SIGSTOP) past its session while copies are being made,
+/// instance B takes its partitions, then A resumes. A's late transaction carries offsets of a
+/// group generation that is gone (KIP-447), so it is fenced or aborted; the test's own
+/// `read_committed` reader finds no duplicate copy in the tiers or the DLQ, and every message
+/// ends where its behaviour says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy() {
+    if skip_on_tansu() {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("eos-zombie"));
+    let brokers = brokers();
+    let Scenario { main, mut topo } = Scenario::create("eosz", &[200, 500], 3).await;
+    topo.max_retries = 2;
+    let mix = [
+        ("ok", 30),
+        ("fail-1", 40),
+        ("fail-2", 10),
+        ("always", 10),
+        ("permanent", 10),
+    ];
+    let Traffic {
+        messages,
+        fates,
+        dead_expected,
+    } = traffic("z", 1200 * scale(), &mix, topo.max_retries, &mut rng);
+    let sink = Sink::start().await;
+    let dir = workdir("eos-zombie");
+    let group = unique("g");
+    let feed = {
+        let brokers = brokers.clone();
+        let main = main.clone();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            for chunk in messages.chunks(50) {
+                produce_many(&brokers, &main, chunk).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mut a = start(
+        &eos_args(&brokers, &topo, &group, &sink, "eos-a"),
+        &dir.path().join("a.log"),
+    );
+    wait_readyz(&a, Duration::from_secs(60)).await;
+    let before = sink.count();
+    wait_progress("A handles", &sink, before + 50, &fates, topo.max_retries).await;
+    signal(a.pid(), "STOP");
+    let paused_at = std::time::Instant::now();
+    let mut b = start(
+        &eos_args(&brokers, &topo, &group, &sink, "eos-b"),
+        &dir.path().join("b.log"),
+    );
+    wait_readyz(&b, Duration::from_secs(60)).await;
+    // B handles messages once A's session (6 s) has expired and B owns the partitions.
+    let at_b = sink.count();
+    wait_progress("B takes over", &sink, at_b + 50, &fates, topo.max_retries).await;
+    eprintln!("A paused for {:?}; resuming it", paused_at.elapsed());
+    signal(a.pid(), "CONT");
+    feed.await.unwrap();
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(120)).await;
+    let dlq = read_dlq(&brokers, &topo, dead_expected, Duration::from_secs(60));
+    let (status_b, _) = b.term(Duration::from_secs(30));
+    let (status_a, _) = a.term(Duration::from_secs(30));
+    eprintln!("exit: A {status_a:?} B {status_b:?}");
+    assert!(
+        status_b.is_some_and(|s| s.success()),
+        "B: {status_b:?}\n{}",
+        b.log_text()
+    );
+    let a_log = a.log_text();
+    let a_eos: Vec<&str> = a_log
+        .lines()
+        .filter(|l| l.contains("exactly-once") || l.contains("lost"))
+        .collect();
+    eprintln!("A after the pause: {a_eos:#?}");
+    let a_fenced = a_eos.len();
+    let acc = account(&fates, &sink.records(), &dlq, &topo);
+    let mut tier_dups = Vec::new();
+    for t in &topo.tiers {
+        tier_dups.push((t.label.clone(), duplicate_copies(&brokers, &t.topic)));
+    }
+    eprintln!(
+        "FIGURES zombie-exactly-once: messages={} {} tier_copies_and_duplicates={tier_dups:?} a_exactly_once_log_lines={a_fenced}",
+        fates.len(),
+        acc.summary()
+    );
+    acc.assert_exact();
+    assert_eq!(
+        acc.duplicate_dead,
+        0,
+        "duplicate DLQ records; {}",
+        acc.summary()
+    );
+    for (tier, (_, dups)) in &tier_dups {
+        assert_eq!(*dups, 0, "duplicate copies in tier {tier}: {tier_dups:?}");
+    }
 }
