@@ -261,7 +261,7 @@ impl Pipeline {
             let wake = timer.wake_for(self.state.delays.next_due().filter(|_| retries_wanted));
             let breaker_wake = self.state.admission.wakes_at().map(Instant::from_std);
             let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
-            let room = self.state.buffered() < self.state.limits.max_in_flight;
+            let room = self.state.has_room();
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
@@ -312,7 +312,7 @@ impl Pipeline {
                         // More are often there already: take them in this turn while there is
                         // room, storing finished offsets before each poll as the loop does.
                         for _ in 1..RECV_BATCH {
-                            if state.buffered() >= state.limits.max_in_flight {
+                            if !state.has_room() {
                                 break;
                             }
                             state.store_finished(consumer);
@@ -461,7 +461,15 @@ impl State {
     /// Messages read and not finished, except those in tier buffers: what `--max-in-flight`
     /// bounds.
     fn buffered(&self) -> usize {
-        self.jobs.len() + self.admission.waiting() + self.eos.as_ref().map_or(0, |e| e.held)
+        self.jobs.len() + self.admission.waiting()
+    }
+
+    /// Whether another message may be read: fewer than `--max-in-flight` are buffered and, with
+    /// `--exactly-once`, fewer than [`txn::MAX_MESSAGES`] copies wait for their transaction (the
+    /// memory bound of held copies; the loop commits before that, see [`txn::Eos::full`]).
+    fn has_room(&self) -> bool {
+        self.buffered() < self.limits.max_in_flight
+            && self.eos.as_ref().is_none_or(|e| e.held < txn::MAX_MESSAGES)
     }
 
     /// Whether `job` still belongs to its partition's assignment and may start.

@@ -43,16 +43,16 @@ const COMMIT_RETRIES: u32 = 3;
 /// What the loop keeps about its transactions.
 #[derive(Debug, Default)]
 pub struct Eos {
-    /// Copies held in every partition (counted against `--max-in-flight`).
+    /// Copies held in every partition (at most [`MAX_MESSAGES`]: reading waits beyond).
     pub held: usize,
     /// Messages finished since the last commit.
     pub finished: usize,
 }
 
 impl Eos {
-    /// Enough finished work for a commit before the interval is up.
+    /// Enough finished work (or held copies) for a commit before the interval is up.
     pub fn full(&self) -> bool {
-        self.finished >= MAX_MESSAGES
+        self.finished >= MAX_MESSAGES || self.held >= MAX_MESSAGES
     }
 }
 

@@ -280,3 +280,40 @@ async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy
         assert_eq!(*dups, 0, "duplicate copies in tier {tier}: {tier_dups:?}");
     }
 }
+
+/// On a broker without transactions (Tansu 0.6) `--exactly-once` exits 2 and says what to do;
+/// on Apache Kafka there is nothing to refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_a_broker_without_transactions_exits_2() {
+    if broker_kind() != "tansu" {
+        eprintln!("skipped on Apache Kafka: it has transactions (the refusal is Tansu's case)");
+        return;
+    }
+    let topo = topology(&unique("eos-tansu"), &[200]);
+    create_topology(&topo, 1).await;
+    let (code, _, err) = output(rebound().args([
+        "run",
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &topo.main,
+        "--tiers",
+        "200ms",
+        "--group",
+        &unique("g"),
+        "--handler",
+        "command",
+        "--command",
+        "true",
+        "--metrics-addr",
+        "off",
+        "--exactly-once",
+        "--instance-id",
+        "i1",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--exactly-once needs a broker with Kafka transactions"),
+        "{err}"
+    );
+}
