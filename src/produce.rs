@@ -49,6 +49,18 @@ pub struct Producer {
     inner: Arc<FutureProducer<ProducerContext>>,
 }
 
+/// librdkafka's record for `record` (its headers copied).
+fn future_record<'a>(record: &Record<'a>) -> FutureRecord<'a, [u8], [u8]> {
+    let mut fr = FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
+    if let Some(k) = record.key {
+        fr = fr.key(k);
+    }
+    if let Some(p) = record.payload {
+        fr = fr.payload(p);
+    }
+    fr
+}
+
 /// Errors that no retry will fix.
 pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -136,16 +148,11 @@ impl Producer {
     /// commit waits for every record). An error here is the client's own refusal (too large for
     /// `message.max.bytes`, queue full, transaction in a failed state).
     pub fn enqueue(&self, record: &Record<'_>) -> Result<(), KafkaError> {
-        let mut fr: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
-        if let Some(k) = record.key {
-            fr = fr.key(k);
-        }
-        if let Some(p) = record.payload {
-            fr = fr.payload(p);
-        }
         // The delivery future is dropped: the commit reports a failed record.
-        self.inner.send_result(fr).map(drop).map_err(|(e, _)| e)
+        self.inner
+            .send_result(future_record(record))
+            .map(drop)
+            .map_err(|(e, _)| e)
     }
 
     /// Adds `offsets` (the next offsets to read) to the open transaction as the offsets of the
@@ -188,14 +195,7 @@ impl Producer {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
-            if let Some(k) = record.key {
-                fr = fr.key(k);
-            }
-            if let Some(p) = record.payload {
-                fr = fr.payload(p);
-            }
+            let fr = future_record(record);
             let error = tokio::select! {
                 result = self.inner.send(fr, Duration::from_secs(5)) => match result {
                     Ok(delivery) => return Ok((delivery.partition, delivery.offset)),

@@ -97,17 +97,7 @@ async fn exactly_once_kill_9_leaves_no_duplicate_copy_in_any_tier_or_the_dlq() {
     let log = dir.path().join("rebound.log");
     let args = eos_args(&brokers, &topo, &unique("g"), &sink, "eos-1");
 
-    let feed = {
-        let brokers = brokers.clone();
-        let main = main.clone();
-        let messages = messages.clone();
-        tokio::spawn(async move {
-            for chunk in messages.chunks(100) {
-                produce_many(&brokers, &main, chunk).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let feed = feed(&brokers, &main, &messages, 100, Duration::from_millis(250));
     let started = std::time::Instant::now();
     let mut kills = 0;
     for k in 0..3 * scale() {
@@ -211,17 +201,7 @@ async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy
     let sink = Sink::start().await;
     let dir = workdir("eos-zombie");
     let group = unique("g");
-    let feed = {
-        let brokers = brokers.clone();
-        let main = main.clone();
-        let messages = messages.clone();
-        tokio::spawn(async move {
-            for chunk in messages.chunks(50) {
-                produce_many(&brokers, &main, chunk).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let feed = feed(&brokers, &main, &messages, 50, Duration::from_millis(200));
     let mut a = start(
         &eos_args(&brokers, &topo, &group, &sink, "eos-a"),
         &dir.path().join("a.log"),
