@@ -49,6 +49,9 @@ pub struct Producer {
     inner: Arc<FutureProducer<ProducerContext>>,
 }
 
+/// `transaction.timeout.ms` of the `--exactly-once` producer unless the user sets it.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+
 /// librdkafka's record for `record` (its headers copied).
 fn future_record<'a>(record: &Record<'a>) -> FutureRecord<'a, [u8], [u8]> {
     let mut fr = FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
@@ -113,6 +116,21 @@ impl Producer {
     ) -> Result<Producer, KafkaError> {
         let mut config = kafka::producer_config(cluster);
         config.set("transactional.id", transactional_id);
+        // A transaction lives ~100 ms. An instance paused mid-transaction (a zombie) holds the
+        // partitions it wrote to, and its pending offsets, from every read_committed reader (the
+        // next owner included) until the coordinator aborts it after this timeout: 10 s instead
+        // of librdkafka's 60 s. `-X transaction.timeout.ms=` overrides.
+        if !cluster
+            .kafka
+            .0
+            .iter()
+            .any(|(k, _)| k == "transaction.timeout.ms")
+        {
+            config.set(
+                "transaction.timeout.ms",
+                DEFAULT_TRANSACTION_TIMEOUT_MS.to_string(),
+            );
+        }
         let inner = config.create_with_context(ProducerContext {
             metrics: Some(metrics),
         })?;
