@@ -244,6 +244,11 @@ pub struct RunArgs {
     /// handed back to the next owner; 0s hands them back at once [default: 2s].
     #[arg(long, env = "REBOUND_REVOKE_TIMEOUT", value_name = "DURATION")]
     pub revoke_timeout: Option<String>,
+    /// Exactly-once topology (issue 18): each retry/DLQ copy and the offset it came from commit
+    /// in one Kafka transaction (transactional.id <group>.<instance-id>); needs --instance-id and
+    /// a broker with transactions [default: off].
+    #[arg(long, env = "REBOUND_EXACTLY_ONCE")]
+    pub exactly_once: bool,
 
     /// Failure rate (0 to 1) of the calls the circuit breaker judges that opens it; 0 turns the
     /// breaker off.

@@ -10,7 +10,7 @@ use std::fmt;
 use crate::topology::Topology;
 
 /// librdkafka properties rebound sets itself; overriding them would break its guarantees.
-const RESERVED: [(&str, &str); 6] = [
+const RESERVED: [(&str, &str); 7] = [
     ("bootstrap.servers", "use --brokers"),
     ("group.id", "use --group"),
     (
@@ -23,6 +23,10 @@ const RESERVED: [(&str, &str); 6] = [
     ),
     ("isolation.level", "rebound reads committed messages only"),
     ("group.instance.id", "use --instance-id"),
+    (
+        "transactional.id",
+        "use --exactly-once with --instance-id (it is <group>.<instance-id>)",
+    ),
 ];
 
 /// A `-X` property (or `[kafka]` file entry) rebound cannot take.

@@ -83,6 +83,7 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<String>,
     pub instance_id: Option<String>,
     pub revoke_timeout: Option<String>,
+    pub exactly_once: Option<bool>,
     pub breaker_threshold: Option<f64>,
     pub breaker_window: Option<usize>,
     pub breaker_window_time: Option<String>,
@@ -211,6 +212,9 @@ pub struct Membership {
     pub instance_id: Option<String>,
     /// How long a revoke waits for the revoked partitions' running jobs.
     pub revoke_timeout: Duration,
+    /// `--exactly-once` (issue 18): copies and source offsets commit in Kafka transactions,
+    /// `transactional.id = <group>.<instance-id>`; needs `instance_id`.
+    pub exactly_once: bool,
 }
 
 /// The default `--revoke-timeout`: short, and well inside `max.poll.interval.ms` (5 min).
@@ -221,6 +225,7 @@ impl Default for Membership {
         Membership {
             instance_id: None,
             revoke_timeout: DEFAULT_REVOKE_TIMEOUT,
+            exactly_once: false,
         }
     }
 }
@@ -254,9 +259,17 @@ impl Membership {
                 "must be at most 60s (a rebalance waits for it; max.poll.interval.ms bounds it)",
             ));
         }
+        let exactly_once = args.exactly_once || file.exactly_once.unwrap_or(false);
+        if exactly_once && instance_id.is_none() {
+            return Err(bad(
+                "--exactly-once",
+                "needs --instance-id (the transactional.id is <group>.<instance-id>, stable across restarts, so that a restarted instance fences its predecessor); set --instance-id to a name unique in the group, e.g. the pod name",
+            ));
+        }
         Ok(Membership {
             instance_id,
             revoke_timeout,
+            exactly_once,
         })
     }
 }
@@ -600,6 +613,14 @@ impl fmt::Display for Config {
                 )),
             duration::Short(m.revoke_timeout)
         )?;
+        if m.exactly_once {
+            writeln!(
+                f,
+                "exactly-once     = on (transactional.id {}.{})",
+                self.cluster.group,
+                m.instance_id.as_deref().unwrap_or("?")
+            )?;
+        }
         let b = &self.tier_buffer;
         writeln!(
             f,
@@ -814,6 +835,28 @@ mod tests {
         assert!(e.problem.contains("session.timeout.ms"), "{e}");
         x.topology.connect.kafka = vec!["group.instance.id=a".into()];
         assert!(err(&x).problem.contains("--instance-id"));
+    }
+
+    #[test]
+    fn exactly_once_is_off_by_default_and_needs_an_instance_id() {
+        assert!(
+            !Config::for_run(&run_args("orders"))
+                .unwrap()
+                .membership
+                .exactly_once
+        );
+        let mut a = run_args("orders");
+        a.exactly_once = true;
+        let e = err(&a);
+        assert_eq!(e.field, "--exactly-once");
+        assert!(e.problem.contains("--instance-id"), "{e}");
+        a.instance_id = Some("pod-1".into());
+        let c = Config::for_run(&a).unwrap();
+        assert!(c.membership.exactly_once);
+        assert!(c.to_string().contains("exactly-once     = on"), "{c}");
+        let mut x = run_args("orders");
+        x.topology.connect.kafka = vec!["transactional.id=t".into()];
+        assert!(err(&x).problem.contains("--exactly-once"));
     }
 
     #[test]

@@ -200,7 +200,8 @@ fn read_only_consumer(cluster: &ClusterConfig) -> Result<Shared, KafkaError> {
     let mut c: ClientConfig = kafka::consumer_config(cluster);
     c.set("group.id", READER_GROUP)
         .set("statistics.interval.ms", "0")
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
     Ok(Arc::new(c.create_with_context(LoggingContext)?))
 }
 
@@ -209,7 +210,8 @@ fn replay_consumer(cluster: &ClusterConfig) -> Result<Shared, KafkaError> {
     let mut c: ClientConfig = kafka::consumer_config(cluster);
     c.set("statistics.interval.ms", "0")
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true");
     Ok(Arc::new(c.create_with_context(LoggingContext)?))
 }
 
@@ -350,6 +352,14 @@ impl Reader {
             };
             let entry = match received {
                 Err(_) => continue,
+                // Nothing more to read now (read_committed: up to the last stable offset). A
+                // partition that ends in a transaction marker, or whose open transaction holds
+                // the stable offset below the high watermark, never delivers the record at
+                // `high - 1`: this is how its end is known.
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.end.at_end(partition, Instant::now());
+                    continue;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(topic = %self.topic, error = %e, "consumer error");
                     continue;

@@ -22,7 +22,7 @@
 //!   running are ignored (their epoch is gone), so nothing from an old assignment is committed
 //!   or resumed in a new one. Other partitions are not touched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -48,11 +48,12 @@ use crate::handler::Message;
 use crate::kafka::{self, RebalanceEvent, TopologyContext};
 use crate::metrics::Metrics;
 use crate::offsets::PartitionOffsets;
-use crate::router::{Completion, Finish, Intake, Job, Router, Tp};
+use crate::router::{Completion, Finish, HeldCopy, Intake, Job, Router, Tp};
 use crate::status::{self, PartitionStatus, Snapshot};
 use crate::topology::Stage;
 
 mod admission;
+mod txn;
 use admission::Admission;
 
 /// Loop settings.
@@ -82,6 +83,14 @@ struct Partition {
     running: Vec<i64>,
     /// Being revoked: nothing new starts; running jobs may still finish and be committed.
     revoking: bool,
+    /// `--exactly-once`: copies of finished messages, by source offset, waiting for the
+    /// transaction that commits their offset.
+    held: BTreeMap<i64, HeldCopy>,
+    /// `--exactly-once`: the offset the last transaction committed for this assignment.
+    txn_committed: Option<i64>,
+    /// The lowest offset seen in this assignment: where a rewind goes when no transaction has
+    /// committed for it yet (everything before it was committed before the assignment).
+    first_seen: Option<i64>,
 }
 
 impl Partition {
@@ -92,6 +101,9 @@ impl Partition {
             store_list: None,
             running: Vec::new(),
             revoking: false,
+            held: BTreeMap::new(),
+            txn_committed: None,
+            first_seen: None,
         }
     }
 }
@@ -148,6 +160,8 @@ struct State {
     /// The revoke in progress, if any.
     revoking: Option<Revoking>,
     draining: bool,
+    /// `--exactly-once`: the open transaction's bookkeeping ([`txn`]).
+    eos: Option<txn::Eos>,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -179,6 +193,7 @@ impl Pipeline {
         limits: Limits,
     ) -> Pipeline {
         let metrics = router.metrics.clone();
+        let eos = router.exactly_once.then(txn::Eos::default);
         let buffered_gauges = router
             .topology
             .tiers
@@ -207,6 +222,7 @@ impl Pipeline {
                 status_published: None,
                 revoking: None,
                 draining: false,
+                eos,
             },
         }
     }
@@ -214,7 +230,13 @@ impl Pipeline {
     /// Runs until `stop` is cancelled (or the consumer fails for good), then finishes or hands
     /// back in-flight work, commits, and closes the consumer within the shutdown timeout.
     pub async fn run(mut self, stop: CancellationToken) -> Ended {
-        let mut commit = tokio::time::interval(self.state.limits.commit_interval);
+        // With --exactly-once, the "commit" is the transaction's, every txn::INTERVAL (or
+        // txn::MAX_MESSAGES finished messages, checked each turn).
+        let mut commit = tokio::time::interval(if self.state.eos.is_some() {
+            txn::INTERVAL
+        } else {
+            self.state.limits.commit_interval
+        });
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
@@ -225,6 +247,12 @@ impl Pipeline {
             while let Ok(event) = self.events.try_recv() {
                 self.state.on_rebalance(&self.consumer, event);
             }
+            // A revoke first commits (or aborts and rewinds) the open transaction.
+            if self.state.eos.is_some() && self.state.revoke_ready(false) {
+                if let Err(ended) = self.state.commit_txn(&self.consumer, txn::TIMEOUT).await {
+                    break ended;
+                }
+            }
             self.state.finish_revoke(&self.consumer, false);
             // Before anything polls the consumer (a rebalance callback may commit what is stored).
             self.state.store_finished(&self.consumer);
@@ -233,7 +261,7 @@ impl Pipeline {
             let wake = timer.wake_for(self.state.delays.next_due().filter(|_| retries_wanted));
             let breaker_wake = self.state.admission.wakes_at().map(Instant::from_std);
             let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
-            let room = self.state.buffered() < self.state.limits.max_in_flight;
+            let room = self.state.has_room();
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
@@ -263,8 +291,14 @@ impl Pipeline {
                 // The top of the loop finishes the revoke once its deadline has passed.
                 _ = sleep_until(revoke_wake) => {}
                 _ = commit.tick() => {
-                    state.store_finished(consumer);
-                    commit_offsets(consumer, CommitMode::Async);
+                    if state.eos.is_some() {
+                        if let Err(ended) = state.commit_txn(consumer, txn::TIMEOUT).await {
+                            break ended;
+                        }
+                    } else {
+                        state.store_finished(consumer);
+                        commit_offsets(consumer, CommitMode::Async);
+                    }
                 }
                 received = consumer.recv(), if room => match received {
                     Ok(m) => {
@@ -278,7 +312,7 @@ impl Pipeline {
                         // More are often there already: take them in this turn while there is
                         // room, storing finished offsets before each poll as the loop does.
                         for _ in 1..RECV_BATCH {
-                            if state.buffered() >= state.limits.max_in_flight {
+                            if !state.has_room() {
                                 break;
                             }
                             state.store_finished(consumer);
@@ -316,6 +350,11 @@ impl Pipeline {
                         }
                     }
                 },
+            }
+            if state.eos.as_ref().is_some_and(txn::Eos::full) {
+                if let Err(ended) = state.commit_txn(consumer, txn::TIMEOUT).await {
+                    break ended;
+                }
             }
             state.update_gauges();
             state.publish_status(false);
@@ -371,8 +410,16 @@ impl Pipeline {
             }
         }
         state.update_gauges();
-        state.store_finished(&self.consumer);
-        commit_offsets(&self.consumer, CommitMode::Sync);
+        if state.eos.is_some() {
+            // Within what is left of --shutdown-timeout (at least a second to say so).
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            let _ = state.commit_txn(&self.consumer, left).await;
+        } else {
+            state.store_finished(&self.consumer);
+            commit_offsets(&self.consumer, CommitMode::Sync);
+        }
         // A revoke librdkafka is waiting for is answered before the close (which would
         // otherwise wait for it); from now on the context answers revokes itself.
         state.finish_revoke(&self.consumer, true);
@@ -399,10 +446,30 @@ impl Pipeline {
 }
 
 impl State {
+    /// Whether the revoke in progress may finish: its partitions have no running job, its
+    /// deadline has passed, or `now`.
+    fn revoke_ready(&self, now: bool) -> bool {
+        let Some(r) = &self.revoking else {
+            return false;
+        };
+        now || Instant::now() >= r.deadline
+            || r.tps
+                .iter()
+                .all(|tp| self.parts.get(tp).is_none_or(|p| p.running.is_empty()))
+    }
+
     /// Messages read and not finished, except those in tier buffers: what `--max-in-flight`
     /// bounds.
     fn buffered(&self) -> usize {
         self.jobs.len() + self.admission.waiting()
+    }
+
+    /// Whether another message may be read: fewer than `--max-in-flight` are buffered and, with
+    /// `--exactly-once`, fewer than [`txn::MAX_MESSAGES`] copies wait for their transaction (the
+    /// memory bound of held copies; the loop commits before that, see [`txn::Eos::full`]).
+    fn has_room(&self) -> bool {
+        self.buffered() < self.limits.max_in_flight
+            && self.eos.as_ref().is_none_or(|e| e.held < txn::MAX_MESSAGES)
     }
 
     /// Whether `job` still belongs to its partition's assignment and may start.
@@ -518,19 +585,16 @@ impl State {
     /// handed back, drops the partitions' state and gives them up (`incremental_unassign`, or
     /// `unassign` with an eager assignor).
     fn finish_revoke(&mut self, consumer: &StreamConsumer<TopologyContext>, now: bool) {
-        let Some(r) = &self.revoking else {
+        if !self.revoke_ready(now) {
+            return;
+        }
+        let Some(r) = self.revoking.take() else {
             return;
         };
         let drained = r
             .tps
             .iter()
             .all(|tp| self.parts.get(tp).is_none_or(|p| p.running.is_empty()));
-        if !now && !drained && Instant::now() < r.deadline {
-            return;
-        }
-        let Some(r) = self.revoking.take() else {
-            return;
-        };
         self.store_finished(consumer);
         let router = self.router.clone();
         let topology = &router.topology;
@@ -544,7 +608,8 @@ impl State {
                 );
             }
         }
-        if commit.count() > 0 {
+        // With --exactly-once the transaction committed them just before (the loop's turn).
+        if commit.count() > 0 && self.eos.is_none() {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 tracing::warn!(error = %e, "commit of revoked partitions failed; the next owner may repeat their finished work");
             }
@@ -599,6 +664,9 @@ impl State {
     /// Removes `tp` and everything the loop keeps about it.
     fn remove_partition(&mut self, tp: Tp) -> Option<Partition> {
         let part = self.parts.remove(&tp);
+        if let (Some(eos), Some(p)) = (&mut self.eos, &part) {
+            eos.held -= p.held.len();
+        }
         let (dropped, bytes) = self.delays.remove(&tp);
         self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
         self.admission.remove_partition(tp);
@@ -626,10 +694,13 @@ impl State {
             stage,
             partition: m.partition(),
         };
-        let epoch = match self.parts.get(&tp) {
+        let epoch = match self.parts.get_mut(&tp) {
             // Being revoked: not begun, so the next owner reads it.
             Some(p) if p.revoking => return,
-            Some(p) => p.epoch,
+            Some(p) => {
+                p.first_seen = Some(p.first_seen.map_or(m.offset(), |f| f.min(m.offset())));
+                p.epoch
+            }
             None => {
                 // Assignment events arrive before the partition's messages; this is defensive.
                 self.next_epoch += 1;
@@ -971,8 +1042,18 @@ impl State {
         if let Some(i) = p.running.iter().position(|o| *o == done.offset) {
             p.running.swap_remove(i);
         }
-        if done.finish != Finish::Done {
-            return;
+        match done.finish {
+            Finish::Done => {}
+            Finish::HandedBack => return,
+            Finish::Held(copy) => {
+                if let Some(eos) = &mut self.eos {
+                    eos.held += 1;
+                }
+                p.held.insert(done.offset, *copy);
+            }
+        }
+        if let Some(eos) = &mut self.eos {
+            eos.finished += 1;
         }
         p.offsets.finish(done.offset);
         if !self.unstored.contains(&done.tp) {
@@ -985,6 +1066,12 @@ impl State {
     /// is stored), before each commit (a revoke's included) and at shutdown, so stored offsets are as fresh as with a
     /// store per completion. The list per partition is kept, so a store allocates nothing.
     fn store_finished(&mut self, consumer: &StreamConsumer<TopologyContext>) {
+        if self.eos.is_some() {
+            // Offsets are committed only inside transactions; nothing is stored for the
+            // consumer's own commit (which then commits nothing, on revoke or close).
+            self.unstored.clear();
+            return;
+        }
         for tp in self.unstored.drain(..) {
             let Some(p) = self.parts.get_mut(&tp) else {
                 continue;

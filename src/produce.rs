@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterConfig;
@@ -44,7 +46,22 @@ pub struct Record<'a> {
 /// Shared by every in-flight message; cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<ProducerContext>,
+    inner: Arc<FutureProducer<ProducerContext>>,
+}
+
+/// `transaction.timeout.ms` of the `--exactly-once` producer unless the user sets it.
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+
+/// librdkafka's record for `record` (its headers copied).
+fn future_record<'a>(record: &Record<'a>) -> FutureRecord<'a, [u8], [u8]> {
+    let mut fr = FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
+    if let Some(k) = record.key {
+        fr = fr.key(k);
+    }
+    if let Some(p) = record.payload {
+        fr = fr.payload(p);
+    }
+    fr
 }
 
 /// Errors that no retry will fix.
@@ -89,13 +106,101 @@ impl Producer {
         Producer::create(cluster, Some(metrics))
     }
 
+    /// The transactional producer of `--exactly-once` (issue 18), `transactional.id` =
+    /// `transactional_id`. [`Producer::init_transactions`] must run before the first
+    /// transaction.
+    pub fn transactional(
+        cluster: &ClusterConfig,
+        metrics: Arc<Metrics>,
+        transactional_id: &str,
+    ) -> Result<Producer, KafkaError> {
+        let mut config = kafka::producer_config(cluster);
+        config.set("transactional.id", transactional_id);
+        // A transaction lives ~100 ms. An instance paused mid-transaction (a zombie) holds the
+        // partitions it wrote to, and its pending offsets, from every read_committed reader (the
+        // next owner included) until the coordinator aborts it after this timeout: 10 s instead
+        // of librdkafka's 60 s. `-X transaction.timeout.ms=` overrides.
+        if !cluster
+            .kafka
+            .0
+            .iter()
+            .any(|(k, _)| k == "transaction.timeout.ms")
+        {
+            config.set(
+                "transaction.timeout.ms",
+                DEFAULT_TRANSACTION_TIMEOUT_MS.to_string(),
+            );
+        }
+        let inner = config.create_with_context(ProducerContext {
+            metrics: Some(metrics),
+        })?;
+        Ok(Producer {
+            inner: Arc::new(inner),
+        })
+    }
+
     fn create(
         cluster: &ClusterConfig,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Producer, KafkaError> {
         let inner =
             kafka::producer_config(cluster).create_with_context(ProducerContext { metrics })?;
-        Ok(Producer { inner })
+        Ok(Producer {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Registers the `transactional.id` with its coordinator, aborting a predecessor's open
+    /// transaction and fencing it (KIP-98). Blocking call, run on tokio's blocking pool; waits at
+    /// most `timeout`.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        kafka::blocking(&self.inner, move |p| p.init_transactions(timeout)).await
+    }
+
+    /// Starts a transaction (local to the client; no broker round trip).
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction()
+    }
+
+    /// Enqueues `record` in the open transaction without waiting for its acknowledgement (the
+    /// commit waits for every record). An error here is the client's own refusal (too large for
+    /// `message.max.bytes`, queue full, transaction in a failed state).
+    pub fn enqueue(&self, record: &Record<'_>) -> Result<(), KafkaError> {
+        // The delivery future is dropped: the commit reports a failed record.
+        self.inner
+            .send_result(future_record(record))
+            .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Adds `offsets` (the next offsets to read) to the open transaction as the offsets of the
+    /// consumer `group` (KIP-447: fenced by the group generation), then commits it. Blocking,
+    /// on tokio's blocking pool; each step waits at most `timeout`.
+    pub async fn commit_transaction(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        kafka::blocking(&self.inner, move |p| {
+            if offsets.count() > 0 {
+                p.send_offsets_to_transaction(&offsets, &group, timeout)?;
+            }
+            p.commit_transaction(timeout)
+        })
+        .await
+    }
+
+    /// Commits the open transaction again after a retriable failure of
+    /// [`Producer::commit_transaction`] (librdkafka's rule: the same call is repeated).
+    pub async fn retry_commit(&self, timeout: Duration) -> Result<(), KafkaError> {
+        kafka::blocking(&self.inner, move |p| p.commit_transaction(timeout)).await
+    }
+
+    /// Aborts the open transaction: none of its records become visible to `read_committed`
+    /// readers and none of its offsets are committed. Blocking, on tokio's blocking pool.
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        kafka::blocking(&self.inner, move |p| p.abort_transaction(timeout)).await
     }
 
     /// Produces `record` and returns its (partition, offset) once the broker acknowledged it.
@@ -108,14 +213,7 @@ impl Producer {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(record.topic).headers(kafka::to_owned_headers(&record.headers));
-            if let Some(k) = record.key {
-                fr = fr.key(k);
-            }
-            if let Some(p) = record.payload {
-                fr = fr.payload(p);
-            }
+            let fr = future_record(record);
             let error = tokio::select! {
                 result = self.inner.send(fr, Duration::from_secs(5)) => match result {
                     Ok(delivery) => return Ok((delivery.partition, delivery.offset)),

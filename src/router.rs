@@ -56,6 +56,26 @@ pub enum Finish {
     Done,
     /// Stopped before it was done: the offset must not be committed.
     HandedBack,
+    /// `--exactly-once`: handled, and its copy is held for the poll loop, which produces it in
+    /// the transaction that commits its offset ([`crate::pipeline`]); nothing was produced yet.
+    Held(Box<HeldCopy>),
+}
+
+/// A retry or DLQ copy of `--exactly-once`, not produced yet: the poll loop produces it in the
+/// same transaction as the offset of the message it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCopy {
+    /// The tier or DLQ topic.
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<headers::Header>,
+    /// The label of the stage the message was read from, for `rebound_routed_total`.
+    pub from: String,
+    /// The label of the tier it goes to, or `dlq`.
+    pub to: String,
+    /// Set for a DLQ copy, for `rebound_dlq_total`.
+    pub reason: Option<DlqReason>,
 }
 
 /// Sent back to the poll loop when a job ends.
@@ -85,6 +105,9 @@ pub struct Router {
     /// circuit breaker takes them then, not when the job's copy is acknowledged (a failure needs
     /// a produce, a success does not, so job ends would reach it successes first).
     pub signals: std::sync::Mutex<Vec<(Tp, i64, Signal)>>,
+    /// `--exactly-once`: copies are not produced by jobs but held for the loop's transaction
+    /// ([`Finish::Held`]).
+    pub exactly_once: bool,
 }
 
 impl Router {
@@ -284,6 +307,19 @@ impl Router {
             ),
             None => (self.topology.dlq.as_str(), "dlq"),
         };
+        if self.exactly_once {
+            // Only the loop produces in this mode, inside the transaction that also commits
+            // this message's offset: a copy is never committed without its offset.
+            return Finish::Held(Box::new(HeldCopy {
+                topic: topic.to_string(),
+                key: message.key.clone(),
+                payload: message.payload.clone(),
+                headers,
+                from: from.to_string(),
+                to: to.to_string(),
+                reason,
+            }));
+        }
         let record = Record {
             topic,
             key: message.key.as_deref(),

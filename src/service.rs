@@ -61,6 +61,10 @@ pub enum ServiceError {
         /// librdkafka's description.
         reason: String,
     },
+    /// `--exactly-once` on a broker without Kafka transactions (no `EndTxn`, or not an Apache
+    /// Kafka KRaft cluster, such as Tansu 0.6).
+    #[error("--exactly-once needs a broker with Kafka transactions (EndTxn); this one has none ({0}): run without --exactly-once, or on Apache Kafka")]
+    NoTransactions(&'static str),
     /// The metrics server could not listen.
     #[error("metrics server cannot listen on {addr}: {error}")]
     MetricsBind {
@@ -80,6 +84,7 @@ impl ServiceError {
                 | ServiceError::Group(_)
                 | ServiceError::MetricsBind { .. }
                 | ServiceError::UnsafeTopics(_)
+                | ServiceError::NoTransactions(_)
         )
     }
 }
@@ -131,7 +136,25 @@ impl Service {
             None => None,
         };
 
-        let choice = crate::group::choose(&cluster.kafka.0, probe_group_protocol(cluster).await)?;
+        let features = probe_features(cluster).await;
+        let choice = crate::group::choose(
+            &cluster.kafka.0,
+            features
+                .as_ref()
+                .map(crate::probe::BrokerFeatures::consumer_group_protocol),
+        )?;
+        if config.membership.exactly_once {
+            if let Some(f) = &features {
+                if !f.supports(crate::probe::END_TXN) {
+                    return Err(ServiceError::NoTransactions("EndTxn is not served"));
+                }
+                if f.lacks_kraft_features() {
+                    return Err(ServiceError::NoTransactions(
+                        "no finalized metadata.version: not Apache Kafka KRaft (Tansu 0.6 lacks transactions)",
+                    ));
+                }
+            }
+        }
         let membership = &config.membership;
         tracing::info!(protocol = %choice.protocol, why = choice.why,
             instance_id = membership.instance_id.as_deref(), "consumer group protocol");
@@ -153,7 +176,21 @@ impl Service {
             return Ok(());
         }
         check_topic_settings(cluster).await?;
-        let producer = Producer::reporting_to(cluster, metrics.clone())?;
+        let producer = if membership.exactly_once {
+            let id = format!(
+                "{}.{}",
+                cluster.group,
+                membership.instance_id.as_deref().unwrap_or_default()
+            );
+            let producer = Producer::transactional(cluster, metrics.clone(), &id)?;
+            // Fences a predecessor with the same id and aborts its open transaction, so tier
+            // and DLQ partitions are not held up for transaction.timeout.ms.
+            producer.init_transactions(Duration::from_secs(30)).await?;
+            tracing::info!(transactional_id = %id, "exactly-once: transactions initialised");
+            producer
+        } else {
+            Producer::reporting_to(cluster, metrics.clone())?
+        };
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
         tracing::info!(group = %cluster.group, topics = ?subscribed, dlq = %topology.dlq, max_retries = topology.max_retries,
@@ -187,6 +224,7 @@ impl Service {
                 abandon: CancellationToken::new(),
                 series: series.clone(),
                 signals: Default::default(),
+                exactly_once: membership.exactly_once,
             });
             match Pipeline::new(consumer, events_rx, router, limits)
                 .run(stop.clone())
@@ -225,10 +263,10 @@ impl Service {
     }
 }
 
-/// Whether the broker offers the KIP-848 consumer group protocol (one `ApiVersions` request,
-/// [`crate::probe`]); `None` when not known: a TLS or SASL listener (the probe speaks plaintext
+/// What the broker offers (the KIP-848 consumer group protocol, transactions), from one
+/// `ApiVersions` request ([`crate::probe`]); `None` when not known: a TLS or SASL listener (the probe speaks plaintext
 /// only) or no answer.
-async fn probe_group_protocol(cluster: &ClusterConfig) -> Option<bool> {
+async fn probe_features(cluster: &ClusterConfig) -> Option<crate::probe::BrokerFeatures> {
     let plaintext = cluster
         .kafka
         .0
@@ -245,7 +283,7 @@ async fn probe_group_protocol(cluster: &ClusterConfig) -> Option<bool> {
     })
     .await;
     match probed {
-        Ok(Ok(features)) => Some(features.consumer_group_protocol()),
+        Ok(Ok(features)) => Some(features),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot ask the broker which group protocols it offers");
             None

@@ -12,7 +12,8 @@
 //! (default 3; medians are reported), `REBOUND_BENCH_ONLY` (comma-separated scenario numbers;
 //! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
-//! `KEY=VALUE` librdkafka properties for rebound, not the baselines), `REBOUND_BENCH_BROKER_KIND`
+//! `KEY=VALUE` librdkafka properties for rebound, not the baselines), `REBOUND_BENCH_EXACTLY_ONCE`
+//! (set: rebound runs with `--exactly-once`), `REBOUND_BENCH_BROKER_KIND`
 //! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
 //! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
 //! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates.

@@ -112,6 +112,11 @@ fn rebound_config(ctx: &Ctx, topology: Topology, group: &str) -> Config {
     let mut c = Config::new(&ctx.brokers, group, topology);
     c.cluster.kafka = KafkaProps(client_props().into_iter().chain(extra_props()).collect());
     c.shutdown_timeout = Duration::from_secs(20);
+    // REBOUND_BENCH_EXACTLY_ONCE=1: rebound with --exactly-once (issue 18), to compare.
+    if std::env::var_os("REBOUND_BENCH_EXACTLY_ONCE").is_some() {
+        c.membership.exactly_once = true;
+        c.membership.instance_id = Some(format!("bench-{group}"));
+    }
     c
 }
 

@@ -72,6 +72,18 @@ impl EndOfLog {
         self
     }
 
+    /// The consumer reported the end of `partition` (librdkafka's partition EOF: its fetch
+    /// position reached the end it may read, the last stable offset with `read_committed`).
+    /// The partition counts as caught up with its start-time watermark even though no record
+    /// at `high - 1` came: that offset may be a transaction marker, and an open transaction
+    /// may hold the stable offset below it (KIP-98).
+    pub fn at_end(&mut self, partition: i32, now: Instant) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.next = p.next.max(p.high);
+            self.note_caught_up(now);
+        }
+    }
+
     /// A message at `offset` of `partition` arrived.
     pub fn seen(&mut self, partition: i32, offset: i64, now: Instant) {
         if let Some(p) = self.parts.get_mut(&partition) {
@@ -178,6 +190,21 @@ mod tests {
         assert!(!end.done(t0 + ms(250)));
         assert!(end.done(t0 + ms(280)));
         assert!(!end.incomplete());
+    }
+
+    /// A partition that ends in a commit marker (offset 9; its last record is at 8) is caught
+    /// up when the consumer reports its end, not after the stall.
+    #[test]
+    fn a_partition_ending_in_a_transaction_marker_ends_at_its_eof() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut end =
+            EndOfLog::new(&[(0, 0, 10)], None, t0).with_waits(ms(100), ms(10_000), ms(1000));
+        end.seen(0, 8, t0 + ms(10));
+        assert!(!end.done(t0 + ms(500)), "offset 9 (the marker) is not read");
+        end.at_end(0, t0 + ms(20));
+        assert!(end.done(t0 + ms(130)));
+        assert!(!end.incomplete(), "the read is complete");
     }
 
     #[test]

@@ -846,3 +846,92 @@ async fn the_binary_prints_stats_list_show_and_a_replay_summary() {
     // The same group again: everything was decided, nothing is read twice.
     replay("replayed 0, skipped by filter 0, skipped at replay limit 0, failed 0 (0 read)");
 }
+
+/// Writes `records` to `topic` in one transaction of `producer`, then commits or aborts it.
+async fn in_transaction(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: &[Out],
+    commit: bool,
+) {
+    use rdkafka::producer::{FutureRecord, Producer};
+    producer.begin_transaction().expect("begin");
+    for r in records {
+        let mut fr = FutureRecord::<[u8], [u8]>::to(topic)
+            .headers(rebound::kafka::to_owned_headers(&r.headers));
+        if let Some(k) = &r.key {
+            fr = fr.key(k.as_slice());
+        }
+        if let Some(p) = &r.payload {
+            fr = fr.payload(p.as_slice());
+        }
+        if let Some(p) = r.partition {
+            fr = fr.partition(p);
+        }
+        producer
+            .send(fr, Duration::from_secs(10))
+            .await
+            .expect("sent");
+    }
+    if commit {
+        producer.commit_transaction(T).expect("commit");
+    } else {
+        producer.abort_transaction(T).expect("abort");
+    }
+}
+
+/// A DLQ written by transactions (as `--exactly-once` writes it) holds an aborted batch and
+/// ends in a commit marker, so its last offset is no record: stats, list and replay end at
+/// once (not after the 15 s stall of a partition that never reaches its watermark), call the
+/// read complete, and never show or replay an aborted record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_dlq_with_an_aborted_batch_and_a_final_marker_reads_to_its_end() {
+    if broker_kind() == "tansu" {
+        eprintln!("skipped on Tansu: it has no Kafka transactions (no EndTxn)");
+        return;
+    }
+    use rdkafka::producer::Producer;
+    let topo = new_topology("dlq-txn", 1).await;
+    let main = topo.main.as_str();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique("txn"))
+        .create()
+        .expect("transactional producer");
+    producer.init_transactions(T).expect("init");
+    let d = |id: &str| dead(id, 0, "exhausted", "http_503", T10, main);
+    in_transaction(&producer, &topo.dlq, &[d("a"), d("b")], true).await;
+    in_transaction(&producer, &topo.dlq, &[d("x1"), d("x2")], false).await;
+    in_transaction(&producer, &topo.dlq, &[d("c")], true).await;
+
+    let started = std::time::Instant::now();
+    let stats = within("stats", T, dlq::stats(&read_cfg(&topo, Filter::default())))
+        .await
+        .expect("stats");
+    let took = started.elapsed();
+    assert_eq!(stats.total, 3, "aborted records are not counted");
+    assert!(!stats.incomplete, "the read reached the end");
+    assert!(
+        took < Duration::from_secs(10),
+        "stats waited {took:?}: the commit marker at the end was waited for"
+    );
+    // a, b at 0 and 1, their commit marker at 2; the aborted x1, x2 at 3, 4, their marker
+    // at 5; c at 6 and the last commit marker at 7.
+    assert_eq!(
+        listed(&topo, Filter::default()).await,
+        BTreeSet::from([(0, 0), (0, 1), (0, 6)])
+    );
+    let started = std::time::Instant::now();
+    let (summary, _) = replay(&replay_cfg(&topo, &unique("g"))).await;
+    assert_eq!(
+        (summary.replayed, summary.failed, summary.incomplete),
+        (3, 0, false),
+        "{summary}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "replay waited for the marker"
+    );
+    let ids = ids_in(main, 3, Duration::from_secs(10));
+    assert_eq!(ids, vec!["a", "b", "c"]);
+}

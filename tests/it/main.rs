@@ -23,6 +23,7 @@ mod console_browser;
 mod demo;
 mod dlq;
 mod docs;
+mod exactly_once;
 mod http_handler;
 mod observability;
 mod readahead;

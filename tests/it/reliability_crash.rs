@@ -69,17 +69,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_early() {
     );
 
     // Steady traffic: the producer keeps going while rebound is killed and restarted.
-    let feed = {
-        let brokers = brokers.clone();
-        let main = main.clone();
-        let messages = messages.clone();
-        tokio::spawn(async move {
-            for chunk in messages.chunks(100) {
-                produce_many(&brokers, &main, chunk).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let feed = feed(&brokers, &main, &messages, 100, Duration::from_millis(250));
 
     let started = std::time::Instant::now();
     let mut kills: Vec<DateTime<Utc>> = Vec::new();

@@ -42,23 +42,6 @@ async fn scenario(
     (main, topo, traffic, sink)
 }
 
-/// Produces `messages` to `main` in chunks of `chunk`, pausing `pause` after each.
-fn feed(
-    brokers: &str,
-    main: &str,
-    messages: &[Out],
-    chunk: usize,
-    pause: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let (brokers, main, messages) = (brokers.to_string(), main.to_string(), messages.to_vec());
-    tokio::spawn(async move {
-        for part in messages.chunks(chunk) {
-            produce_many(&brokers, &main, part).await;
-            tokio::time::sleep(pause).await;
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_leave_and_join_mid_run_with_partitions_paused_and_nothing_is_lost() {
     let brokers = brokers();

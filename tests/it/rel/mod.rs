@@ -557,6 +557,24 @@ pub async fn produce_many(brokers: &str, topic: &str, records: &[Out]) {
     }
 }
 
+/// Produces `messages` to `topic` in chunks of `chunk`, one chunk every `every`, in a task:
+/// steady traffic while the test kills, stops or pauses rebound.
+pub fn feed(
+    brokers: &str,
+    topic: &str,
+    messages: &[Out],
+    chunk: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (brokers, topic, messages) = (brokers.to_string(), topic.to_string(), messages.to_vec());
+    tokio::spawn(async move {
+        for c in messages.chunks(chunk) {
+            produce_many(&brokers, &topic, c).await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 /// The DLQ of `topo` once at least `expected` records are there and nothing more came for 1 s
 /// (or `deadline` passed).
 pub fn read_dlq(brokers: &str, topo: &Topology, expected: usize, deadline: Duration) -> Vec<Got> {
