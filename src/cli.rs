@@ -288,9 +288,8 @@ pub struct RunArgs {
     #[arg(long, env = "REBOUND_TIER_BUFFER", value_name = "SIZE")]
     pub tier_buffer: Option<String>,
 
-    /// Messages one tier partition keeps in memory, its head included; 1 holds only the head,
-    /// 1000 reads ahead (opt-in for now; see README) [default: 1].
-    #[arg(long, env = "REBOUND_TIER_BUFFER_MESSAGES", value_name = "N")]
+    /// Messages one tier partition keeps in memory, its head included; 1 holds only the head.
+    #[arg(long, env = "REBOUND_TIER_BUFFER_MESSAGES", value_name = "N", help = with_default("Messages one tier partition keeps in memory, its head included; 1 holds only the head", crate::delay::DEFAULT_PARTITION_MESSAGES))]
     pub tier_buffer_messages: Option<String>,
 
     /// Bytes one tier partition keeps in memory (a larger head is still kept alone) [default: 1MiB].
@@ -651,6 +650,7 @@ mod tests {
             format!("[default: {}]", defaults::MAX_IN_FLIGHT),
             format!("[default: {}]", defaults::TIERS),
             format!("[default: {}]", defaults::METRICS_ADDR),
+            format!("[default: {}]", crate::delay::DEFAULT_PARTITION_MESSAGES),
         ] {
             assert!(run.contains(&shown), "run --help lacks {shown}");
         }

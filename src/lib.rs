@@ -1,8 +1,9 @@
 //! rebound: a production-grade retry topology for any Kafka topic.
 //!
 //! Messages of a main topic go to a [`Handler`]. Transient failures are produced to delay-tier
-//! topics (`<main>.retry-2m`, …) with a `process_after` header; each tier partition is paused
-//! until its head message is due. Permanent failures and exhausted or expired messages go to
+//! topics (`<main>.retry-2m`, …) with a `process_after` header; tier partitions are read ahead
+//! into a bounded buffer and each message is handled when it is due (a partition whose buffer is
+//! full is paused). Permanent failures and exhausted or expired messages go to
 //! `<main>.dlq`. Offsets are committed only for finished work (at-least-once).
 //!
 //! # Embedding
