@@ -935,3 +935,112 @@ async fn a_transactional_dlq_with_an_aborted_batch_and_a_final_marker_reads_to_i
     let ids = ids_in(main, 3, Duration::from_secs(10));
     assert_eq!(ids, vec!["a", "b", "c"]);
 }
+
+/// `replay-dlq --exactly-once` (issue 18), run as a process and killed with SIGKILL mid-run,
+/// then run again to the end: the destination, read with `read_committed`, holds every DLQ
+/// message exactly once (no duplicate, none missing). Without `--exactly-once` a kill between
+/// a copy's acknowledgement and its ledger record repeats that copy. On Tansu (no
+/// transactions) the flag must exit 2 with a message saying what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_replay_killed_mid_run_sends_every_message_exactly_once() {
+    const N: usize = 2000;
+    let topo = new_topology("dlq-eos", 2).await;
+    let main = topo.main.clone();
+    let brokers = brokers();
+    let group = unique("g");
+    let args: Vec<String> = [
+        "replay-dlq",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &main,
+        "--tiers",
+        "300ms,600ms",
+        "--group",
+        &group,
+        "--exactly-once",
+    ]
+    .map(String::from)
+    .to_vec();
+    if broker_kind() == "tansu" {
+        let (code, out, err) = output(rebound_quiet().args(&args));
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(
+            err.contains("--exactly-once needs a broker with Kafka transactions")
+                && err.contains("without --exactly-once"),
+            "{err}"
+        );
+        eprintln!("Tansu has no Kafka transactions (no EndTxn): only the exit 2 is checked");
+        return;
+    }
+    let p = producer();
+    let records: Vec<Out> = (0..N)
+        .map(|i| {
+            dead(
+                &format!("m{i:04}"),
+                (i % 2) as i32,
+                "exhausted",
+                "c",
+                T10,
+                &main,
+            )
+        })
+        .collect();
+    let acks: Vec<_> = records
+        .iter()
+        .map(|r| p.send_result(r.record(&topo.dlq)).expect("queued"))
+        .collect();
+    for a in acks {
+        a.await.expect("delivered").expect("acknowledged");
+    }
+
+    let dir = crate::rel::workdir("dlq-eos");
+    let log = dir.path().join("replay.log");
+    // Paced so that the kill lands mid-run (unpaced, 2000 copies take well under a second).
+    let mut paced = args.clone();
+    paced.extend(["--rate", "400"].map(String::from));
+    let mut first = crate::rel::Proc::spawn(&paced, 0, &log, &[]);
+    let committed = |min: usize| read_at(&brokers, &main, min, Duration::ZERO, T).len();
+    wait_until(
+        "a quarter of the copies committed",
+        Duration::from_secs(60),
+        || committed(N / 4) >= N / 4,
+    )
+    .await;
+    first.kill9();
+    let at_kill = read_at(&brokers, &main, N, Duration::from_secs(1), T).len();
+    assert!(
+        (N / 4..N).contains(&at_kill),
+        "killed mid-run: {at_kill} of {N} copies were there\n{}",
+        first.log_text()
+    );
+
+    let (code, out, err) = output(rebound_quiet().args(&args));
+    assert_eq!(code, 0, "{out}{err}");
+    let got = read_at(
+        &brokers,
+        &main,
+        N,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for g in &got {
+        let id = g
+            .payload_str()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    let missing = N - counts.len();
+    eprintln!("FIGURES replay-eos: messages={N} at_kill={at_kill} copies={} duplicates={duplicates} missing={missing}", got.len());
+    assert_eq!(
+        (duplicates, missing),
+        (0, 0),
+        "{out}\nfirst run:\n{}",
+        first.log_text()
+    );
+}
