@@ -131,9 +131,9 @@ impl Batch {
         decided: &mut Decided,
         ledger: &mut Ledger,
     ) -> Result<(), String> {
-        self.since = Instant::now();
         let changed = decided.to_commit();
         if self.held.is_empty() && changed.is_empty() {
+            self.since = Instant::now();
             return Ok(());
         }
         let mut offsets = TopicPartitionList::new();
@@ -178,6 +178,8 @@ impl Batch {
             ledger.insert(h.partition, h.offset);
         }
         self.bytes = 0;
+        // The next batch gathers for a whole interval (a commit takes about as long).
+        self.since = Instant::now();
         Ok(())
     }
 
