@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Decided, Ledger, Shared};
@@ -80,20 +79,11 @@ enum Failed {
 }
 
 fn failed(e: KafkaError) -> Failed {
-    let code = e.rdkafka_error_code();
-    match &e {
-        KafkaError::Transaction(t) if t.is_fatal() => Failed::Fatal(e.to_string()),
-        _ if code == Some(RDKafkaErrorCode::ProducerFenced)
-            || code == Some(RDKafkaErrorCode::InvalidProducerEpoch) =>
-        {
-            Failed::Fatal(e.to_string())
-        }
-        _ => Failed::Abortable(e.to_string()),
+    if crate::produce::txn_fatal(&e) {
+        Failed::Fatal(e.to_string())
+    } else {
+        Failed::Abortable(e.to_string())
     }
-}
-
-fn retriable(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
 }
 
 impl Batch {
@@ -210,13 +200,9 @@ impl Batch {
                 Failed::Abortable(format!("{} refused the record: {e}", self.ledger_topic))
             })?;
         }
-        let mut outcome = p.commit_transaction(offsets, group, TIMEOUT).await;
-        let mut tries = 0;
-        while outcome.as_ref().is_err_and(retriable) && tries < ATTEMPTS {
-            tries += 1;
-            outcome = p.retry_commit(TIMEOUT).await;
-        }
-        outcome.map_err(failed)
+        p.commit_transaction_retrying(offsets, group, TIMEOUT, ATTEMPTS)
+            .await
+            .map_err(failed)
     }
 
     /// Waits for anything still queued (nothing is, after a commit), up to `timeout`.
