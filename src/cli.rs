@@ -490,6 +490,13 @@ pub struct ReplayArgs {
     /// Replay messages even when they reached --max-replays.
     #[arg(long, env = "REBOUND_FORCE")]
     pub force: bool,
+
+    /// Exactly-once replay (issue 18): each batch of copies, their ledger records and the replay
+    /// group's offsets commit in one Kafka transaction (transactional.id
+    /// <replay-group>.replay-dlq), so a crash mid-replay sends nothing twice; needs a broker with
+    /// transactions [default: off].
+    #[arg(long, env = "REBOUND_EXACTLY_ONCE")]
+    pub exactly_once: bool,
 }
 
 /// `rebound console`. `--group` is the service's group (its offsets and lag are shown); redrive

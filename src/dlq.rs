@@ -19,6 +19,8 @@
 //!   at the failed message.
 //! * Every replay reads its group's ledger entries first and never sends a recorded message.
 //! * `--dry-run` sends nothing and commits nothing.
+//! * `--exactly-once` ([`txn`]): copies, their ledger records and the offsets past them commit
+//!   together in Kafka transactions; nothing is committed outside one.
 //! * Nothing is ever replayed into the DLQ being read.
 
 mod decide;
@@ -27,6 +29,7 @@ mod reading;
 mod render;
 pub(crate) mod select;
 mod stats;
+mod txn;
 
 pub use decide::{came_back, decide, replay_headers, Decision, ReplayRules, ReplaySummary};
 pub use ledger::{ledger_key, ledger_topic, parse_ledger_key, Decided, Ledger};
@@ -154,6 +157,12 @@ pub enum DlqError {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Ledger(String),
+    /// `--exactly-once` on a broker without transactions.
+    #[error("--exactly-once needs a broker with Kafka transactions (EndTxn); this one has none ({0}): run replay-dlq without --exactly-once, or on Apache Kafka")]
+    NoTransactions(&'static str),
+    /// `--exactly-once`: a transaction failed for good; nothing of it was sent or committed.
+    #[error("exactly-once: {0}; nothing of the failed transaction was sent or committed: run replay-dlq again (it resumes after the last committed transaction)")]
+    Transaction(String),
 }
 
 impl DlqError {
@@ -165,6 +174,7 @@ impl DlqError {
                 | DlqError::NoTopic { .. }
                 | DlqError::Usage(_)
                 | DlqError::Config(_)
+                | DlqError::NoTransactions(_)
         )
     }
 }
@@ -701,6 +711,10 @@ struct Replay<'a> {
     ledger: Ledger,
     ledger_name: String,
     decided: Decided,
+    /// `--exactly-once`: the copies held for the next transaction.
+    eos: Option<txn::Batch>,
+    /// `--exactly-once`: why a transaction failed for good (the run then stops).
+    txn_error: Option<String>,
     pacer: Pacer,
     last_commit: Instant,
     started: chrono::DateTime<Utc>,
@@ -720,6 +734,13 @@ impl<'a> Replay<'a> {
                 "--to: {dlq} is the DLQ itself; replaying into it would only loop"
             )));
         }
+        let ledger_name = ledger_topic(dlq);
+        // First, so that a killed run's open transaction is aborted before its group's offsets
+        // and the ledger are read (read_committed waits for it otherwise).
+        let eos = match cfg.exactly_once && !cfg.dry_run {
+            true => Some(transactional(cfg, &ledger_name).await?),
+            false => None,
+        };
         let consumer = replay_consumer(cluster)?;
         let md = kafka::metadata(cluster, META_TIMEOUT).await?;
         let parts = dlq_partitions(&md, dlq, &cfg.filter)?;
@@ -759,7 +780,6 @@ impl<'a> Replay<'a> {
         .await?;
 
         // What was replayed already, out of order, by earlier replays (of other selections).
-        let ledger_name = ledger_topic(dlq);
         let mut ledger = Ledger::new(&cluster.group, ends.iter().map(|&(p, start, _)| (p, start)));
         match kafka::partitions_of(&md, &ledger_name) {
             Some(ledger_parts) => {
@@ -777,18 +797,19 @@ impl<'a> Replay<'a> {
             None => {}
         }
         tracing::info!(dlq, group = %cluster.group, partitions = ?ends, replayed_ahead = ledger.len(),
-            dry_run = cfg.dry_run, "replay starting (partition, from offset, high watermark)");
+            dry_run = cfg.dry_run, exactly_once = eos.is_some(), "replay starting (partition, from offset, high watermark)");
         let reader = Reader::assign(&consumer, dlq, &ends, cfg.filter.to_offset)?;
         progress.start(
             ends.iter()
                 .map(|&(_, start, high)| (high - start).max(0) as u64)
                 .sum(),
         );
-        let producer = if cfg.dry_run {
-            None
-        } else {
-            Some(Producer::new(cluster)?)
+        let producer = match (&eos, cfg.dry_run) {
+            (_, true) => None,
+            (Some((p, _)), false) => Some(p.clone()),
+            (None, false) => Some(Producer::new(cluster)?),
         };
+        let eos = eos.map(|(_, batch)| batch);
         Ok(Replay {
             cfg,
             consumer,
@@ -806,6 +827,8 @@ impl<'a> Replay<'a> {
             ledger,
             ledger_name,
             decided: Decided::default(),
+            eos,
+            txn_error: None,
             pacer: Pacer::new(cfg.rate),
             last_commit: Instant::now(),
             started: Utc::now(),
@@ -825,7 +848,18 @@ impl<'a> Replay<'a> {
         progress: &mut dyn ReplayProgress,
     ) -> Step {
         let cfg = self.cfg;
-        if !cfg.dry_run && self.last_commit.elapsed() >= Duration::from_secs(1) {
+        if let Some(batch) = &mut self.eos {
+            if batch.due(Instant::now()) {
+                let dlq = self.rules.dlq;
+                let committed = batch
+                    .commit(&self.consumer, dlq, &mut self.decided, &mut self.ledger)
+                    .await;
+                if let Err(why) = committed {
+                    self.txn_error = Some(why);
+                    return Step::Finish;
+                }
+            }
+        } else if !cfg.dry_run && self.last_commit.elapsed() >= Duration::from_secs(1) {
             let dlq = self.rules.dlq;
             if let Err(e) = commit_decided(&mut self.decided, &self.consumer, dlq).await {
                 tracing::warn!(error = %e, "commit failed; retrying in a second");
@@ -978,9 +1012,9 @@ impl<'a> Replay<'a> {
         headers: Vec<headers::Header>,
         stop: &CancellationToken,
     ) -> Step {
-        let Some(producer) = &self.producer else {
+        if self.producer.is_none() {
             return Step::Next;
-        };
+        }
         let slot = self.pacer.slot(Instant::now());
         if slot > Instant::now() {
             tokio::select! {
@@ -991,6 +1025,26 @@ impl<'a> Replay<'a> {
                 _ = tokio::time::sleep_until(slot.into()) => {}
             }
         }
+        if let Some(batch) = &mut self.eos {
+            // Sent with its ledger record and its offset in the next transaction.
+            let group = &self.cfg.cluster.group;
+            batch.hold(txn::Held {
+                partition: entry.partition,
+                offset: entry.offset,
+                topic: topic.to_string(),
+                ledger_key: ledger_key(group, entry.partition, entry.offset),
+                ledger_value: ledger::ledger_value(topic, Utc::now()),
+                key: entry.key,
+                payload: entry.payload,
+                headers,
+            });
+            self.summary.replayed += 1;
+            self.decided.mark(entry.partition, entry.offset);
+            return Step::Next;
+        }
+        let Some(producer) = &self.producer else {
+            return Step::Next;
+        };
         let record = Record {
             topic,
             key: entry.key.as_deref(),
@@ -1037,8 +1091,16 @@ impl<'a> Replay<'a> {
         mut self,
         progress: &mut dyn ReplayProgress,
     ) -> Result<ReplaySummary, DlqError> {
-        if !self.cfg.dry_run {
-            let dlq = self.rules.dlq;
+        let dlq = self.rules.dlq;
+        if let Some(batch) = &mut self.eos {
+            if self.txn_error.is_none() {
+                let committed = batch
+                    .commit(&self.consumer, dlq, &mut self.decided, &mut self.ledger)
+                    .await;
+                self.txn_error = committed.err();
+            }
+            batch.flush(Duration::from_secs(5));
+        } else if !self.cfg.dry_run {
             if let Err(e) = commit_decided(&mut self.decided, &self.consumer, dlq).await {
                 tracing::error!(error = %e, "final commit failed");
                 self.summary.commit_failed = true;
@@ -1050,11 +1112,38 @@ impl<'a> Replay<'a> {
         }
         drop(self.reader);
         close_bounded(self.consumer, Duration::from_secs(5));
+        if let Some(why) = self.txn_error {
+            tracing::error!(error = %why, "exactly-once: replay stopped");
+            return Err(DlqError::Transaction(why));
+        }
         match self.output_error {
             Some(e) => Err(e.into()),
             None => Ok(self.summary),
         }
     }
+}
+
+/// `--exactly-once`: the transactional producer (`transactional.id` =
+/// [`ReplayConfig::transactional_id`]), registered with its coordinator, which aborts a killed
+/// run's open transaction; exit 2 when the broker has no transactions.
+async fn transactional(
+    cfg: &ReplayConfig,
+    ledger_name: &str,
+) -> Result<(Producer, txn::Batch), DlqError> {
+    let cluster = &cfg.cluster;
+    if let Some(missing) = kafka::probe_features(cluster)
+        .await
+        .as_ref()
+        .and_then(crate::probe::BrokerFeatures::transactions_missing)
+    {
+        return Err(DlqError::NoTransactions(missing));
+    }
+    let id = cfg.transactional_id();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let producer = Producer::transactional(cluster, metrics, &id)?;
+    producer.init_transactions(txn::TIMEOUT).await?;
+    tracing::info!(transactional_id = %id, "exactly-once replay: transactions initialised");
+    Ok((producer.clone(), txn::Batch::new(producer, ledger_name)))
 }
 
 /// How long recording a replayed message in the ledger may take; it is not cut short by a stop

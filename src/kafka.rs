@@ -535,6 +535,35 @@ where
     }
 }
 
+/// What the broker offers (the KIP-848 consumer group protocol, transactions), from one
+/// `ApiVersions` request ([`crate::probe`]); `None` when not known: a TLS or SASL listener (the probe speaks plaintext
+/// only) or no answer.
+pub async fn probe_features(cluster: &ClusterConfig) -> Option<crate::probe::BrokerFeatures> {
+    let plaintext = cluster
+        .kafka
+        .0
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "security.protocol")
+        .is_none_or(|(_, v)| v.trim().eq_ignore_ascii_case("plaintext"));
+    if !plaintext {
+        return None;
+    }
+    let brokers = cluster.brokers.clone();
+    let probed = tokio::task::spawn_blocking(move || {
+        crate::probe::api_versions(&brokers, Duration::from_secs(5))
+    })
+    .await;
+    match probed {
+        Ok(Ok(features)) => Some(features),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot ask the broker what it offers (group protocols, transactions)");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

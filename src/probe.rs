@@ -49,6 +49,19 @@ impl BrokerFeatures {
         !self.finalized.contains_key("metadata.version")
     }
 
+    /// Why Kafka transactions cannot be used on this broker, or `None` when they can: `EndTxn`
+    /// must be served, and the broker must be an Apache Kafka KRaft cluster (Tansu 0.6 serves
+    /// the API key list without finalized features, and has no working transactions).
+    pub fn transactions_missing(&self) -> Option<&'static str> {
+        if !self.supports(END_TXN) {
+            Some("EndTxn is not served")
+        } else if self.lacks_kraft_features() {
+            Some("no finalized metadata.version: not Apache Kafka KRaft (Tansu 0.6 lacks transactions)")
+        } else {
+            None
+        }
+    }
+
     /// The KIP-848 consumer group protocol is available: `ConsumerGroupHeartbeat` is served and
     /// `group.version` is finalized at 1 or more.
     pub fn consumer_group_protocol(&self) -> bool {

@@ -84,6 +84,16 @@ pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Whether a transactional error ends the producer, so that aborting cannot recover it: a fatal
+/// librdkafka state, or fenced (a newer producer with the same `transactional.id`, KIP-98, or
+/// an older group generation, KIP-447).
+pub fn txn_fatal(e: &KafkaError) -> bool {
+    let code = e.rdkafka_error_code();
+    matches!(e, KafkaError::Transaction(t) if t.is_fatal())
+        || code == Some(RDKafkaErrorCode::ProducerFenced)
+        || code == Some(RDKafkaErrorCode::InvalidProducerEpoch)
+}
+
 /// Errors that say the record is too large (the broker's or the client's size limit).
 pub fn is_too_large(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -195,6 +205,26 @@ impl Producer {
     /// [`Producer::commit_transaction`] (librdkafka's rule: the same call is repeated).
     pub async fn retry_commit(&self, timeout: Duration) -> Result<(), KafkaError> {
         kafka::blocking(&self.inner, move |p| p.commit_transaction(timeout)).await
+    }
+
+    /// [`Producer::commit_transaction`], repeated up to `retries` times while its error is
+    /// retriable (librdkafka's rule for a commit that timed out).
+    pub async fn commit_transaction_retrying(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<(), KafkaError> {
+        let retriable =
+            |e: &KafkaError| matches!(e, KafkaError::Transaction(t) if t.is_retriable());
+        let mut outcome = self.commit_transaction(offsets, group, timeout).await;
+        let mut tries = 0;
+        while outcome.as_ref().is_err_and(retriable) && tries < retries {
+            tries += 1;
+            outcome = self.retry_commit(timeout).await;
+        }
+        outcome
     }
 
     /// Aborts the open transaction: none of its records become visible to `read_committed`

@@ -136,7 +136,7 @@ impl Service {
             None => None,
         };
 
-        let features = probe_features(cluster).await;
+        let features = kafka::probe_features(cluster).await;
         let choice = crate::group::choose(
             &cluster.kafka.0,
             features
@@ -144,15 +144,11 @@ impl Service {
                 .map(crate::probe::BrokerFeatures::consumer_group_protocol),
         )?;
         if config.membership.exactly_once {
-            if let Some(f) = &features {
-                if !f.supports(crate::probe::END_TXN) {
-                    return Err(ServiceError::NoTransactions("EndTxn is not served"));
-                }
-                if f.lacks_kraft_features() {
-                    return Err(ServiceError::NoTransactions(
-                        "no finalized metadata.version: not Apache Kafka KRaft (Tansu 0.6 lacks transactions)",
-                    ));
-                }
+            if let Some(missing) = features
+                .as_ref()
+                .and_then(crate::probe::BrokerFeatures::transactions_missing)
+            {
+                return Err(ServiceError::NoTransactions(missing));
             }
         }
         let membership = &config.membership;
@@ -260,35 +256,6 @@ impl Service {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// What the broker offers (the KIP-848 consumer group protocol, transactions), from one
-/// `ApiVersions` request ([`crate::probe`]); `None` when not known: a TLS or SASL listener (the probe speaks plaintext
-/// only) or no answer.
-async fn probe_features(cluster: &ClusterConfig) -> Option<crate::probe::BrokerFeatures> {
-    let plaintext = cluster
-        .kafka
-        .0
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "security.protocol")
-        .is_none_or(|(_, v)| v.trim().eq_ignore_ascii_case("plaintext"));
-    if !plaintext {
-        return None;
-    }
-    let brokers = cluster.brokers.clone();
-    let probed = tokio::task::spawn_blocking(move || {
-        crate::probe::api_versions(&brokers, Duration::from_secs(5))
-    })
-    .await;
-    match probed {
-        Ok(Ok(features)) => Some(features),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot ask the broker which group protocols it offers");
-            None
-        }
-        Err(_) => None,
     }
 }
 

@@ -101,6 +101,9 @@ pub struct ReplayConfig {
     pub max_replays: u32,
     /// Replay messages at `max_replays` too.
     pub force: bool,
+    /// `--exactly-once`: copies, ledger records and the group's offsets commit in Kafka
+    /// transactions, `transactional.id` = [`ReplayConfig::transactional_id`].
+    pub exactly_once: bool,
     /// A progress line on stderr every this many messages (when stderr is not a terminal).
     pub progress_every: u64,
 }
@@ -117,8 +120,16 @@ impl ReplayConfig {
             rate: None,
             max_replays: defaults::MAX_REPLAYS,
             force: false,
+            exactly_once: false,
             progress_every: 1000,
         }
+    }
+
+    /// The `transactional.id` of `--exactly-once`: `<replay group>.replay-dlq`, stable across
+    /// runs, so a new run aborts the open transaction of a killed one (and fences a replay of the
+    /// same group still running) in `init_transactions` (KIP-98).
+    pub fn transactional_id(&self) -> String {
+        format!("{}.replay-dlq", self.cluster.group)
     }
 
     /// Resolves `replay-dlq`'s flags: `--group` is the replay group, `--service-group` names
@@ -174,6 +185,7 @@ impl ReplayConfig {
             rate,
             max_replays,
             force: args.force,
+            exactly_once: args.exactly_once,
             progress_every: 1000,
             cluster,
         })

@@ -66,19 +66,11 @@ enum Failed {
 
 fn failed(e: KafkaError) -> Failed {
     let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-    match &e {
-        KafkaError::Transaction(t) if t.is_fatal() => Failed::Fatal(code, e.to_string()),
-        _ if code == RDKafkaErrorCode::ProducerFenced
-            || code == RDKafkaErrorCode::InvalidProducerEpoch =>
-        {
-            Failed::Fatal(code, e.to_string())
-        }
-        _ => Failed::Aborted(e.to_string()),
+    if produce::txn_fatal(&e) {
+        Failed::Fatal(code, e.to_string())
+    } else {
+        Failed::Aborted(e.to_string())
     }
-}
-
-fn retriable(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
 }
 
 impl State {
@@ -134,13 +126,10 @@ impl State {
                     Failed::Aborted(format!("{} refused the copy: {e}", copy.topic))
                 })?;
             }
-            let mut outcome = producer.commit_transaction(offsets, group, timeout).await;
-            let mut tries = 0;
-            while outcome.as_ref().is_err_and(retriable) && tries < COMMIT_RETRIES {
-                tries += 1;
-                outcome = producer.retry_commit(timeout).await;
-            }
-            outcome.map_err(failed)
+            producer
+                .commit_transaction_retrying(offsets, group, timeout, COMMIT_RETRIES)
+                .await
+                .map_err(failed)
         }
         .await;
         match result {

@@ -935,3 +935,121 @@ async fn a_transactional_dlq_with_an_aborted_batch_and_a_final_marker_reads_to_i
     let ids = ids_in(main, 3, Duration::from_secs(10));
     assert_eq!(ids, vec!["a", "b", "c"]);
 }
+
+/// `replay-dlq --exactly-once` (issue 18), run as a process and killed with SIGKILL mid-run
+/// three times, then run again to the end: the destination, read with `read_committed`, holds every DLQ
+/// message exactly once (no duplicate, none missing). Without `--exactly-once` a kill between
+/// a copy's acknowledgement and its ledger record repeats that copy (about every other kill). On Tansu (no
+/// transactions) the flag must exit 2 with a message saying what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_replay_killed_mid_run_sends_every_message_exactly_once() {
+    const N: usize = 2000;
+    let topo = new_topology("dlq-eos", 2).await;
+    let main = topo.main.clone();
+    let brokers = brokers();
+    let group = unique("g");
+    let args: Vec<String> = [
+        "replay-dlq",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &main,
+        "--tiers",
+        "300ms,600ms",
+        "--group",
+        &group,
+        "--exactly-once",
+    ]
+    .map(String::from)
+    .to_vec();
+    if broker_kind() == "tansu" {
+        let (code, out, err) = output(rebound_quiet().args(&args));
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(
+            err.contains("--exactly-once needs a broker with Kafka transactions")
+                && err.contains("without --exactly-once"),
+            "{err}"
+        );
+        eprintln!("Tansu has no Kafka transactions (no EndTxn): only the exit 2 is checked");
+        return;
+    }
+    let p = producer();
+    let records: Vec<Out> = (0..N)
+        .map(|i| {
+            dead(
+                &format!("m{i:04}"),
+                (i % 2) as i32,
+                "exhausted",
+                "c",
+                T10,
+                &main,
+            )
+        })
+        .collect();
+    let acks: Vec<_> = records
+        .iter()
+        .map(|r| p.send_result(r.record(&topo.dlq)).expect("queued"))
+        .collect();
+    for a in acks {
+        a.await.expect("delivered").expect("acknowledged");
+    }
+
+    let dir = crate::rel::workdir("dlq-eos");
+    let log = dir.path().join("replay.log");
+    // Paced so that each kill lands mid-run (unpaced, 2000 copies take about 3 s).
+    let mut paced = args.clone();
+    paced.extend(["--rate", "400"].map(String::from));
+    // What a read_committed reader finds now (up to `min` records, a short look).
+    let committed =
+        |min: usize| read_at(&brokers, &main, min, Duration::ZERO, Duration::from_secs(2)).len();
+    // Three runs killed with SIGKILL, at a quarter, half and three quarters of the copies.
+    for quarter in 1..=3 {
+        let want = N * quarter / 4;
+        let mut run = crate::rel::Proc::spawn(&paced, 0, &log, &[]);
+        wait_until(
+            &format!("{want} copies committed"),
+            Duration::from_secs(60),
+            || committed(want) >= want,
+        )
+        .await;
+        run.kill9();
+        let at_kill = read_at(&brokers, &main, 0, Duration::from_secs(2), T).len();
+        assert!(
+            at_kill < N,
+            "killed mid-run: {at_kill} of {N} copies were there\n{}",
+            run.log_text()
+        );
+    }
+
+    let (code, out, err) = output(rebound_quiet().args(&args));
+    assert_eq!(code, 0, "{out}{err}");
+    let got = read_at(
+        &brokers,
+        &main,
+        N,
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for g in &got {
+        let id = g
+            .payload_str()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    let missing = N - counts.len();
+    eprintln!(
+        "FIGURES replay-eos: messages={N} kills=3 copies={} duplicates={duplicates} missing={missing}",
+        got.len()
+    );
+    assert_eq!(
+        (duplicates, missing),
+        (0, 0),
+        "{out}\nthe killed runs:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
