@@ -19,7 +19,7 @@
 //!   at the failed message.
 //! * Every replay reads its group's ledger entries first and never sends a recorded message.
 //! * `--dry-run` sends nothing and commits nothing.
-//! * `--exactly-once` ([`txn`]): copies, their ledger records and the offsets past them commit
+//! * `--exactly-once` (`dlq/txn.rs`): copies, their ledger records and the offsets past them commit
 //!   together in Kafka transactions; nothing is committed outside one.
 //! * Nothing is ever replayed into the DLQ being read.
 
