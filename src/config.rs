@@ -849,6 +849,31 @@ mod tests {
     }
 
     #[test]
+    fn ordering_is_none_by_default_key_names_the_waiting_log_and_refuses_exactly_once() {
+        let c = Config::for_run(&run_args("orders")).unwrap();
+        assert_eq!(c.cluster.topology.waiting, None);
+        assert!(c.to_string().contains("ordering         = none"), "{c}");
+        let mut a = run_args("orders");
+        a.topology.ordering.ordering = Some("key".into());
+        let c = Config::for_run(&a).unwrap();
+        assert_eq!(
+            c.cluster.topology.waiting.as_deref(),
+            Some("orders.waiting")
+        );
+        assert!(c.cluster.topology.topics().contains(&"orders.waiting"));
+        a.topology.ordering.ordering = Some("keys".into());
+        let e = err(&a);
+        assert_eq!(e.field, "--ordering");
+        assert!(e.problem.contains("none (the default) or key"), "{e}");
+        a.topology.ordering.ordering = Some("key".into());
+        a.exactly_once = true;
+        a.instance_id = Some("pod-1".into());
+        let e = err(&a);
+        assert_eq!(e.field, "--ordering");
+        assert!(e.problem.contains("--exactly-once"), "{e}");
+    }
+
+    #[test]
     fn exactly_once_is_off_by_default_and_needs_an_instance_id() {
         assert!(
             !Config::for_run(&run_args("orders"))

@@ -19,12 +19,15 @@
 //!
 //! | record | written by | means |
 //! |---|---|---|
-//! | `blocked` | the job that sent the key's message to a tier, before that copy | the key is blocked by main offset *b* (and, when the blocker was a follower, that follower is passed) |
+//! | `blocked` | the job that sent the key's message to a tier, once that copy is acknowledged | the key is blocked by main offset *b* (and, when the blocker was a follower, that follower is passed) |
 //! | `follow` | the job of a main message of a blocked key | a follower: the message itself (key, payload, headers) |
 //! | `passed` | the owner, now and then | the key's followers below log offset *n* are handled |
 //! | `done` | the job that ended blocker *b* in a tier (any instance) | *b* is no longer in the retry path |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// How many `done` records that matched no blocker are remembered (see [`Chains::done`]).
+pub const EARLY_DONES: usize = 10_000;
 
 /// Header naming the kind of a waiting-log record: `blocked`, `follow`, `passed` or `done`.
 pub const WAITING: &str = "rebound-waiting";
@@ -45,10 +48,7 @@ pub const ORDERING: &str = "rebound-ordering";
 pub enum Entry {
     /// The key is blocked by the message at main offset `blocker`; `follower`: that message
     /// was the follower at this waiting-log offset (so it is passed).
-    Blocked {
-        blocker: i64,
-        follower: Option<i64>,
-    },
+    Blocked { blocker: i64, follower: Option<i64> },
     /// A follower: the main message at `main_offset`, waiting behind its key.
     Follow { main_offset: i64 },
     /// Every follower of the key below waiting-log offset `next` is handled; `waiting` were
@@ -112,7 +112,9 @@ impl Entry {
         match kind {
             b"blocked" => Ok(Entry::Blocked {
                 blocker: num(WAITING_OFFSET)?,
-                follower: get(WAITING_FOLLOWER).map(|_| num(WAITING_FOLLOWER)).transpose()?,
+                follower: get(WAITING_FOLLOWER)
+                    .map(|_| num(WAITING_FOLLOWER))
+                    .transpose()?,
             }),
             b"follow" => Ok(Entry::Follow {
                 main_offset: num(WAITING_OFFSET)?,
@@ -241,6 +243,12 @@ pub struct Chains {
     keys: HashMap<Vec<u8>, Chain>,
     /// Every waiting-log record below this offset has been applied.
     applied_to: i64,
+    /// `done` records that matched no blocker, newest last, at most [`EARLY_DONES`]: a
+    /// blocker's copy is written before its `blocked` record, so (after a broker stall, or a
+    /// crash between the two) its `done` can come first; the `blocked` record then finds it
+    /// here and does not block. Otherwise they are the `done` of copies written twice.
+    early_dones: HashSet<(Vec<u8>, i64)>,
+    early_order: VecDeque<(Vec<u8>, i64)>,
 }
 
 impl Chains {
@@ -249,6 +257,8 @@ impl Chains {
         Chains {
             keys: HashMap::new(),
             applied_to: from,
+            early_dones: HashSet::new(),
+            early_order: VecDeque::new(),
         }
     }
 
@@ -332,22 +342,28 @@ impl Chains {
 
     /// The `blocked` record of `key` is in the log at `log_offset`: the message at main offset
     /// `blocker` (the follower at waiting-log offset `follower`, if it was one) is in a tier.
+    /// If that blocker's `done` came first, the key is not blocked (but its chain is opened, so
+    /// that followers written meanwhile are not lost).
     pub fn blocked(&mut self, key: &[u8], blocker: i64, follower: Option<i64>, log_offset: i64) {
-        match self.keys.get_mut(key) {
-            Some(c) => {
-                c.blocker = Some(blocker);
-                c.last_main = c.last_main.max(blocker);
-                if let Some(f) = follower {
-                    c.next_follower = c.next_follower.max(f + 1);
-                    c.waiting = c.waiting.saturating_sub(1);
-                    if c.in_flight == Some(f) {
-                        c.in_flight = None;
-                    }
-                }
+        self.set_blocked(key, blocker, follower, log_offset);
+        self.settle(key);
+    }
+
+    fn set_blocked(&mut self, key: &[u8], blocker: i64, follower: Option<i64>, log_offset: i64) {
+        let ended = self.early_dones.remove(&(key.to_vec(), blocker));
+        let c = self
+            .keys
+            .entry(key.to_vec())
+            .or_insert_with(|| Chain::new(blocker, log_offset));
+        c.blocker = (!ended).then_some(blocker);
+        c.last_main = c.last_main.max(blocker);
+        if let Some(f) = follower {
+            if f >= c.next_follower {
+                c.next_follower = f + 1;
+                c.waiting = c.waiting.saturating_sub(1);
             }
-            None => {
-                self.keys
-                    .insert(key.to_vec(), Chain::new(blocker, log_offset));
+            if c.in_flight == Some(f) {
+                c.in_flight = None;
             }
         }
     }
@@ -378,22 +394,40 @@ impl Chains {
     }
 
     /// The blocker at main offset `blocker` of `key` left the retry path (a `done` record).
-    /// Returns whether that freed the key (an older blocker's `done` changes nothing).
+    /// Returns whether that freed the key. A `done` that matches no blocker is remembered (at
+    /// most [`EARLY_DONES`]): its `blocked` record may come after it.
     pub fn done(&mut self, key: &[u8], blocker: i64) -> bool {
-        let freed = match self.keys.get_mut(key) {
-            Some(c) if c.blocker == Some(blocker) => {
-                c.blocker = None;
-                true
-            }
-            _ => false,
-        };
+        let freed = self.set_done(key, blocker);
         self.settle(key);
         freed
     }
 
+    fn set_done(&mut self, key: &[u8], blocker: i64) -> bool {
+        match self.keys.get_mut(key) {
+            Some(c) if c.blocker == Some(blocker) => {
+                c.blocker = None;
+                true
+            }
+            _ => {
+                let id = (key.to_vec(), blocker);
+                if self.early_dones.insert(id.clone()) {
+                    self.early_order.push_back(id);
+                    if self.early_order.len() > EARLY_DONES {
+                        if let Some(old) = self.early_order.pop_front() {
+                            self.early_dones.remove(&old);
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+
     /// Applies the record at `log_offset` while rebuilding (records are applied in log order,
     /// each once). A record of a key without a chain belongs to a chain that ended before the
-    /// low-water mark was taken and is ignored, except `blocked`, which opens one.
+    /// low-water mark was taken and is ignored, except `blocked`, which opens one. No chain is
+    /// closed before [`Chains::rebuilt`]: a `done` can come before a `follow` the owner wrote
+    /// while it had not read that `done` yet, and that follower must not be lost.
     pub fn apply(&mut self, log_offset: i64, key: &[u8], entry: Entry) {
         if log_offset < self.applied_to {
             return;
@@ -401,17 +435,7 @@ impl Chains {
         self.applied_to = log_offset + 1;
         match entry {
             Entry::Blocked { blocker, follower } => {
-                match self.keys.get_mut(key) {
-                    Some(_) => self.blocked(key, blocker, follower, log_offset),
-                    None => {
-                        let mut c = Chain::new(blocker, log_offset);
-                        if let Some(f) = follower {
-                            c.next_follower = c.next_follower.max(f + 1);
-                        }
-                        self.keys.insert(key.to_vec(), c);
-                    }
-                }
-                return;
+                self.set_blocked(key, blocker, follower, log_offset);
             }
             Entry::Follow { main_offset } => {
                 if let Some(c) = self.keys.get_mut(key) {
@@ -429,14 +453,9 @@ impl Chains {
                 }
             }
             Entry::Done { blocker } => {
-                if let Some(c) = self.keys.get_mut(key) {
-                    if c.blocker == Some(blocker) {
-                        c.blocker = None;
-                    }
-                }
+                self.set_done(key, blocker);
             }
         }
-        self.settle(key);
     }
 
     /// A record at `log_offset` was read live: only `done` changes the state (the owner's own
@@ -497,8 +516,10 @@ impl Chains {
         Some(back)
     }
 
-    /// The rebuild is over: the followers of every key that has some are still to be read.
+    /// The rebuild is over: chains with nothing left are closed, and the followers of every key
+    /// that has some are still to be read.
     pub fn rebuilt(&mut self) {
+        self.keys.retain(|_, c| !c.finished());
         for c in self.keys.values_mut() {
             if c.pending() {
                 c.resume_at = Some(c.next_follower);
@@ -537,7 +558,11 @@ mod tests {
             .into_iter()
             .map(|(n, v)| (n, v.into_bytes()))
             .collect();
-        Entry::decode(|name| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_slice()))
+        Entry::decode(|name| {
+            h.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_slice())
+        })
     }
 
     #[test]
@@ -566,7 +591,10 @@ mod tests {
             Entry::decode(bad),
             Err(EntryError::BadNumber(WAITING_OFFSET))
         );
-        assert_eq!(parse_ordering(ordering_value(3, 99).as_bytes()), Some((3, 99)));
+        assert_eq!(
+            parse_ordering(ordering_value(3, 99).as_bytes()),
+            Some((3, 99))
+        );
         assert_eq!(parse_ordering(b"3;99"), None);
     }
 
@@ -575,7 +603,11 @@ mod tests {
         let mut c = Chains::starting_at(0);
         assert_eq!(c.main_action(Some(b"k"), 10), MainAction::Handle);
         c.blocked(b"k", 10, None, 0);
-        assert_eq!(c.main_action(Some(b"k"), 10), MainAction::Skip, "read again");
+        assert_eq!(
+            c.main_action(Some(b"k"), 10),
+            MainAction::Skip,
+            "read again"
+        );
         assert_eq!(c.main_action(Some(b"other"), 11), MainAction::Handle);
         assert_eq!(c.main_action(Some(b"k"), 12), MainAction::Follow);
         c.followed(b"k", 1);
@@ -618,13 +650,20 @@ mod tests {
     /// One step of a random run: what the owner does, in the order it does it.
     #[derive(Debug, Clone)]
     enum Step {
-        Main { key: u8 },
+        Main {
+            key: u8,
+        },
         /// The blocker of `key` ends (its `done` is read).
-        Done { key: u8 },
+        Done {
+            key: u8,
+        },
         /// The reader goes over the log from where it is.
         Read,
         /// The follower in flight of `key` ends: passed, or it fails and blocks.
-        FollowerEnds { key: u8, fails: bool },
+        FollowerEnds {
+            key: u8,
+            fails: bool,
+        },
         Crash,
     }
 
@@ -695,7 +734,13 @@ mod tests {
                     match self.chains.main_action(Some(&[key]), o) {
                         MainAction::Handle => {
                             if (o * 7 + key as i64) % 3 == 0 {
-                                let at = self.append(key, Entry::Blocked { blocker: o, follower: None });
+                                let at = self.append(
+                                    key,
+                                    Entry::Blocked {
+                                        blocker: o,
+                                        follower: None,
+                                    },
+                                );
                                 self.chains.blocked(&[key], o, None, at);
                                 self.in_tiers.push((key, o));
                             } else {
@@ -721,12 +766,19 @@ mod tests {
                     let mut guard = 0;
                     while self.position < self.log.len() {
                         guard += 1;
-                        assert!(guard < 100_000, "the reader does not progress: {:?} at {}", self.chains, self.position);
+                        assert!(
+                            guard < 100_000,
+                            "the reader does not progress: {:?} at {}",
+                            self.chains,
+                            self.position
+                        );
                         let at = self.position as i64;
                         let (k, e) = self.log[self.position].clone();
                         if let Entry::Follow { main_offset } = e {
                             match self.chains.on_follow(&k, at) {
-                                FollowAction::Handle => self.in_flight.push((k[0], main_offset, at)),
+                                FollowAction::Handle => {
+                                    self.in_flight.push((k[0], main_offset, at))
+                                }
                                 FollowAction::Skip => {}
                                 FollowAction::Hold => break,
                             }
@@ -743,7 +795,13 @@ mod tests {
                     if let Some(i) = self.in_flight.iter().position(|(k, _, _)| *k == key) {
                         let (_, o, at) = self.in_flight.remove(i);
                         if fails {
-                            let b = self.append(key, Entry::Blocked { blocker: o, follower: Some(at) });
+                            let b = self.append(
+                                key,
+                                Entry::Blocked {
+                                    blocker: o,
+                                    follower: Some(at),
+                                },
+                            );
                             self.chains.blocked(&[key], o, Some(at), b);
                             self.in_tiers.push((key, o));
                         } else {
@@ -782,11 +840,28 @@ mod tests {
                 m.run(s);
                 prop_assert!(m.chains.len() <= 4);
             }
+            // Then every blocker ends and every follower succeeds: everything must get done.
+            for _ in 0..10_000 {
+                if m.in_tiers.is_empty() && m.in_flight.is_empty() && m.position >= m.log.len() {
+                    break;
+                }
+                let blocked: Vec<u8> = m.in_tiers.iter().map(|(k, _)| *k).collect();
+                for key in blocked {
+                    m.run(&Step::Done { key });
+                }
+                m.run(&Step::Read);
+                let running: Vec<u8> = m.in_flight.iter().map(|(k, _, _)| *k).collect();
+                for key in running {
+                    m.run(&Step::FollowerEnds { key, fails: false });
+                }
+            }
             for (key, offsets) in &m.succeeded {
                 let mut sorted = offsets.clone();
                 sorted.sort_unstable();
                 prop_assert_eq!(offsets, &sorted, "key {} succeeded out of order", key);
             }
+            let done: usize = m.succeeded.values().map(Vec::len).sum();
+            prop_assert_eq!(done as i64, m.main_offset, "messages never handled; chains {:?} succeeded {:?} log {:?}", m.chains, m.succeeded, m.log);
         }
     }
 }

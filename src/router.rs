@@ -291,8 +291,12 @@ impl Router {
                     .await
                 {
                     Some(log_offset) => {
-                        tracing::debug!(partition = tp.partition, offset = message.offset, log_offset,
-                            "its key is in the retry path: waiting behind it");
+                        tracing::debug!(
+                            partition = tp.partition,
+                            offset = message.offset,
+                            log_offset,
+                            "its key is in the retry path: waiting behind it"
+                        );
                         (Finish::Done, None, Some(KeyNote::Followed { log_offset }))
                     }
                     None => (Finish::HandedBack, None, None),
@@ -406,10 +410,32 @@ impl Router {
                 }
                 tracing::debug!(tier = label, partition = tp.partition, offset = message.offset, attempt,
                     to = %self.topology.tiers[tier].label, due = %headers::format_time(due), "retrying later");
-                // --ordering key: a first try that fails blocks its key, and the `blocked`
-                // record is in the waiting log before the copy can be handled (and ended).
+                // --ordering key: a first try that fails blocks its key. Its copy is written
+                // first, then its `blocked` record: a crash between the two leaves the message
+                // unfinished (handled again), never a key blocked by a copy that does not exist.
+                let blocks = tp.stage == Stage::Main && self.waiting_log(message).is_some();
+                if blocks {
+                    headers = headers::rewrite(
+                        &headers,
+                        &[(
+                            keyorder::ORDERING,
+                            keyorder::ordering_value(tp.partition, message.offset),
+                        )],
+                    );
+                }
+                let (finish, to_dlq) = self.deliver(tp, message, Some(tier), None, headers).await;
+                if finish != Finish::Done {
+                    return (finish, Some(signal), None);
+                }
+                if to_dlq {
+                    // Refused by the tier and dead-lettered instead: nothing is in retry.
+                    if tp.stage != Stage::Main {
+                        return (self.end_blocker(message, finish).await, Some(signal), None);
+                    }
+                    return (finish, Some(signal), passed);
+                }
                 let mut note = None;
-                if tp.stage == Stage::Main && self.waiting_log(message).is_some() {
+                if blocks {
                     let entry = keyorder::Entry::Blocked {
                         blocker: message.offset,
                         follower,
@@ -420,26 +446,12 @@ impl Router {
                     else {
                         return (Finish::HandedBack, Some(signal), None);
                     };
-                    headers = headers::rewrite(
-                        &headers,
-                        &[(
-                            keyorder::ORDERING,
-                            keyorder::ordering_value(tp.partition, message.offset),
-                        )],
-                    );
                     note = Some(KeyNote::Blocked {
                         blocker: message.offset,
                         follower,
                         log_offset,
                     });
                 }
-                let (finish, to_dlq) = self.deliver(tp, message, Some(tier), None, headers).await;
-                // Refused by the tier and dead-lettered instead: the blocker has ended.
-                let finish = if to_dlq {
-                    self.end_blocker_copy(tp, message, finish).await
-                } else {
-                    finish
-                };
                 (finish, note)
             }
             Route::Dead { reason, attempt } => {
@@ -471,21 +483,6 @@ impl Router {
         (finish, Some(signal), note)
     }
 
-    /// A blocker that was just made (from the main topic, or a follower) whose tier copy was
-    /// refused and dead-lettered instead: appends its `done` at once.
-    async fn end_blocker_copy(&self, tp: Tp, message: &Message, finish: Finish) -> Finish {
-        if finish != Finish::Done || tp.stage != Stage::Main || self.waiting_log(message).is_none() {
-            return self.end_blocker(message, finish).await;
-        }
-        let entry = keyorder::Entry::Done {
-            blocker: message.offset,
-        };
-        match self.append_waiting(tp.partition, message, entry, false).await {
-            Some(_) => finish,
-            None => Finish::HandedBack,
-        }
-    }
-
     /// Produces the copy to a tier (`tier`) or the DLQ (`reason`) and waits for the broker.
     /// A copy the broker rejects for good goes to the DLQ instead, saying why.
     async fn deliver(
@@ -511,15 +508,18 @@ impl Router {
         if self.exactly_once {
             // Only the loop produces in this mode, inside the transaction that also commits
             // this message's offset: a copy is never committed without its offset.
-            return (Finish::Held(Box::new(HeldCopy {
-                topic: topic.to_string(),
-                key: message.key.clone(),
-                payload: message.payload.clone(),
-                headers,
-                from: from.to_string(),
-                to: to.to_string(),
-                reason,
-            })), false);
+            return (
+                Finish::Held(Box::new(HeldCopy {
+                    topic: topic.to_string(),
+                    key: message.key.clone(),
+                    payload: message.payload.clone(),
+                    headers,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    reason,
+                })),
+                false,
+            );
         }
         let record = Record {
             topic,

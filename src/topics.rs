@@ -786,6 +786,37 @@ mod tests {
 
     const WEEK: i64 = 604_800_000;
 
+    /// `--ordering key`: the waiting log is created with the main topic's partitions whatever
+    /// `--partitions` says, and fewer partitions or compaction lose messages.
+    #[test]
+    fn the_waiting_log_keeps_the_main_topic_s_partitions() {
+        let mut c = cfg();
+        c.cluster.topology.waiting = Some("orders.waiting".into());
+        c.partitions = Some(2);
+        let main: HashMap<String, Observed> = [("orders".to_string(), seen(6, "delete", WEEK))]
+            .into_iter()
+            .collect();
+        let plan = decide(&c, &main, Some(WEEK));
+        let created: Vec<(&str, i32)> = plan.to_create().map(|(t, p, _)| (t, p)).collect();
+        assert!(created.contains(&("orders.waiting", 6)), "{created:?}");
+        assert!(created.contains(&("orders.dlq", 2)), "{created:?}");
+        let mut observed = main.clone();
+        observed.insert("orders.waiting".into(), seen(3, "compact", WEEK));
+        let plan = decide(&c, &observed, Some(WEEK));
+        let losses: Vec<&Hazard> = plan
+            .hazards
+            .iter()
+            .filter(|h| h.topic == "orders.waiting" && h.severity == Severity::Loss)
+            .collect();
+        assert_eq!(losses.len(), 2, "{plan}");
+        assert!(plan.unsafe_after_apply());
+        observed.insert("orders.waiting".into(), seen(6, "delete", 3_600_000));
+        let plan = decide(&c, &observed, Some(WEEK));
+        assert!(!plan.unsafe_after_apply(), "{plan}");
+        let row = plan.rows.iter().find(|r| r.topic == "orders.waiting");
+        assert_eq!(row.unwrap().raise_retention, Some(WEEK), "{plan}");
+    }
+
     /// The operator-created topology of issue 14: a compacted tier, a tier whose retention is
     /// shorter than its delay, partition counts that differ.
     #[test]

@@ -16,13 +16,15 @@
 //! (set: rebound runs with `--exactly-once`), `REBOUND_BENCH_BROKER_KIND`
 //! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
 //! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
-//! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates.
+//! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates;
+//! scenario 8 (not in the default set) what `--ordering key` costs (`ordering.rs`).
 //!
 //! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
 //! (`spring.rs`; its jar is built by `scripts/bench`).
 
 #[path = "../../tests/it/common/mod.rs"]
 mod common;
+mod ordering;
 mod plot;
 mod scenarios;
 mod spring;
@@ -136,8 +138,9 @@ async fn main() {
             5 => scenarios::slow_downstream(&ctx).await,
             6 => Vec::new(),
             7 => scenarios::precision_rates(&ctx).await,
+            8 => ordering::cost(&ctx).await,
             other => {
-                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7; 6 comes with 1 and 2)")
+                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7, 8; 6 comes with 1 and 2)")
             }
         };
         eprintln!("[scenario {s}] took {:.0} s", t.elapsed().as_secs_f64());

@@ -9,7 +9,7 @@
 //! records free keys, and the `follow` records of free keys are handled in log order. When a key
 //! is freed behind the reader's position, the reader seeks back to its next follower.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ use crate::keyorder::{self, Chains, Entry, FollowAction, MainAction};
 use crate::produce::Record;
 use crate::router::{Completion, Finish, Intake, Job, KeyNote, Tp};
 use crate::topology::Stage;
+
+/// Followers a waiting partition keeps in memory behind keys whose previous follower is being
+/// handled; when that many are kept, the partition is paused until half of them went.
+pub const HELD_MAX: usize = 1000;
 
 /// How long the start of a partition may wait for its committed low-water mark and high
 /// watermark before it is tried again.
@@ -50,9 +54,11 @@ struct WaitPart {
     phase: Phase,
     /// The offset the reader delivers next (moved by seeks).
     position: i64,
-    /// A follower whose key's previous follower is still being handled: the reader waits here
-    /// (the partition is paused) until that one ends.
-    held: Option<(i64, Message)>,
+    /// Followers whose key's previous follower is still being handled, in log order (at most
+    /// [`HELD_MAX`]; the partition is paused while that many are kept).
+    held: VecDeque<(i64, Message)>,
+    /// Paused because `held` is full.
+    full: bool,
     /// The first main offset read before the rebuild finished: the main partition is sought
     /// back to it when it resumes.
     main_resume_at: Option<i64>,
@@ -72,11 +78,14 @@ pub(super) struct Waiting {
 
 impl Waiting {
     /// The reader of `topic`, with the cluster's settings and group `<group>.waiting`.
-    pub fn new(cluster: &ClusterConfig, topic: &str) -> Result<Waiting, rdkafka::error::KafkaError> {
+    pub fn new(
+        cluster: &ClusterConfig,
+        topic: &str,
+    ) -> Result<Waiting, rdkafka::error::KafkaError> {
         let mut config = kafka::consumer_config(cluster);
         config
             .set("group.id", format!("{}.waiting", cluster.group))
-            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", "0")
             // What it reads ahead stays small: followers are handled one key at a time.
             .set("queued.max.messages.kbytes", "4096");
         let consumer: StreamConsumer = config.create()?;
@@ -93,7 +102,10 @@ impl Waiting {
     /// Keys blocked and followers waiting, over the partitions read.
     pub fn gauges(&self) -> (i64, i64) {
         self.parts.values().fold((0, 0), |(b, w), p| {
-            (b + p.chains.blocked_keys() as i64, w + p.chains.waiting() as i64)
+            (
+                b + p.chains.blocked_keys() as i64,
+                w + p.chains.waiting() as i64,
+            )
         })
     }
 
@@ -106,13 +118,16 @@ impl Waiting {
             let result = kafka::blocking(&consumer, move |c| {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&topic, partition);
-                let committed = c.committed_offsets(tpl, START_TIMEOUT).map_err(|e| e.to_string())?;
-                let low = committed
-                    .find_partition(&topic, partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
+                let committed = c
+                    .committed_offsets(tpl, START_TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+                let low =
+                    committed
+                        .find_partition(&topic, partition)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
                 let (start, high) = c
                     .fetch_watermarks(&topic, partition, START_TIMEOUT)
                     .map_err(|e| e.to_string())?;
@@ -148,7 +163,8 @@ impl State {
                 chains: Chains::starting_at(0),
                 phase: Phase::Starting,
                 position: 0,
-                held: None,
+                held: VecDeque::new(),
+                full: false,
                 main_resume_at: None,
             },
         );
@@ -354,15 +370,21 @@ impl State {
         }
         if matches!(
             note,
-            KeyNote::Passed { .. } | KeyNote::Blocked { follower: Some(_), .. } | KeyNote::FollowerAbandoned { .. }
+            KeyNote::Passed { .. }
+                | KeyNote::Blocked {
+                    follower: Some(_),
+                    ..
+                }
+                | KeyNote::FollowerAbandoned { .. }
         ) {
             self.waiting_release_held(done.tp.partition);
         }
         self.waiting_rewind(done.tp.partition);
     }
 
-    /// The held follower of `partition`, if its key's previous follower ended: handled now,
-    /// or dropped (the reader resumes).
+    /// A follower of `partition` ended: the kept followers are looked at again in log order
+    /// (the next one of its key is handled now; those of keys blocked meanwhile are dropped,
+    /// to be read again when their key is freed).
     fn waiting_release_held(&mut self, partition: i32) {
         let topic = self.waiting_topic().to_string();
         let Some(w) = &mut self.waiting else {
@@ -371,18 +393,14 @@ impl State {
         let Some(part) = w.parts.get_mut(&partition) else {
             return;
         };
-        let Some((log_offset, message)) = part.held.take() else {
-            return;
-        };
-        let key = message.key.clone().unwrap_or_default();
-        match part.chains.on_follow(&key, log_offset) {
-            FollowAction::Hold => {
-                part.held = Some((log_offset, message));
-                return;
-            }
-            FollowAction::Skip => {}
-            FollowAction::Handle => {
-                let job = Job {
+        let mut start = Vec::new();
+        let mut kept = VecDeque::with_capacity(part.held.len());
+        for (log_offset, message) in part.held.drain(..) {
+            let key = message.key.as_deref().unwrap_or_default();
+            match part.chains.on_follow(key, log_offset) {
+                FollowAction::Hold => kept.push_back((log_offset, message)),
+                FollowAction::Skip => {}
+                FollowAction::Handle => start.push(Job {
                     tp: Tp {
                         stage: Stage::Main,
                         partition,
@@ -390,12 +408,16 @@ impl State {
                     epoch: part.epoch,
                     message,
                     intake: Intake::Follower { log_offset },
-                };
-                self.dispatch(job);
+                }),
             }
         }
-        if let Some(w) = &self.waiting {
+        part.held = kept;
+        if part.full && part.held.len() <= HELD_MAX / 2 {
+            part.full = false;
             pause_waiting(&w.consumer, &topic, partition, false);
+        }
+        for job in start {
+            self.dispatch(job);
         }
     }
 
@@ -405,22 +427,33 @@ impl State {
         let Some(w) = &mut self.waiting else {
             return;
         };
-        let Some(part) = w.parts.get_mut(&partition).filter(|p| p.phase == Phase::Live) else {
+        let Some(part) = w
+            .parts
+            .get_mut(&partition)
+            .filter(|p| p.phase == Phase::Live)
+        else {
             return;
         };
         let Some(back) = part.chains.rewind(part.position) else {
             return;
         };
-        let held = part.held.take().is_some();
+        // Kept followers at or past `back` are read again.
+        part.held.retain(|(offset, _)| *offset < back);
         part.position = back;
-        tracing::debug!(topic, partition, offset = back, "reading the waiting log again from a freed key's next follower");
+        tracing::debug!(
+            topic,
+            partition,
+            offset = back,
+            "reading the waiting log again from a freed key's next follower"
+        );
         if let Err(e) = w
             .consumer
             .seek(&topic, partition, Offset::Offset(back), Duration::ZERO)
         {
             tracing::warn!(topic, partition, offset = back, error = %e, "cannot seek the waiting log back; trying at the next change");
         }
-        if held {
+        if part.full && part.held.len() <= HELD_MAX / 2 {
+            part.full = false;
             pause_waiting(&w.consumer, &topic, partition, false);
         }
     }
@@ -470,9 +503,16 @@ impl State {
                         match part.chains.on_follow(key, log_offset) {
                             FollowAction::Skip => {}
                             FollowAction::Hold => {
-                                pause_waiting(&w.consumer, &topic, partition, true);
-                                part.position = log_offset;
-                                part.held = Some((log_offset, follower_message(&main, partition, main_offset, m, &headers)));
+                                part.held.push_back((
+                                    log_offset,
+                                    follower_message(&main, partition, main_offset, m, &headers),
+                                ));
+                                if part.held.len() >= HELD_MAX && !part.full {
+                                    // Resumed from the next offset (librdkafka drops what it
+                                    // fetched for a paused partition).
+                                    part.full = true;
+                                    pause_waiting(&w.consumer, &topic, partition, true);
+                                }
                             }
                             FollowAction::Handle => {
                                 let job = Job {
@@ -481,7 +521,13 @@ impl State {
                                         partition,
                                     },
                                     epoch: part.epoch,
-                                    message: follower_message(&main, partition, main_offset, m, &headers),
+                                    message: follower_message(
+                                        &main,
+                                        partition,
+                                        main_offset,
+                                        m,
+                                        &headers,
+                                    ),
                                     intake: Intake::Follower { log_offset },
                                 };
                                 self.dispatch(job);
@@ -499,7 +545,11 @@ impl State {
     }
 
     /// The reader reached the end of `partition` (librdkafka's partition EOF).
-    pub(super) fn on_waiting_eof(&mut self, consumer: &StreamConsumer<TopologyContext>, partition: i32) {
+    pub(super) fn on_waiting_eof(
+        &mut self,
+        consumer: &StreamConsumer<TopologyContext>,
+        partition: i32,
+    ) {
         let rebuilding = self
             .waiting
             .as_ref()

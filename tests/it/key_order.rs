@@ -125,7 +125,10 @@ async fn a_key_s_later_messages_wait_for_the_one_in_retry() {
     running.stop().await;
     let done = assert_key_order(&recording.records());
     assert!(all_succeeded(&done));
-    assert!(blocked_seen > 0, "no message failed: the test proves nothing");
+    assert!(
+        blocked_seen > 0,
+        "no message failed: the test proves nothing"
+    );
     eprintln!(
         "FIGURES key-order: messages={} transient_failures={blocked_seen} calls={}",
         KEYS * PER_KEY,
@@ -192,7 +195,10 @@ async fn key_order_survives_kill_9s() {
     .await;
     assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
     let (status, _) = p.term(Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "exit after SIGTERM: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?}"
+    );
     let records = sink.records();
     let done = assert_key_order(&records);
     assert!(all_succeeded(&done));
@@ -215,15 +221,23 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     wait_ready(&a).await;
     wait_ready(&b).await;
     let messages = keyed_messages(&mut rng);
-    let feed = crate::rel::feed(&brokers(), &main, &messages, 200, Duration::from_millis(100));
+    let feed = crate::rel::feed(
+        &brokers(),
+        &main,
+        &messages,
+        200,
+        Duration::from_millis(100),
+    );
     // Stop one instance while keys are blocked (followers waiting behind them), start another.
     let (ma, mb) = (a.metrics.clone(), b.metrics.clone());
-    eventually("keys blocked with followers waiting", Duration::from_secs(60), || {
-        let (ma, mb) = (ma.clone(), mb.clone());
-        async move {
-            ma.ordering_waiting.get() > 0 && mb.ordering_blocked_keys.get() > 0
-        }
-    })
+    eventually(
+        "keys blocked with followers waiting",
+        Duration::from_secs(60),
+        || {
+            let (ma, mb) = (ma.clone(), mb.clone());
+            async move { ma.ordering_waiting.get() > 0 && mb.ordering_blocked_keys.get() > 0 }
+        },
+    )
     .await;
     eprintln!(
         "rebalance with {} keys blocked and {} messages waiting on the stopped instance",
@@ -275,9 +289,9 @@ async fn a_hot_key_waiting_behind_a_blocked_one_costs_no_memory_per_message() {
     let until = std::time::Instant::now() + Duration::from_secs(150);
     loop {
         peak = peak.max(rss_kib(pid).unwrap_or(0));
-        let waiting = get(addr, "/metrics")
-            .await
-            .map_or(0.0, |(_, m)| metric_sum(&m, "rebound_ordering_waiting_messages"));
+        let waiting = get(addr, "/metrics").await.map_or(0.0, |(_, m)| {
+            metric_sum(&m, "rebound_ordering_waiting_messages")
+        });
         if waiting as usize >= HOT {
             break;
         }
