@@ -109,12 +109,14 @@ impl Waiting {
         })
     }
 
-    /// Asks for partition `partition`'s low-water mark and high watermark (off the loop).
-    fn ask_start(&self, partition: i32, epoch: u64) {
+    /// Asks for partition `partition`'s low-water mark and high watermark (off the loop),
+    /// after `delay` (a second when asking again after a failure).
+    fn ask_start(&self, partition: i32, epoch: u64, delay: Duration) {
         let consumer = self.consumer.clone();
         let topic = self.topic.clone();
         let tx = self.started_tx.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let result = kafka::blocking(&consumer, move |c| {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&topic, partition);
@@ -168,7 +170,7 @@ impl State {
                 main_resume_at: None,
             },
         );
-        w.ask_start(partition, epoch);
+        w.ask_start(partition, epoch, Duration::ZERO);
     }
 
     /// The low-water mark and high watermark of a partition came: starts reading it.
@@ -189,7 +191,7 @@ impl State {
             Err(e) => {
                 tracing::warn!(topic, partition, error = %e,
                     "cannot read the waiting log's marks; the main partition stays paused, trying again");
-                w.ask_start(partition, epoch);
+                w.ask_start(partition, epoch, Duration::from_secs(1));
                 return;
             }
         };
