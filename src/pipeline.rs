@@ -185,8 +185,12 @@ pub struct Pipeline {
     /// future cancelled) closes the consumer in the drop, and the revoke that close raises must
     /// not be handed to a loop that is gone (the context answers it itself when sending fails).
     events: UnboundedReceiver<RebalanceEvent>,
-    consumer: StreamConsumer<TopologyContext>,
+    /// Declared (so dropped) before the consumer too: its partitions' stored-offset lists hold
+    /// references to librdkafka's partition objects, and while one lives the consumer's
+    /// destroy never returns (docs/broker-compat.md, "A stored-offset list keeps the client
+    /// open"), so a cancelled pipeline would hang its thread for good.
     state: State,
+    consumer: StreamConsumer<TopologyContext>,
 }
 
 impl Pipeline {

@@ -4,9 +4,11 @@
 
 TANSU_FEATURES="dynostore,libsql"
 
-# Installs Tansu 0.6 from crates.io unless `tansu --version` already says 0.6.
+# Installs Tansu 0.6 from crates.io unless `tansu --version` already says 0.6. `cargo install`
+# puts it in $CARGO_INSTALL_ROOT/bin, else $CARGO_HOME/bin (default ~/.cargo/bin): that directory
+# goes first on PATH, so a CI run with its own CARGO_HOME finds the Tansu it installed.
 ensure_tansu() {
-  export PATH="$HOME/.cargo/bin:$PATH"
+  export PATH="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin:$PATH"
   if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q ' 0\.6\.'; then
     return 0
   fi

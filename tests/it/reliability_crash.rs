@@ -229,17 +229,65 @@ async fn recreate_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Produces `failing` (to partition 0 of `main`; each needs a retry or DLQ copy) and waits
+/// until the sink has seen each first attempt answered; then produces three successes to
+/// partition 1 and waits until the group's commit covers them: once it lands, every commit
+/// rebound made after the failing messages were handled is in. Returns partition 0's committed
+/// offset at that moment (`None`: nothing committed).
+async fn commit_past_pending_copies(
+    brokers: &str,
+    main: &str,
+    group: &str,
+    sink: &Sink,
+    failing: &[Out],
+) -> Option<i64> {
+    produce_many(brokers, main, failing).await;
+    let (s, n) = (sink.clone(), failing.len());
+    eventually(
+        "every first attempt answered",
+        Duration::from_secs(30),
+        || {
+            let s = s.clone();
+            async move {
+                s.records()
+                    .iter()
+                    .filter(|r| r.attempt == 0 && (r.status == 503 || r.status == 400))
+                    .count()
+                    == n
+            }
+        },
+    )
+    .await;
+    let later: Vec<Out> = (0..3)
+        .map(|i| Out::new(&format!("ok-{i}"), &format!("ok-{i}:ok")).partition(1))
+        .collect();
+    produce_many(brokers, main, &later).await;
+    let (b, g, m) = (brokers.to_string(), group.to_string(), main.to_string());
+    eventually(
+        "partition 1's successes committed",
+        Duration::from_secs(30),
+        || {
+            let (b, g, m) = (b.clone(), g.clone(), m.clone());
+            async move { committed(&b, &g, &m, 2)[1] == Some(3) }
+        },
+    )
+    .await;
+    committed(brokers, group, main, 2)[0]
+}
+
 /// The rule behind every other guarantee, made deterministic: a retry copy the broker has not
 /// acknowledged keeps its source offset uncommitted, even while later work on other partitions
 /// is committed, and a `kill -9` then loses nothing. The tier topic is deleted under a running
 /// rebound, so copies to it cannot be acknowledged (librdkafka keeps retrying) while commits go
-/// through; committing on "sent" instead of "acknowledged" fails this test on any broker.
+/// through; committing on "sent" instead of "acknowledged" fails this test. Apache Kafka only:
+/// the sibling after it makes the same check on both brokers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
     if broker_kind() == "tansu" {
         // Tansu 0.6 acknowledges a produce to a deleted topic, and after DeleteTopics of a
         // subscribed tier it delivered nothing more to the group (docs/broker-compat.md): the
-        // set-up of this test cannot be made there.
+        // set-up of this test cannot be made there. The sibling below, copies held in the
+        // producer, makes the same check on both brokers.
         eprintln!("skipped on Tansu: it acknowledges records sent to a deleted topic");
         return;
     }
@@ -260,40 +308,7 @@ async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
     let failing: Vec<Out> = (0..5)
         .map(|i| Out::new(&format!("u-{i}"), &format!("u-{i}:fail-1")).partition(0))
         .collect();
-    produce_many(&brokers, &main, &failing).await;
-    let s = sink.clone();
-    eventually(
-        "every first attempt answered",
-        Duration::from_secs(30),
-        || {
-            let s = s.clone();
-            async move {
-                s.records()
-                    .iter()
-                    .filter(|r| r.attempt == 0 && r.status == 503)
-                    .count()
-                    == 5
-            }
-        },
-    )
-    .await;
-    // Partition 1, afterwards: successes. Once their commit lands, every commit rebound made
-    // after the failing messages were handled is in.
-    let later: Vec<Out> = (0..3)
-        .map(|i| Out::new(&format!("v-{i}"), &format!("v-{i}:ok")).partition(1))
-        .collect();
-    produce_many(&brokers, &main, &later).await;
-    let (b, g, m) = (brokers.clone(), group.clone(), main.clone());
-    eventually(
-        "partition 1's successes committed",
-        Duration::from_secs(30),
-        || {
-            let (b, g, m) = (b.clone(), g.clone(), m.clone());
-            async move { committed(&b, &g, &m, 2)[1] == Some(3) }
-        },
-    )
-    .await;
-    let committed_p0 = committed(&brokers, &group, &main, 2)[0];
+    let committed_p0 = commit_past_pending_copies(&brokers, &main, &group, &sink, &failing).await;
     p.kill9();
     assert!(
         committed_p0.unwrap_or(0) == 0,
@@ -322,4 +337,55 @@ async fn an_unacknowledged_copy_keeps_its_offset_uncommitted_across_a_kill_9() {
             "{id} never succeeded on its retry: {calls:?}"
         );
     }
+}
+
+/// The same rule where no broker can acknowledge: rebound's producer holds its copies for
+/// minutes (`linger.ms`), so each retry and DLQ copy is enqueued in the producer and not yet
+/// sent when later work on another partition is committed. Runs on both brokers (Tansu 0.6
+/// acknowledges whatever it is sent, even for a deleted topic: see the test above); committing
+/// on "enqueued" instead of "acknowledged" fails it on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_held_in_the_producer_keeps_its_offset_uncommitted_across_a_kill_9() {
+    let brokers = brokers();
+    let Scenario { main, topo } = Scenario::create("held", &[200], 2).await;
+
+    let sink = Sink::start().await;
+    let dir = workdir("held");
+    let log = dir.path().join("rebound.log");
+    let group = unique("g");
+    let mut args = run_args(&brokers, &topo, &group, &sink, 0);
+    // The killed member must leave the group soon so that the restart gets partition 0 back
+    // (Tansu serves the classic protocol only, where librdkafka's default session is 45 s).
+    args.extend(["-X", "session.timeout.ms=6000"].map(String::from));
+    let mut held = args.clone();
+    // The set-up: the producer sends nothing for 4 minutes (below message.timeout.ms, 5 min),
+    // and no batch fills (on Tansu run_args asks for one record per batch).
+    held.extend(["-X", "linger.ms=240000", "-X", "batch.num.messages=10000"].map(String::from));
+    let mut p = start(&held, &log);
+    wait_readyz(&p, Duration::from_secs(60)).await;
+
+    // Partition 0: messages whose first answer needs a copy: three transient (tier copies),
+    // two permanent (DLQ copies).
+    let failing: Vec<Out> = (0..5)
+        .map(|i| {
+            let behaviour = if i < 3 { "fail-1" } else { "permanent" };
+            Out::new(&format!("h-{i}"), &format!("h-{i}:{behaviour}")).partition(0)
+        })
+        .collect();
+    let committed_p0 = commit_past_pending_copies(&brokers, &main, &group, &sink, &failing).await;
+    p.kill9();
+    assert!(
+        committed_p0.unwrap_or(0) == 0,
+        "partition 0 was committed to {committed_p0:?} while its copies were still in the producer"
+    );
+
+    // A restarted rebound with its default producer handles the failing messages again and
+    // places every copy: the tier's retries succeed, the permanent ones reach the DLQ.
+    let mut p = start(&args, &log);
+    let fates = fates_of(&failing, topo.max_retries);
+    wait_finished(&sink, &fates, topo.max_retries, Duration::from_secs(60)).await;
+    let (status, _) = p.term(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
+    let dead = ids_in(&topo.dlq, 2, Duration::from_secs(60));
+    assert_eq!(dead, ["h-3", "h-4"], "the DLQ after the restart");
 }

@@ -213,3 +213,50 @@ async fn sigterm_with_a_hanging_handler_call_exits_within_the_bound_and_hands_it
     );
     assert_eq!(repeated[0], &main);
 }
+
+/// A service whose future is dropped without its shutdown (a panicking test, a task aborted)
+/// releases its consumer: the drop returns. Its partitions' stored-offset lists used to be
+/// dropped after the consumer, whose destroy then waited on them for ever, and a failing
+/// in-process test hung the whole suite. The service runs on a runtime of its own, shut down
+/// in the background at the end, so that a drop that never returns fails this test instead of
+/// hanging it.
+#[test]
+fn a_service_dropped_without_its_shutdown_releases_its_consumer() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dropped = rt.block_on(async {
+        let Scenario { main, topo } = Scenario::create("dropped", &[200], 2).await;
+        let recording = Recording::scripted();
+        let svc = crate::common::start(
+            config(topo, &unique("g")),
+            std::sync::Arc::new(recording.clone()),
+        );
+        wait_ready(&svc).await;
+        // Handled and stored: each partition's stored-offset list is in use.
+        let messages: Vec<Out> = (0..4)
+            .map(|i| Out::new(&format!("k{i}"), &format!("d-{i}:ok")).partition(i % 2))
+            .collect();
+        produce(&main, &messages).await;
+        let r = recording.clone();
+        wait_until(
+            "every message handled",
+            Duration::from_secs(30),
+            move || r.records().iter().filter(|h| h.status == 200).count() == 4,
+        )
+        .await;
+        svc.task.abort();
+        let started = Instant::now();
+        let joined = tokio::time::timeout(Duration::from_secs(30), svc.task).await;
+        (joined.is_ok(), started.elapsed())
+    });
+    rt.shutdown_background();
+    let (returned, took) = dropped;
+    assert!(
+        returned,
+        "the service's drop did not return within {took:?}: its consumer never finished closing"
+    );
+    eprintln!("FIGURES dropped: drop_ms={}", took.as_millis());
+}
