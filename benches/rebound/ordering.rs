@@ -56,7 +56,8 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
         let failing = key % 10 == 0;
         let mut payload = support::payload(i, 100);
         payload[0] = if failing { b'f' } else { b'c' };
-        if failing && i % 2 == 0 {
+        // Every other message of a failing key (its 1st, 3rd, … in key order).
+        if failing && (i / KEYS) % 2 == 0 {
             *payload.last_mut().unwrap() = b'!';
         }
         Seed {
@@ -69,13 +70,16 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
     .await;
     let mut config = Config::new(&ctx.brokers, &support::unique("s8-g"), topology);
     config.cluster.kafka = KafkaProps(vec![("fetch.wait.max.ms".into(), "20".into())]);
+    if let Ok(addr) = std::env::var("REBOUND_BENCH_METRICS") {
+        config.metrics_addr = addr.parse().ok();
+    }
     let handler = Arc::new(Mix::default());
     let stop = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(Service::new(config, handler.clone()).run(stop.clone()));
     let (mut clean_at, mut all_at) = (None, None);
     let deadline = started + Duration::from_secs(600);
-    while all_at.is_none() && Instant::now() < deadline {
+    while all_at.is_none() && Instant::now() < deadline && !task.is_finished() {
         if clean_at.is_none() && handler.clean_done.load(Ordering::Relaxed) >= clean {
             clean_at = Some(started.elapsed().as_secs_f64());
         }
@@ -85,7 +89,12 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+    match tokio::time::timeout(Duration::from_secs(60), task).await {
+        Ok(Ok(Err(e))) => eprintln!("rebound ended with an error: {e}"),
+        Ok(Err(e)) => eprintln!("rebound task failed: {e}"),
+        Err(_) => eprintln!("rebound did not stop within 60 s"),
+        Ok(Ok(Ok(()))) => {}
+    }
     (clean_at.unwrap_or(f64::NAN), all_at.unwrap_or(f64::NAN))
 }
 
