@@ -53,10 +53,14 @@ pub struct Row {
 }
 
 /// librdkafka settings of every client under test, rebound and baselines alike: a short fetch
-/// wait (rebound's default), and one record per produced batch where the broker is Tansu (its
-/// memory engine, see docs/broker-compat.md). On Apache Kafka every client batches normally.
+/// wait and a short fetch queue back-off (rebound's defaults), and one record per produced batch
+/// where the broker is Tansu (its memory engine, see docs/broker-compat.md). On Apache Kafka
+/// every client batches normally.
 fn client_props() -> Vec<(String, String)> {
-    let mut props = vec![("fetch.wait.max.ms".into(), "20".into())];
+    let mut props = vec![
+        ("fetch.wait.max.ms".into(), "20".into()),
+        ("fetch.queue.backoff.ms".into(), "20".into()),
+    ];
     if support::broker_is_tansu() {
         props.push(("linger.ms".into(), "0".into()));
         props.push(("batch.num.messages".into(), "1".into()));

@@ -150,8 +150,25 @@ where
 
 /// Runs one handler call with a deadline, turning a timeout or a panic into a transient failure.
 pub async fn call(handler: &Arc<dyn Handler>, message: &Message, timeout: Duration) -> Outcome {
-    let call = AssertUnwindSafe(handler.handle(message)).catch_unwind();
-    match tokio::time::timeout(timeout, call).await {
+    call_since(handler, message, timeout, tokio::time::Instant::now()).await
+}
+
+/// [`call`] for a call that began at `started` (a clock reading the caller already has): the
+/// call times out `timeout` after it. The call is polled once before any timer exists, so a
+/// handler that answers at once (an in-process handler) costs no timer and no clock reading
+/// here; one that has to wait gets the deadline `started + timeout`.
+pub async fn call_since(
+    handler: &Arc<dyn Handler>,
+    message: &Message,
+    timeout: Duration,
+    started: tokio::time::Instant,
+) -> Outcome {
+    let mut call = std::pin::pin!(AssertUnwindSafe(handler.handle(message)).catch_unwind());
+    let answered = match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(answer) => Ok(answer),
+        std::task::Poll::Pending => tokio::time::timeout_at(started + timeout, call).await,
+    };
+    match answered {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => {
             let text = panic
