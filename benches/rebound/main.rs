@@ -16,7 +16,9 @@
 //! (set: rebound runs with `--exactly-once`), `REBOUND_BENCH_BROKER_KIND`
 //! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
 //! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
-//! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates.
+//! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates;
+//! scenario 8 is rebound's lateness and peak RSS (as its own process) with 1 000 000 retries due
+//! over 5 minutes beside 100 000 over 60 s.
 //!
 //! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
 //! (`spring.rs`; its jar is built by `scripts/bench`).
@@ -100,7 +102,7 @@ async fn main() {
         return;
     }
     // `cargo bench` passes `--bench`; nothing else is understood.
-    let only_list = std::env::var("REBOUND_BENCH_ONLY").unwrap_or_else(|_| "1,2,3,4,5,7".into());
+    let only_list = std::env::var("REBOUND_BENCH_ONLY").unwrap_or_else(|_| "1,2,3,4,5,7,8".into());
     let with_spring = only_list.split(',').any(|s| s.trim() == "spring");
     let only: Vec<u32> = only_list
         .split(',')
@@ -136,8 +138,9 @@ async fn main() {
             5 => scenarios::slow_downstream(&ctx).await,
             6 => Vec::new(),
             7 => scenarios::precision_rates(&ctx).await,
+            8 => scenarios::precision_volume(&ctx).await,
             other => {
-                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7; 6 comes with 1 and 2)")
+                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7, 8; 6 comes with 1 and 2)")
             }
         };
         eprintln!("[scenario {s}] took {:.0} s", t.elapsed().as_secs_f64());
