@@ -604,32 +604,20 @@ mod tests {
 
     #[test]
     fn fetch_defaults_are_rebounds_own_and_the_user_can_override_them() {
-        let fetch = |props: &[(&str, &str)]| {
+        let get = |key: &str, props: &[(&str, &str)]| {
             consumer_config(&cluster(props))
-                .get("fetch.max.bytes")
+                .get(key)
                 .map(str::to_string)
         };
+        let fetch = |props: &[(&str, &str)]| get("fetch.max.bytes", props);
         assert_eq!(fetch(&[]).as_deref(), Some("4194304"));
-        let wait = |props: &[(&str, &str)]| {
-            consumer_config(&cluster(props))
-                .get("fetch.wait.max.ms")
-                .map(str::to_string)
-        };
-        assert_eq!(wait(&[]).as_deref(), Some("20"));
-        assert_eq!(
-            wait(&[("fetch.wait.max.ms", "500")]).as_deref(),
-            Some("500")
-        );
-        let backoff = |props: &[(&str, &str)]| {
-            consumer_config(&cluster(props))
-                .get("fetch.queue.backoff.ms")
-                .map(str::to_string)
-        };
-        assert_eq!(backoff(&[]).as_deref(), Some("20"));
-        assert_eq!(
-            backoff(&[("fetch.queue.backoff.ms", "1000")]).as_deref(),
-            Some("1000")
-        );
+        for (key, ours, theirs) in [
+            ("fetch.wait.max.ms", "20", "500"),
+            ("fetch.queue.backoff.ms", "20", "1000"),
+        ] {
+            assert_eq!(get(key, &[]).as_deref(), Some(ours), "{key}");
+            assert_eq!(get(key, &[(key, theirs)]).as_deref(), Some(theirs), "{key}");
+        }
         assert_eq!(
             fetch(&[("message.max.bytes", "8000000")]).as_deref(),
             Some("8000000")

@@ -1069,17 +1069,27 @@ impl Lateness3 {
                 detail: format!("runs [{}] ms", list(v, 1)),
             });
         }
-        rows.push(Row {
-            scenario: scenario.into(),
-            metric: "broker CPU while handling (% of one core)".into(),
-            rebound: format!("{:.0}%", median(&self.cpu)),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            bar: "report".into(),
-            met: None,
-            detail: format!("runs [{}] %", list(&self.cpu, 0)),
-        });
+        rows.push(report_row(
+            scenario,
+            "broker CPU while handling (% of one core)",
+            format!("{:.0}%", median(&self.cpu)),
+            format!("runs [{}] %", list(&self.cpu, 0)),
+        ));
         rows
+    }
+}
+
+/// A row that reports a figure of rebound's, with no baseline and no goal.
+fn report_row(scenario: &str, metric: &str, value: String, detail: String) -> Row {
+    Row {
+        scenario: scenario.into(),
+        metric: metric.into(),
+        rebound: value,
+        baseline: "—".into(),
+        ratio: "—".into(),
+        bar: "report".into(),
+        met: None,
+        detail,
     }
 }
 
@@ -1163,16 +1173,12 @@ pub async fn precision_volume(ctx: &Ctx) -> Vec<Row> {
             window.as_secs()
         );
         rows.extend(f.rows(&scenario, &what, true));
-        rows.push(Row {
-            scenario,
-            metric: "peak RSS (VmHWM) of rebound's process".into(),
-            rebound: format!("{:.1} MiB", median(&f.peak_rss)),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            bar: "report".into(),
-            met: None,
-            detail: format!("runs [{}] MiB", list(&f.peak_rss, 1)),
-        });
+        rows.push(report_row(
+            &scenario,
+            "peak RSS (VmHWM) of rebound's process",
+            format!("{:.1} MiB", median(&f.peak_rss)),
+            format!("runs [{}] MiB", list(&f.peak_rss, 1)),
+        ));
     }
     let (s, l) = (&by[0], &by[1]);
     let rss_ratio = median(&l.peak_rss) / median(&s.peak_rss);
