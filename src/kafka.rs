@@ -56,7 +56,7 @@ pub const DEFAULT_FETCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// The consumer's `fetch.wait.max.ms` unless the user sets it (librdkafka's default is 500).
 pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 20;
 /// The consumer's `fetch.queue.backoff.ms` unless the user sets it (librdkafka's default is
-/// 1000; the property exists since librdkafka 2.4).
+/// 1000).
 pub const DEFAULT_FETCH_QUEUE_BACKOFF_MS: u64 = 20;
 
 /// The consumer of the whole topology. Offsets are stored by rebound only when work is done and
