@@ -911,6 +911,23 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_with_nothing_running_leaves_nothing_to_wake_for() {
+        let t0 = Instant::now();
+        let mut w = SlowCalls::new(Some(ms(100)));
+        w.started(1, t0);
+        w.started(2, t0 + ms(50));
+        assert!(!w.answered(2, t0 + ms(60)));
+        assert_eq!(w.slow(t0 + ms(100)), vec![1]);
+        // Judged slow, then answered: nothing runs, but 2 is still queued behind it.
+        assert!(w.answered(1, t0 + ms(120)));
+        // A call never watched (it finished in its first poll) answers.
+        assert!(!w.answered(3, t0 + ms(130)));
+        assert_eq!(w.wakes_at(), None, "no call is running");
+        assert!(!w.ended(4));
+        assert_eq!(w.wakes_at(), None);
+    }
+
+    #[test]
     fn half_open_probes_first_attempts_first_and_retries_after_the_grace() {
         let t0 = Instant::now();
         let mut b = Breaker::new(cfg(), 32);

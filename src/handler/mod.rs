@@ -227,4 +227,27 @@ mod tests {
             "{out:?}"
         );
     }
+
+    #[tokio::test]
+    async fn the_timeout_counts_from_the_start_the_caller_gives_not_from_the_first_poll() {
+        // A handler that waits 200 ms, given a start 1 s old and a 1.1 s timeout: 100 ms are
+        // left, so it times out. Counted from the first poll it would answer.
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_m| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Outcome::Success
+        }));
+        let started = tokio::time::Instant::now() - Duration::from_secs(1);
+        let out = call_since(&h, &msg(), Duration::from_millis(1100), started).await;
+        assert!(
+            matches!(&out, Outcome::Transient(f) if f.class == "timeout"),
+            "{out:?}"
+        );
+        // One that answers at once answers, whatever the clock says (no timer is armed).
+        let quick: Arc<dyn Handler> = Arc::new(handler_fn(|_m| async { Outcome::Success }));
+        let out = call_since(&quick, &msg(), Duration::ZERO, started).await;
+        assert_eq!(out, Outcome::Success);
+        // And with time left, a waiting one answers.
+        let out = call_since(&h, &msg(), Duration::from_secs(5), started).await;
+        assert_eq!(out, Outcome::Success);
+    }
 }
