@@ -154,6 +154,16 @@ pub struct RetryArgs {
     pub max_delay: Option<String>,
 }
 
+/// Key-ordered retries: `run` and `topics` (which creates the waiting log).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OrderingArgs {
+    /// `key`: while a message is in the retry tiers, later messages with its key wait (in
+    /// `<topic>.waiting`) and are handled after it, in order; other keys never wait. `none`:
+    /// messages of a key are in order only while in flight [default: none].
+    #[arg(long, env = "REBOUND_ORDERING", value_name = "none|key")]
+    pub ordering: Option<String>,
+}
+
 /// Every topology flag: what `run` takes. The other commands flatten only the groups they use
 /// and turn them into a `TopologyArgs` (the rest left empty) for [`crate::config`].
 #[derive(Debug, Clone, Default, Args)]
@@ -173,6 +183,9 @@ pub struct TopologyArgs {
 
     #[command(flatten)]
     pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub ordering: OrderingArgs,
 }
 
 impl TopologyArgs {
@@ -188,6 +201,12 @@ impl TopologyArgs {
     /// With `--tiers`.
     pub fn with_tiers(mut self, tiers: &TierArgs) -> TopologyArgs {
         self.tiers = tiers.clone();
+        self
+    }
+
+    /// With `--ordering`.
+    pub fn with_ordering(mut self, ordering: &OrderingArgs) -> TopologyArgs {
+        self.ordering = ordering.clone();
         self
     }
 
@@ -324,6 +343,9 @@ pub struct TopicsArgs {
 
     #[command(flatten)]
     pub tiers: TierArgs,
+
+    #[command(flatten)]
+    pub ordering: OrderingArgs,
 
     /// Partitions for new topics [default: the main topic's count, else 3].
     #[arg(long, env = "REBOUND_PARTITIONS", value_name = "N")]

@@ -73,6 +73,7 @@ pub struct FileConfig {
     pub max_age: Option<String>,
     pub jitter: Option<f64>,
     pub max_delay: Option<String>,
+    pub ordering: Option<String>,
     pub handler: Option<String>,
     pub url: Option<String>,
     pub command: Option<String>,
@@ -366,6 +367,12 @@ impl Config {
         let breaker = resolve_breaker(args, &file)?;
         let tier_buffer = resolve_tier_buffer(args, &file, &cluster.topology)?;
         let membership = Membership::resolve(args, &file, &cluster.kafka)?;
+        if membership.exactly_once && cluster.topology.waiting.is_some() {
+            return Err(bad(
+                "--ordering",
+                "key cannot be combined with --exactly-once yet (the waiting log's records are not part of the transactions); choose one",
+            ));
+        }
         Ok(Config {
             membership,
             breaker,
@@ -567,6 +574,10 @@ impl fmt::Display for Config {
         }
         writeln!(f, "jitter           = {}", t.jitter)?;
         writeln!(f, "max-delay        = {}", duration::Short(t.max_delay))?;
+        match &t.waiting {
+            Some(w) => writeln!(f, "ordering         = key (waiting log {w})")?,
+            None => writeln!(f, "ordering         = none")?,
+        }
         match &self.handler {
             Some(HandlerSpec::Http {
                 url,

@@ -1050,6 +1050,8 @@ impl<'a> Replay<'a> {
             key: entry.key.as_deref(),
             payload: entry.payload.as_deref(),
             headers,
+            partition: None,
+            timestamp: None,
         };
         match producer.send_acked(&record, stop).await {
             Ok((p, o)) => {
@@ -1165,6 +1167,8 @@ async fn record_replayed(
         key: Some(key.as_bytes()),
         payload: Some(value.as_bytes()),
         headers: Vec::new(),
+        partition: None,
+        timestamp: None,
     };
     let never = CancellationToken::new();
     let unrecorded = |why: String| {

@@ -41,6 +41,7 @@ pub mod handler;
 pub mod headers;
 #[doc(hidden)]
 pub mod kafka;
+mod keyorder;
 #[cfg(test)]
 mod layers;
 #[doc(hidden)]

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub tier_buffered_bytes: IntGaugeVec,
     pub lag: IntGaugeVec,
     pub in_flight: IntGauge,
+    /// `--ordering key`: keys whose earlier message is in the retry tiers.
+    pub ordering_blocked_keys: IntGauge,
+    /// `--ordering key`: messages waiting in the waiting log behind their key.
+    pub ordering_waiting: IntGauge,
     pub circuit_state: IntGauge,
     pub build_info: GaugeVec,
     pub health: Health,
@@ -191,6 +195,22 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique metric");
+        let ordering_blocked_keys = IntGauge::new(
+            "rebound_ordering_blocked_keys",
+            "--ordering key: keys whose earlier message is in the retry tiers (later ones wait).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(ordering_blocked_keys.clone()))
+            .expect("unique metric");
+        let ordering_waiting = IntGauge::new(
+            "rebound_ordering_waiting_messages",
+            "--ordering key: messages waiting in <main>.waiting behind an earlier message of their key.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(ordering_waiting.clone()))
+            .expect("unique metric");
         let circuit_state = IntGauge::new(
             "rebound_circuit_state",
             "Circuit breaker around the handler: 0 closed, 1 half-open, 2 open.",
@@ -227,6 +247,8 @@ impl Metrics {
             tier_buffered_bytes,
             lag,
             in_flight,
+            ordering_blocked_keys,
+            ordering_waiting,
             circuit_state,
             build_info,
             health: Health::default(),

@@ -55,6 +55,7 @@ use crate::topology::Stage;
 
 mod admission;
 mod txn;
+mod waiting;
 use admission::Admission;
 
 /// Loop settings.
@@ -164,6 +165,9 @@ struct State {
     draining: bool,
     /// `--exactly-once`: the open transaction's bookkeeping ([`txn`]).
     eos: Option<txn::Eos>,
+    /// `--ordering key`: the waiting log's reader and the chains of each main partition
+    /// ([`waiting`]).
+    waiting: Option<waiting::Waiting>,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -197,12 +201,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The loop of `consumer`; `cluster` gives the settings of the waiting log's reader of
+    /// `--ordering key`. Errors: that reader cannot be created.
     pub fn new(
         consumer: StreamConsumer<TopologyContext>,
         events: UnboundedReceiver<RebalanceEvent>,
         router: Arc<Router>,
         limits: Limits,
-    ) -> Pipeline {
+        cluster: &crate::cluster::ClusterConfig,
+    ) -> Result<Pipeline, KafkaError> {
+        let waiting = match router.topology.waiting.as_deref() {
+            Some(topic) => Some(waiting::Waiting::new(cluster, topic)?),
+            None => None,
+        };
         let metrics = router.metrics.clone();
         let eos = router.exactly_once.then(txn::Eos::default);
         let buffered_gauges = router
@@ -211,7 +222,7 @@ impl Pipeline {
             .iter()
             .map(|t| metrics.tier_buffer_series(&t.label))
             .collect();
-        Pipeline {
+        Ok(Pipeline {
             consumer,
             events,
             state: State {
@@ -234,8 +245,9 @@ impl Pipeline {
                 revoking: None,
                 draining: false,
                 eos,
+                waiting,
             },
-        }
+        })
     }
 
     /// Runs until `stop` is cancelled (or the consumer fails for good), then finishes or hands
@@ -273,11 +285,16 @@ impl Pipeline {
             let breaker_wake = self.state.admission.wakes_at().map(Instant::from_std);
             let revoke_wake = self.state.revoking.as_ref().map(|r| r.deadline);
             let room = self.state.has_room();
+            let waiting_consumer = self.state.waiting.as_ref().map(|w| w.consumer.clone());
             let state = &mut self.state;
             let consumer = &self.consumer;
             tokio::select! {
                 biased;
                 _ = &mut stopped => break Ended::Stopped,
+                Some(started) = recv_started(state.waiting.as_mut()) => {
+                    state.waiting_started(consumer, started);
+                    state.settle(consumer);
+                }
                 Some(joined) = state.jobs.join_next(), if !state.jobs.is_empty() => {
                     if let Ok(done) = joined {
                         state.finished.push(done);
@@ -301,7 +318,16 @@ impl Pipeline {
                 }
                 // The top of the loop finishes the revoke once its deadline has passed.
                 _ = sleep_until(revoke_wake) => {}
+                received = recv_waiting(waiting_consumer.as_deref()), if room => {
+                    match received {
+                        Ok(m) => state.on_waiting_message(consumer, &m),
+                        Err(KafkaError::PartitionEOF(partition)) => state.on_waiting_eof(consumer, partition),
+                        Err(e) => tracing::warn!(error = %e, "waiting log reader error"),
+                    }
+                    state.settle(consumer);
+                }
                 _ = commit.tick() => {
+                    state.waiting_checkpoint();
                     if state.eos.is_some() {
                         if let Err(ended) = state.commit_txn(consumer, txn::TIMEOUT).await {
                             break ended;
@@ -508,6 +534,9 @@ impl State {
                     };
                     self.next_epoch += 1;
                     self.parts.insert(tp, Partition::new(self.next_epoch));
+                    if tp.stage == Stage::Main {
+                        self.waiting_assigned(consumer, tp.partition, self.next_epoch);
+                    }
                 }
                 self.metrics.health.assigned.store(true, Ordering::Relaxed);
                 tracing::info!(
@@ -679,6 +708,9 @@ impl State {
     /// Removes `tp` and everything the loop keeps about it.
     fn remove_partition(&mut self, tp: Tp) -> Option<Partition> {
         let part = self.parts.remove(&tp);
+        if tp.stage == Stage::Main {
+            self.waiting_revoked(tp.partition);
+        }
         if let (Some(eos), Some(p)) = (&mut self.eos, &part) {
             eos.held -= p.held.len();
         }
@@ -697,10 +729,9 @@ impl State {
     }
 
     fn on_message(&mut self, consumer: &StreamConsumer<TopologyContext>, m: &BorrowedMessage<'_>) {
-        let topology = &self.router.topology;
         // Read once: rdkafka finds the name and checks its UTF-8 on each call.
         let topic = m.topic();
-        let Some(stage) = topology.stage_of(topic) else {
+        let Some(stage) = self.router.topology.stage_of(topic) else {
             tracing::warn!(topic, "message from a topic outside the topology; ignored");
             return;
         };
@@ -708,6 +739,11 @@ impl State {
             stage,
             partition: m.partition(),
         };
+        if stage == Stage::Main && !self.waiting_admits_main(m.partition(), m.offset()) {
+            // --ordering key: not before the partition's keys in retry are known.
+            return;
+        }
+        let topology = &self.router.topology;
         let epoch = match self.parts.get_mut(&tp) {
             // Being revoked: not begun, so the next owner reads it.
             Some(p) if p.revoking => return,
@@ -996,6 +1032,9 @@ impl State {
     /// no trip through the loop. A job that has to wait is moved into its own task, which polls it
     /// again at once, so nothing registered with the throw-away waker is lost.
     fn start(&mut self, job: Job) {
+        let Some(job) = self.waiting_main_job(job) else {
+            return;
+        };
         let (tp, offset) = (job.tp, job.message.offset);
         if let Some(p) = self.parts.get_mut(&tp) {
             p.running.push(offset);
@@ -1037,6 +1076,8 @@ impl State {
     }
 
     fn on_completion(&mut self, done: Completion) {
+        // First: the next job of this key (started below) decides on the key's new state.
+        self.waiting_completed(&done);
         if let Some(next) = self.admission.completed(&done) {
             if self.draining || !Self::is_current(&self.parts, &next) {
                 // Not started: handed back, its offset stays uncommitted.
@@ -1058,6 +1099,10 @@ impl State {
         };
         if let Some(i) = p.running.iter().position(|o| *o == done.offset) {
             p.running.swap_remove(i);
+        }
+        if done.follower.is_some() {
+            // A follower's main offset was finished when it was written to the waiting log.
+            return;
         }
         match done.finish {
             Finish::Done => {}
@@ -1226,6 +1271,26 @@ impl DueTimer {
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
+/// The next start of a waiting partition (`--ordering key`); never, without one.
+async fn recv_started(
+    waiting: Option<&mut waiting::Waiting>,
+) -> Option<(i32, u64, Result<(i64, i64), String>)> {
+    match waiting {
+        Some(w) => w.started_rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next record of the waiting log (`--ordering key`); never, without one.
+async fn recv_waiting(
+    consumer: Option<&StreamConsumer>,
+) -> Result<BorrowedMessage<'_>, KafkaError> {
+    match consumer {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

@@ -41,6 +41,11 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
     pub headers: Vec<Header>,
+    /// The partition, when the record must go to one (the waiting log of `--ordering key`);
+    /// `None`: the producer's partitioner chooses (by key).
+    pub partition: Option<i32>,
+    /// The record's timestamp (ms since the epoch); `None`: the time of producing.
+    pub timestamp: Option<i64>,
 }
 
 /// Shared by every in-flight message; cheap to clone.
@@ -60,6 +65,12 @@ fn future_record<'a>(record: &Record<'a>) -> FutureRecord<'a, [u8], [u8]> {
     }
     if let Some(p) = record.payload {
         fr = fr.payload(p);
+    }
+    if let Some(p) = record.partition {
+        fr = fr.partition(p);
+    }
+    if let Some(t) = record.timestamp {
+        fr = fr.timestamp(t);
     }
     fr
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::Signal;
 use crate::handler::{self, Handler, Message, Outcome};
 use crate::headers::{self, RetryState};
+use crate::keyorder;
 use crate::metrics::Metrics;
 use crate::produce::{self, ProduceError, Producer, Record};
 use crate::topology::{DlqReason, Route, Stage, Topology, Unfit};
@@ -37,6 +38,33 @@ pub enum Intake {
     /// From a delay tier, with a routing header that cannot be read or a due time beyond
     /// `--max-delay`: dead-lettered as `invalid` without a handler call.
     Invalid(Unfit),
+    /// `--ordering key`: from the main topic while its key is in the retry path: appended to
+    /// the waiting log as a follower, not handled ([`crate::keyorder`]).
+    Follow,
+    /// `--ordering key`: a follower read back from the waiting log at `log_offset`, its key's
+    /// turn now: a first try, like [`Intake::Fresh`].
+    Follower { log_offset: i64 },
+}
+
+/// What a job of `--ordering key` changed about its key; the poll loop applies it to the
+/// partition's [`crate::keyorder::Chains`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyNote {
+    /// The message is in the waiting log at `log_offset`.
+    Followed { log_offset: i64 },
+    /// The `follow` record was not written (the job was stopped).
+    FollowAbandoned,
+    /// The message at main offset `blocker` (the follower at waiting-log offset `follower`)
+    /// went to a tier; its `blocked` record is at `log_offset`.
+    Blocked {
+        blocker: i64,
+        follower: Option<i64>,
+        log_offset: i64,
+    },
+    /// The follower at `follower` was handled or dead-lettered.
+    Passed { follower: i64 },
+    /// The follower at `follower` was not finished (stopped): it is read again.
+    FollowerAbandoned { follower: i64 },
 }
 
 /// One message and what to do with it.
@@ -88,6 +116,11 @@ pub struct Completion {
     pub finish: Finish,
     /// What the handler said, for the circuit breaker (`None` when it was not called).
     pub signal: Option<Signal>,
+    /// `--ordering key`: what the job changed about its key.
+    pub note: Option<KeyNote>,
+    /// `--ordering key`: the job was the follower at this waiting-log offset (its `offset` is
+    /// its main offset, finished long ago: nothing to commit).
+    pub follower: Option<i64>,
 }
 
 /// What every job shares.
@@ -124,14 +157,27 @@ impl Router {
             message,
             intake,
         } = job;
+        let follower = match intake {
+            Intake::Follower { log_offset } => Some(log_offset),
+            _ => None,
+        };
+        let parking = matches!(intake, Intake::Follow);
         let run = AssertUnwindSafe(self.process_message(tp, &message, intake)).catch_unwind();
-        let (finish, signal) = match run.await {
+        let (finish, signal, note) = match run.await {
             Ok(done) => done,
             Err(_) => {
                 tracing::error!(partition = tp.partition, offset = message.offset,
                     "internal error while routing; the message is handed back and its partition stops committing until restart");
-                (Finish::HandedBack, None)
+                (Finish::HandedBack, None, None)
             }
+        };
+        // A job that did not finish leaves its key as it was.
+        let note = match (&finish, note) {
+            (Finish::HandedBack, _) | (_, None) if parking => Some(KeyNote::FollowAbandoned),
+            (Finish::HandedBack, _) | (_, None) if follower.is_some() => {
+                follower.map(|follower| KeyNote::FollowerAbandoned { follower })
+            }
+            (_, note) => note,
         };
         Completion {
             tp,
@@ -140,6 +186,85 @@ impl Router {
             key: message.key,
             finish,
             signal,
+            note,
+            follower,
+        }
+    }
+
+    /// `--ordering key`: the waiting-log partition of main partition `partition`, and whether
+    /// `message` takes part (it has a key).
+    fn waiting_log(&self, message: &Message) -> Option<&str> {
+        self.topology
+            .waiting
+            .as_deref()
+            .filter(|_| message.key.is_some())
+    }
+
+    /// Appends `entry` for `message`'s key to waiting-log partition `partition` and waits for
+    /// the broker; `with_message`: the record carries the message (a follower). Returns the
+    /// record's offset, or `None` when the service stopped first.
+    async fn append_waiting(
+        &self,
+        partition: i32,
+        message: &Message,
+        entry: keyorder::Entry,
+        with_message: bool,
+    ) -> Option<i64> {
+        let topic = self.topology.waiting.as_deref()?;
+        let set: Vec<(&'static str, String)> = entry.headers();
+        let (payload, headers, timestamp) = if with_message {
+            (
+                message.payload.as_deref(),
+                headers::rewrite(&message.headers, &set),
+                message.timestamp,
+            )
+        } else {
+            (None, headers::rewrite(&[], &set), None)
+        };
+        let record = Record {
+            topic,
+            key: message.key.as_deref(),
+            payload,
+            headers,
+            partition: Some(partition),
+            timestamp,
+        };
+        loop {
+            match self.producer.send_acked(&record, &self.abandon).await {
+                Ok((_, offset)) => return Some(offset),
+                Err(ProduceError::Cancelled) => return None,
+                // Refused for good (too large, an ACL): the order cannot be kept without it, and
+                // going on would lose it. Loud, slow retries until someone fixes the topic.
+                Err(e) => {
+                    tracing::error!(topic, partition, offset = message.offset, kind = entry.kind(), error = %e,
+                        "the waiting log refuses this record; the key cannot advance until it is accepted (retrying in 30s)");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                        _ = self.abandon.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A tier copy of a blocker ended in the DLQ or was handled: appends `done` for it, so
+    /// that its key's followers go on. Returns `HandedBack` when the service stopped first.
+    async fn end_blocker(&self, message: &Message, finish: Finish) -> Finish {
+        if finish != Finish::Done || self.topology.waiting.is_none() {
+            return finish;
+        }
+        let Some((partition, blocker)) = headers::last(&message.headers, keyorder::ORDERING)
+            .and_then(|h| h.value.as_deref())
+            .and_then(keyorder::parse_ordering)
+        else {
+            return finish;
+        };
+        match self
+            .append_waiting(partition, message, keyorder::Entry::Done { blocker }, false)
+            .await
+        {
+            Some(_) => finish,
+            None => Finish::HandedBack,
         }
     }
 
@@ -148,10 +273,35 @@ impl Router {
         tp: Tp,
         message: &Message,
         intake: Intake,
-    ) -> (Finish, Option<Signal>) {
+    ) -> (Finish, Option<Signal>, Option<KeyNote>) {
         let label = self.topology.label(tp.stage);
+        let mut follower = None;
         let (prior, first_failed_at) = match &intake {
             Intake::Fresh => (0, None),
+            Intake::Follower { log_offset } => {
+                follower = Some(*log_offset);
+                (0, None)
+            }
+            Intake::Follow => {
+                let entry = keyorder::Entry::Follow {
+                    main_offset: message.offset,
+                };
+                return match self
+                    .append_waiting(tp.partition, message, entry, true)
+                    .await
+                {
+                    Some(log_offset) => {
+                        tracing::debug!(
+                            partition = tp.partition,
+                            offset = message.offset,
+                            log_offset,
+                            "its key is in the retry path: waiting behind it"
+                        );
+                        (Finish::Done, None, Some(KeyNote::Followed { log_offset }))
+                    }
+                    None => (Finish::HandedBack, None, None),
+                };
+            }
             Intake::Retry(state) => {
                 let late = Utc::now().signed_duration_since(state.process_after);
                 self.series(tp)
@@ -179,10 +329,10 @@ impl Router {
                         (headers::DLQ_REASON, DlqReason::Invalid.as_str().into()),
                     ],
                 );
-                let finish = self
+                let (finish, _) = self
                     .deliver(tp, message, None, Some(DlqReason::Invalid), headers)
                     .await;
-                return (finish, None);
+                return (self.end_blocker(message, finish).await, None, None);
             }
         };
 
@@ -198,7 +348,7 @@ impl Router {
         let outcome = tokio::select! {
             biased;
             outcome = handler::call_since(&self.handler, message, self.handler_timeout, started) => outcome,
-            _ = self.abandon.cancelled() => return (Finish::HandedBack, None),
+            _ = self.abandon.cancelled() => return (Finish::HandedBack, None, None),
         };
         let series = self.series(tp);
         series
@@ -227,7 +377,8 @@ impl Router {
         let route = self
             .topology
             .route(&outcome, prior, first_failed_at, now, unit);
-        let finish = match route {
+        let passed = follower.map(|follower| KeyNote::Passed { follower });
+        let (finish, note) = match route {
             Route::Done => {
                 tracing::debug!(
                     tier = label,
@@ -235,10 +386,10 @@ impl Router {
                     offset = message.offset,
                     "handled"
                 );
-                Finish::Done
+                (self.end_blocker(message, Finish::Done).await, passed)
             }
             Route::Retry { tier, due, attempt } => {
-                let headers = failure_headers(
+                let mut headers = failure_headers(
                     &self.topology,
                     tp,
                     message,
@@ -260,7 +411,41 @@ impl Router {
                 }
                 tracing::debug!(tier = label, partition = tp.partition, offset = message.offset, attempt,
                     to = %self.topology.tiers[tier].label, due = %headers::format_time(due), "retrying later");
-                self.deliver(tp, message, Some(tier), None, headers).await
+                // --ordering key: a first try that fails blocks its key, and the `blocked`
+                // record is in the waiting log before the copy can be handled (and ended).
+                let mut note = None;
+                if tp.stage == Stage::Main && self.waiting_log(message).is_some() {
+                    let entry = keyorder::Entry::Blocked {
+                        blocker: message.offset,
+                        follower,
+                    };
+                    let Some(log_offset) = self
+                        .append_waiting(tp.partition, message, entry, false)
+                        .await
+                    else {
+                        return (Finish::HandedBack, Some(signal), None);
+                    };
+                    headers = headers::rewrite(
+                        &headers,
+                        &[(
+                            keyorder::ORDERING,
+                            keyorder::ordering_value(tp.partition, message.offset),
+                        )],
+                    );
+                    note = Some(KeyNote::Blocked {
+                        blocker: message.offset,
+                        follower,
+                        log_offset,
+                    });
+                }
+                let (finish, to_dlq) = self.deliver(tp, message, Some(tier), None, headers).await;
+                // Refused by the tier and dead-lettered instead: the blocker has ended.
+                let finish = if to_dlq {
+                    self.end_blocker_copy(tp, message, finish).await
+                } else {
+                    finish
+                };
+                (finish, note)
             }
             Route::Dead { reason, attempt } => {
                 let headers = failure_headers(
@@ -284,10 +469,30 @@ impl Router {
                     class = failure.map(|f| f.class.as_str()).unwrap_or(""),
                     "dead-lettering"
                 );
-                self.deliver(tp, message, None, Some(reason), headers).await
+                let (finish, _) = self.deliver(tp, message, None, Some(reason), headers).await;
+                (self.end_blocker(message, finish).await, passed)
             }
         };
-        (finish, Some(signal))
+        (finish, Some(signal), note)
+    }
+
+    /// A blocker that was just made (from the main topic, or a follower) whose tier copy was
+    /// refused and dead-lettered instead: appends its `done` at once.
+    async fn end_blocker_copy(&self, tp: Tp, message: &Message, finish: Finish) -> Finish {
+        if finish != Finish::Done || tp.stage != Stage::Main || self.waiting_log(message).is_none()
+        {
+            return self.end_blocker(message, finish).await;
+        }
+        let entry = keyorder::Entry::Done {
+            blocker: message.offset,
+        };
+        match self
+            .append_waiting(tp.partition, message, entry, false)
+            .await
+        {
+            Some(_) => finish,
+            None => Finish::HandedBack,
+        }
     }
 
     /// Produces the copy to a tier (`tier`) or the DLQ (`reason`) and waits for the broker.
@@ -298,9 +503,13 @@ impl Router {
         message: &Message,
         tier: Option<usize>,
         reason: Option<DlqReason>,
-        headers: Vec<headers::Header>,
-    ) -> Finish {
+        mut headers: Vec<headers::Header>,
+    ) -> (Finish, bool) {
         let from = self.topology.label(tp.stage);
+        if reason.is_some() {
+            // A dead letter blocks nothing: replayed, it is a new message.
+            headers.retain(|h| h.name != keyorder::ORDERING.as_bytes());
+        }
         let (topic, to) = match tier {
             Some(i) => (
                 self.topology.tiers[i].topic.as_str(),
@@ -311,21 +520,26 @@ impl Router {
         if self.exactly_once {
             // Only the loop produces in this mode, inside the transaction that also commits
             // this message's offset: a copy is never committed without its offset.
-            return Finish::Held(Box::new(HeldCopy {
-                topic: topic.to_string(),
-                key: message.key.clone(),
-                payload: message.payload.clone(),
-                headers,
-                from: from.to_string(),
-                to: to.to_string(),
-                reason,
-            }));
+            return (
+                Finish::Held(Box::new(HeldCopy {
+                    topic: topic.to_string(),
+                    key: message.key.clone(),
+                    payload: message.payload.clone(),
+                    headers,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    reason,
+                })),
+                false,
+            );
         }
         let record = Record {
             topic,
             key: message.key.as_deref(),
             payload: message.payload.as_deref(),
             headers,
+            partition: None,
+            timestamp: None,
         };
         match self.producer.send_acked(&record, &self.abandon).await {
             Ok(_) => {
@@ -333,14 +547,16 @@ impl Router {
                 if let Some(reason) = reason {
                     self.metrics.dlq.with_label_values(&[reason.as_str()]).inc();
                 }
-                Finish::Done
+                (Finish::Done, false)
             }
-            Err(ProduceError::Cancelled) => Finish::HandedBack,
+            Err(ProduceError::Cancelled) => (Finish::HandedBack, false),
             Err(rejected @ ProduceError::Rejected { .. }) => {
                 tracing::error!(from, to, partition = tp.partition, offset = message.offset, error = %rejected,
                     "copy rejected by the broker; dead-lettering with the reason");
-                self.deliver_rejected(tp, message, record.headers, &rejected)
-                    .await
+                let mut headers = record.headers;
+                headers.retain(|h| h.name != keyorder::ORDERING.as_bytes());
+                let finish = self.deliver_rejected(tp, message, headers, &rejected).await;
+                (finish, true)
             }
         }
     }
@@ -380,6 +596,8 @@ impl Router {
             key: message.key.as_deref(),
             payload: message.payload.as_deref(),
             headers: slim,
+            partition: None,
+            timestamp: None,
         };
         let mut omitted = false;
         loop {

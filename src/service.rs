@@ -222,7 +222,7 @@ impl Service {
                 signals: Default::default(),
                 exactly_once: membership.exactly_once,
             });
-            match Pipeline::new(consumer, events_rx, router, limits)
+            match Pipeline::new(consumer, events_rx, router, limits, cluster)?
                 .run(stop.clone())
                 .await
             {

@@ -68,6 +68,8 @@ pub enum Role {
     /// Index into [`Topology::tiers`].
     Tier(usize),
     Dlq,
+    /// The waiting log of `--ordering key`.
+    Waiting,
 }
 
 /// What the cluster says about an existing topic.
@@ -185,6 +187,9 @@ pub fn topic_hazards(
     }
     let what = match role {
         Role::Dlq => "dead letters with the same key overwrite each other",
+        Role::Waiting => {
+            "messages waiting behind the same key overwrite each other and the key's state is lost"
+        }
         _ => "retries of messages with the same key overwrite each other: lost retries",
     };
     if let Some(policy) = &seen.cleanup_policy {
@@ -231,15 +236,20 @@ pub fn topic_hazards(
                 }
             }
         }
-        Role::Dlq => {
+        Role::Dlq | Role::Waiting => {
             if let Some(r) = retention.filter(|r| *r < ms(DLQ_MIN_RETENTION)) {
                 let target = dlq_retention_target(None);
                 out.push(hazard(
                     Severity::Risk,
                     format!(
-                        "retention.ms={r} ({}) is shorter than {}: dead letters are deleted before anyone looks at them",
+                        "retention.ms={r} ({}) is shorter than {}: {}",
                         show_ms(r),
-                        duration::format(DLQ_MIN_RETENTION)
+                        duration::format(DLQ_MIN_RETENTION),
+                        if role == Role::Dlq {
+                            "dead letters are deleted before anyone looks at them"
+                        } else {
+                            "messages waiting behind a key that stays in retry that long are deleted"
+                        }
                     ),
                     format!(
                         "`rebound topics apply` raises it to at least {}, or: {}",
@@ -250,6 +260,17 @@ pub fn topic_hazards(
             }
         }
         Role::Main => {}
+    }
+    if let Some(m) = main_partitions.filter(|m| role == Role::Waiting && seen.partitions < *m) {
+        out.push(hazard(
+            Severity::Loss,
+            format!(
+                "{} partitions, the main topic has {m}: --ordering key keeps main partition p's waiting messages in partition p",
+                seen.partitions
+            ),
+            format!("kafka-topics.sh --bootstrap-server {brokers} --alter --topic {topic} --partitions {m}"),
+        ));
+        return out;
     }
     if let Some(m) = main_partitions.filter(|m| *m != seen.partitions) {
         let less = seen.partitions < m;
@@ -355,6 +376,9 @@ pub fn decide(
             .map(|(i, t)| (t.label.clone(), Role::Tier(i), t.topic.as_str())),
     );
     roles.push(("dlq".into(), Role::Dlq, topology.dlq.as_str()));
+    if let Some(w) = topology.waiting.as_deref() {
+        roles.push(("waiting".into(), Role::Waiting, w));
+    }
     let (mut rows, mut hazards, mut after_apply) = (Vec::new(), Vec::new(), Vec::new());
     // Topics apply creates get the main topic's partition count, so they have no note.
     let main_after = main_partitions.or(cfg.create_main.then_some(new_partitions as usize));
@@ -365,7 +389,7 @@ pub fn decide(
                 topology.tiers[i].delay,
                 broker_default_ms,
             )),
-            Role::Dlq => Some(dlq_retention_target(broker_default_ms)),
+            Role::Dlq | Role::Waiting => Some(dlq_retention_target(broker_default_ms)),
         };
         let (state, raise_retention) = match observed.get(topic) {
             Some(seen) => {
@@ -406,9 +430,15 @@ pub fn decide(
                     settings.push(("cleanup.policy".to_string(), "delete".to_string()));
                     settings.push(("retention.ms".to_string(), t.to_string()));
                 }
+                // The waiting log has exactly the main topic's partitions (partition p waits
+                // for main partition p), whatever --partitions says.
+                let partitions = match (role, main_after) {
+                    (Role::Waiting, Some(m)) => m as i32,
+                    _ => new_partitions,
+                };
                 (
                     TopicState::WillCreate {
-                        partitions: new_partitions,
+                        partitions,
                         settings,
                     },
                     None,
@@ -437,7 +467,7 @@ pub fn decide(
 fn needs_raise(role: Role, topology: &Topology, r: i64) -> bool {
     match role {
         Role::Tier(i) => r < tier_retention_target(topology.tiers[i].delay, None),
-        Role::Dlq => r < ms(DLQ_MIN_RETENTION),
+        Role::Dlq | Role::Waiting => r < ms(DLQ_MIN_RETENTION),
         Role::Main => false,
     }
 }

@@ -199,6 +199,10 @@ pub struct Topology {
     /// `invalid` (class `process_after_too_far`) instead of pausing its partition.
     /// Default: [`default_max_delay`].
     pub max_delay: Duration,
+    /// `--ordering key`: the waiting log, `<main>.waiting` (one partition per main partition),
+    /// where later messages of a key wait while an earlier one is in the retry path
+    /// (ARCHITECTURE.md, "Key-ordered retries"). `None`: `--ordering none`.
+    pub waiting: Option<String>,
 }
 
 impl Topology {
@@ -212,7 +216,13 @@ impl Topology {
             max_age: None,
             jitter: 0.0,
             max_delay: default_max_delay(delays),
+            waiting: None,
         }
+    }
+
+    /// The waiting log's name for main topic `main`: `<main>.waiting`.
+    pub fn waiting_topic(main: &str) -> String {
+        format!("{main}.waiting")
     }
 
     /// Reads the routing headers of a message from a delay tier, read at `now`, and decides
@@ -242,6 +252,7 @@ impl Topology {
         let mut v = vec![self.main.as_str()];
         v.extend(self.tiers.iter().map(|t| t.topic.as_str()));
         v.push(self.dlq.as_str());
+        v.extend(self.waiting.as_deref());
         v
     }
 

@@ -25,7 +25,9 @@ impl TopicsConfig {
     /// Resolves `topics plan|apply`'s flags.
     pub fn resolve(args: &TopicsArgs) -> Result<TopicsConfig, ConfigError> {
         let file = load_file(&args.connect)?;
-        let topology = TopologyArgs::of(&args.connect, &args.names).with_tiers(&args.tiers);
+        let topology = TopologyArgs::of(&args.connect, &args.names)
+            .with_tiers(&args.tiers)
+            .with_ordering(&args.ordering);
         let cluster = cluster_from(&topology, &file)?;
         let partitions = match args.partitions.as_deref() {
             Some(s) => Some(parse_num::<i32>("--partitions", s)?),

@@ -169,6 +169,26 @@ pub(crate) fn cluster_from(
             ),
         ));
     }
+    match args
+        .ordering
+        .ordering
+        .as_deref()
+        .or(file.ordering.as_deref())
+        .map(str::trim)
+    {
+        None | Some("none") => {}
+        Some("key") => {
+            let waiting = Topology::waiting_topic(&topology.main);
+            topic_name("--ordering", &waiting)?;
+            topology.waiting = Some(waiting);
+        }
+        Some(other) => {
+            return Err(bad(
+                "--ordering",
+                format!("{other:?} is not an ordering; use none (the default) or key"),
+            ))
+        }
+    }
     let kafka = KafkaProps::parse(file.kafka_properties(), &args.connect.kafka)
         .map_err(|e| bad("-X", e.to_string()))?;
     Ok(ClusterConfig {

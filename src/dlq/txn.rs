@@ -187,6 +187,8 @@ impl Batch {
                 key: h.key.as_deref(),
                 payload: h.payload.as_deref(),
                 headers: h.headers.clone(),
+                partition: None,
+                timestamp: None,
             };
             p.enqueue(&copy)
                 .map_err(|e| Failed::Abortable(format!("{} refused the copy: {e}", h.topic)))?;
@@ -195,6 +197,8 @@ impl Batch {
                 key: Some(h.ledger_key.as_bytes()),
                 payload: Some(h.ledger_value.as_bytes()),
                 headers: Vec::new(),
+                partition: None,
+                timestamp: None,
             };
             p.enqueue(&record).map_err(|e| {
                 Failed::Abortable(format!("{} refused the record: {e}", self.ledger_topic))

@@ -239,6 +239,8 @@ fn enqueue(producer: &produce::Producer, copy: &HeldCopy) -> Result<(), KafkaErr
         key: copy.key.as_deref(),
         payload: copy.payload.as_deref(),
         headers: copy.headers.clone(),
+        partition: None,
+        timestamp: None,
     };
     match producer.enqueue(&record) {
         Err(e) if e.rdkafka_error_code().is_some_and(produce::is_too_large) => {
@@ -255,6 +257,8 @@ fn enqueue(producer: &produce::Producer, copy: &HeldCopy) -> Result<(), KafkaErr
                 key: copy.key.as_deref().filter(|k| k.len() <= 4096),
                 payload: None,
                 headers: headers::rewrite(&copy.headers, &[(headers::ERROR_MESSAGE, text)]),
+                partition: None,
+                timestamp: None,
             };
             producer.enqueue(&slim)
         }

@@ -25,6 +25,7 @@ mod dlq;
 mod docs;
 mod exactly_once;
 mod http_handler;
+mod key_order;
 mod observability;
 mod readahead;
 mod rebalance;
