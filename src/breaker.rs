@@ -70,9 +70,11 @@
 //! average), while a breaker that opens there stalls the topic for a cool-down at a time; the
 //! chance that 40 of 50 calls fail when each fails with probability 1/2 is 1.2e-5.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashSet;
 
 /// How long a half-open breaker waits for a first attempt (a main-topic message) before it lets
 /// a due retry be a probe. Fetching resumes when it half-opens, and the first fetch of the main
@@ -557,9 +559,10 @@ impl Breaker {
 pub struct SlowCalls<K> {
     limit: Option<Duration>,
     order: VecDeque<(Instant, K)>,
-    running: HashSet<K>,
+    /// Fx hashing: touched per call, keys are the pipeline's own (partition, offset).
+    running: FxHashSet<K>,
     /// Judged slow; their result is still to come (or they are handed back).
-    judged: HashSet<K>,
+    judged: FxHashSet<K>,
     /// When the handler last answered a call.
     last_answer: Option<Instant>,
 }
@@ -570,8 +573,8 @@ impl<K: Hash + Eq + Copy> SlowCalls<K> {
         SlowCalls {
             limit,
             order: VecDeque::new(),
-            running: HashSet::new(),
-            judged: HashSet::new(),
+            running: FxHashSet::default(),
+            judged: FxHashSet::default(),
             last_answer: None,
         }
     }
@@ -590,6 +593,12 @@ impl<K: Hash + Eq + Copy> SlowCalls<K> {
             return false;
         }
         self.last_answer = Some(now);
+        if self.running.is_empty() && self.judged.is_empty() {
+            // The common case: the call finished in its first poll and was never watched.
+            // Nothing runs, so whatever `order` still holds has ended.
+            self.order.clear();
+            return false;
+        }
         if self.judged.remove(&key) {
             return true;
         }
@@ -602,6 +611,10 @@ impl<K: Hash + Eq + Copy> SlowCalls<K> {
     /// slow (and so counted).
     pub fn ended(&mut self, key: K) -> bool {
         if self.limit.is_none() {
+            return false;
+        }
+        if self.running.is_empty() && self.judged.is_empty() {
+            self.order.clear();
             return false;
         }
         self.running.remove(&key);
@@ -895,6 +908,23 @@ mod tests {
         let mut off = SlowCalls::new(None);
         off.started(1, t0);
         assert_eq!((off.slow(t0 + ms(10_000)), off.wakes_at()), (vec![], None));
+    }
+
+    #[test]
+    fn an_answer_with_nothing_running_leaves_nothing_to_wake_for() {
+        let t0 = Instant::now();
+        let mut w = SlowCalls::new(Some(ms(100)));
+        w.started(1, t0);
+        w.started(2, t0 + ms(50));
+        assert!(!w.answered(2, t0 + ms(60)));
+        assert_eq!(w.slow(t0 + ms(100)), vec![1]);
+        // Judged slow, then answered: nothing runs, but 2 is still queued behind it.
+        assert!(w.answered(1, t0 + ms(120)));
+        // A call never watched (it finished in its first poll) answers.
+        assert!(!w.answered(3, t0 + ms(130)));
+        assert_eq!(w.wakes_at(), None, "no call is running");
+        assert!(!w.ended(4));
+        assert_eq!(w.wakes_at(), None);
     }
 
     #[test]

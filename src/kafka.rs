@@ -55,6 +55,9 @@ fn apply_user(c: &mut ClientConfig, cluster: &ClusterConfig, role: Role) {
 pub const DEFAULT_FETCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// The consumer's `fetch.wait.max.ms` unless the user sets it (librdkafka's default is 500).
 pub const DEFAULT_FETCH_WAIT_MAX_MS: u64 = 20;
+/// The consumer's `fetch.queue.backoff.ms` unless the user sets it (librdkafka's default is
+/// 1000).
+pub const DEFAULT_FETCH_QUEUE_BACKOFF_MS: u64 = 20;
 
 /// The consumer of the whole topology. Offsets are stored by rebound only when work is done and
 /// committed by rebound on an interval, on revoke and on shutdown.
@@ -74,7 +77,18 @@ pub fn consumer_config(cluster: &ClusterConfig) -> ClientConfig {
         // fetch is sent, so what sits behind its head is late by up to this wait: with
         // librdkafka's 500 ms, retries were handled 264 ms late at the median (BENCHMARKS.md).
         // 20 ms costs an idle consumer 50 small requests per second and broker.
-        .set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MAX_MS.to_string());
+        .set("fetch.wait.max.ms", DEFAULT_FETCH_WAIT_MAX_MS.to_string())
+        // When the messages librdkafka has fetched and the loop has not taken yet pass
+        // queued.min.messages (100 000) or queued.max.messages.kbytes (64 MiB), librdkafka
+        // postpones the next fetch by fetch.queue.backoff.ms. With its 1 s default, a loop
+        // catching up on a backlog drained that queue in a fraction of it and then waited out
+        // the rest for nothing: pass-through ran at 0.15x of a plain loop at bench scale 0.2,
+        // stalled 0.8 s per run (BENCHMARKS.md). The queue bounds (memory) are unchanged; the
+        // cost is a re-check every 20 ms while the queue is full, with no request sent.
+        .set(
+            "fetch.queue.backoff.ms",
+            DEFAULT_FETCH_QUEUE_BACKOFF_MS.to_string(),
+        );
     apply_user(&mut c, cluster, Role::Consumer);
     // librdkafka refuses a fetch.max.bytes below message.max.bytes: a user who raised the
     // latter for large records gets a fetch size to match, unless they chose one.
@@ -137,8 +151,9 @@ pub enum Role {
 
 /// Well-known properties that only one kind of client understands. The other client is not
 /// given them, so that librdkafka does not warn about `-X fetch.wait.max.ms` on the producer.
-const CONSUMER_ONLY: [&str; 6] = [
+const CONSUMER_ONLY: [&str; 7] = [
     "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
     "fetch.min.bytes",
     "fetch.max.bytes",
     "max.partition.fetch.bytes",
@@ -589,22 +604,20 @@ mod tests {
 
     #[test]
     fn fetch_defaults_are_rebounds_own_and_the_user_can_override_them() {
-        let fetch = |props: &[(&str, &str)]| {
+        let get = |key: &str, props: &[(&str, &str)]| {
             consumer_config(&cluster(props))
-                .get("fetch.max.bytes")
+                .get(key)
                 .map(str::to_string)
         };
+        let fetch = |props: &[(&str, &str)]| get("fetch.max.bytes", props);
         assert_eq!(fetch(&[]).as_deref(), Some("4194304"));
-        let wait = |props: &[(&str, &str)]| {
-            consumer_config(&cluster(props))
-                .get("fetch.wait.max.ms")
-                .map(str::to_string)
-        };
-        assert_eq!(wait(&[]).as_deref(), Some("20"));
-        assert_eq!(
-            wait(&[("fetch.wait.max.ms", "500")]).as_deref(),
-            Some("500")
-        );
+        for (key, ours, theirs) in [
+            ("fetch.wait.max.ms", "20", "500"),
+            ("fetch.queue.backoff.ms", "20", "1000"),
+        ] {
+            assert_eq!(get(key, &[]).as_deref(), Some(ours), "{key}");
+            assert_eq!(get(key, &[(key, theirs)]).as_deref(), Some(theirs), "{key}");
+        }
         assert_eq!(
             fetch(&[("message.max.bytes", "8000000")]).as_deref(),
             Some("8000000")

@@ -22,7 +22,7 @@
 //!   running are ignored (their epoch is gone), so nothing from an old assignment is committed
 //!   or resumed in a new one. Other partitions are not touched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -37,6 +37,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -136,8 +137,9 @@ struct State {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     limits: Limits,
-    /// Per assigned partition; absent = not ours.
-    parts: HashMap<Tp, Partition>,
+    /// Per assigned partition; absent = not ours. Fx hashing: looked up several times per
+    /// message, keyed by the loop's own `Tp`.
+    parts: FxHashMap<Tp, Partition>,
     next_epoch: u64,
     delays: DelayQueue<Tp, Job>,
     /// Per tier: the buffered-messages and buffered-bytes gauges.
@@ -178,6 +180,15 @@ const TIME_EVERY: u64 = 16;
 
 /// Messages taken from the consumer in one loop turn when they are already there.
 const RECV_BATCH: usize = 256;
+
+/// Within a receive batch, jobs that finished in their inline poll are accounted for (their
+/// handler results given to the breaker, their offsets finished, their keys freed) once this
+/// many have gathered, and at the end of the batch: one lock of the router's results, one clock
+/// reading and one offset store per partition for the lot, instead of one per message. The
+/// breaker already decides with up to `--max-in-flight` results unknown (jobs in flight), and
+/// treats unknown results as possible failures; this adds at most as many (the default
+/// `--max-in-flight`). The stores before each further receive cover what was accounted for.
+const SETTLE_EVERY: usize = 32;
 
 /// The consumer and its loop.
 pub struct Pipeline {
@@ -222,7 +233,7 @@ impl Pipeline {
                 router,
                 metrics,
                 limits,
-                parts: HashMap::new(),
+                parts: FxHashMap::default(),
                 next_epoch: 0,
                 delays: DelayQueue::new(limits.tier_buffer),
                 buffered_gauges,
@@ -338,12 +349,16 @@ impl Pipeline {
                         }
                         state.on_message(consumer, &m);
                         drop(m);
-                        state.settle(consumer);
                         // More are often there already: take them in this turn while there is
                         // room, storing finished offsets before each poll as the loop does.
+                        // Jobs that finished inline are accounted for every SETTLE_EVERY
+                        // messages (and whenever room runs out), not one by one.
                         for _ in 1..RECV_BATCH {
-                            if !state.has_room() {
-                                break;
+                            if state.finished.len() >= SETTLE_EVERY || !state.has_room() {
+                                state.settle(consumer);
+                                if !state.has_room() {
+                                    break;
+                                }
                             }
                             state.store_finished(consumer);
                             let Some(Ok(m)) = consumer.recv().now_or_never() else {
@@ -354,8 +369,8 @@ impl Pipeline {
                             }
                             state.on_message(consumer, &m);
                             drop(m);
-                            state.settle(consumer);
                         }
+                        state.settle(consumer);
                         // A head that came due meanwhile goes now, not a loop turn later.
                         if state.admission.breaker.admits_retries()
                             && state.delays.next_due().is_some_and(|d| d <= Utc::now())
@@ -503,7 +518,7 @@ impl State {
     }
 
     /// Whether `job` still belongs to its partition's assignment and may start.
-    fn is_current(parts: &HashMap<Tp, Partition>, job: &Job) -> bool {
+    fn is_current(parts: &FxHashMap<Tp, Partition>, job: &Job) -> bool {
         parts
             .get(&job.tp)
             .is_some_and(|p| p.epoch == job.epoch && !p.revoking)
@@ -718,11 +733,10 @@ impl State {
     }
 
     fn on_message(&mut self, consumer: &StreamConsumer<TopologyContext>, m: &BorrowedMessage<'_>) {
-        let Some(stage) = self.router.topology.stage_of(m.topic()) else {
-            tracing::warn!(
-                topic = m.topic(),
-                "message from a topic outside the topology; ignored"
-            );
+        // Read once: rdkafka finds the name and checks its UTF-8 on each call.
+        let topic = m.topic();
+        let Some(stage) = self.router.topology.stage_of(topic) else {
+            tracing::warn!(topic, "message from a topic outside the topology; ignored");
             return;
         };
         let tp = Tp {
@@ -749,7 +763,7 @@ impl State {
             }
         };
         let mut message = Message {
-            topic: m.topic().to_string(),
+            topic: topic.to_string(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
@@ -872,7 +886,7 @@ impl State {
     fn judge_signals(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         let changes = self
             .admission
-            .judge(&self.router.signals, std::time::Instant::now());
+            .judge(&self.router.signals, std::time::Instant::now);
         for new in changes {
             self.on_breaker_change(consumer, new);
         }
@@ -1025,28 +1039,31 @@ impl State {
         let Some(job) = self.waiting_main_job(job) else {
             return;
         };
-        if let Some(p) = self.parts.get_mut(&job.tp) {
-            p.running.push(job.message.offset);
+        let (tp, offset) = (job.tp, job.message.offset);
+        if let Some(p) = self.parts.get_mut(&tp) {
+            p.running.push(offset);
         }
-        self.admission
-            .started(job.tp, job.message.offset, std::time::Instant::now());
+        // When the call began, for the slow-call watch (and the inline poll's timing).
+        let began = std::time::Instant::now();
         let mut job = Box::pin(self.router.clone().process(job));
         self.started += 1;
         if self.spawn_only > 0 {
             self.spawn_only -= 1;
         } else {
-            let began = (self.started % TIME_EVERY == 0).then(std::time::Instant::now);
             let polled = job
                 .as_mut()
                 .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
-            if began.is_some_and(|b| b.elapsed() > SLOW_INLINE_POLL) {
+            if self.started % TIME_EVERY == 0 && began.elapsed() > SLOW_INLINE_POLL {
                 self.spawn_only = SPAWN_ONLY_AFTER_SLOW_POLL;
             }
             if let Poll::Ready(done) = polled {
+                // Over before anything could watch it: nothing for the slow-call watch.
                 self.finished.push(done);
                 return;
             }
         }
+        // Still running: the slow-call watch follows it from when it began.
+        self.admission.started(tp, offset, began);
         self.jobs.spawn(job);
     }
 

@@ -5,7 +5,7 @@
 //! stopped before that reports [`Finish::HandedBack`] and its offset stays uncommitted.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -340,13 +340,14 @@ impl Router {
             message.attempt, prior,
             "the poll loop sets the attempt it read"
         );
-        let started = Instant::now();
+        // One clock reading serves the handler timeout and the duration metric.
+        let started = tokio::time::Instant::now();
         // At the shutdown deadline a call still running is handed back, not waited for: its
         // offset stays uncommitted and the message is handled again after the restart. The
         // call is polled first, so one that answers at once never touches the cancellation.
         let outcome = tokio::select! {
             biased;
-            outcome = handler::call(&self.handler, message, self.handler_timeout) => outcome,
+            outcome = handler::call_since(&self.handler, message, self.handler_timeout, started) => outcome,
             _ = self.abandon.cancelled() => return (Finish::HandedBack, None, None),
         };
         let series = self.series(tp);

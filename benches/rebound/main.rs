@@ -9,15 +9,18 @@
 //! ```
 //!
 //! Environment: `REBOUND_BENCH_SCALE` (default 1: the counts of the issue), `REBOUND_BENCH_RUNS`
-//! (default 3; medians are reported), `REBOUND_BENCH_ONLY` (comma-separated scenario numbers;
-//! 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
+//! (default 3; medians are reported), `REBOUND_BENCH_ONLY` (comma-separated scenario numbers,
+//! default 1-5 and 7; 6 is reported with 1 and 2), `REBOUND_BENCH_BROKERS`, `REBOUND_BENCH_TRACE` (per-second
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
 //! `KEY=VALUE` librdkafka properties for rebound, not the baselines), `REBOUND_BENCH_EXACTLY_ONCE`
 //! (set: rebound runs with `--exactly-once`), `REBOUND_BENCH_BROKER_KIND`
 //! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
 //! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
 //! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates;
-//! scenario 8 (not in the default set) what `--ordering key` costs (`ordering.rs`).
+//! scenario 8 is rebound's lateness and peak RSS (as its own process) with 1 000 000 retries due
+//! over 5 minutes beside 100 000 over 60 s (about 10 minutes a run at full scale, so it runs only
+//! when `REBOUND_BENCH_ONLY` names it); scenario 9 (not in the default set either) what
+//! `--ordering key` costs (`ordering.rs`).
 //!
 //! `REBOUND_BENCH_ONLY=spring` runs the comparison with Spring Kafka's retry topics instead
 //! (`spring.rs`; its jar is built by `scripts/bench`).
@@ -138,9 +141,12 @@ async fn main() {
             5 => scenarios::slow_downstream(&ctx).await,
             6 => Vec::new(),
             7 => scenarios::precision_rates(&ctx).await,
-            8 => ordering::cost(&ctx).await,
+            8 => scenarios::precision_volume(&ctx).await,
+            9 => ordering::cost(&ctx).await,
             other => {
-                panic!("REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7, 8; 6 comes with 1 and 2)")
+                panic!(
+                    "REBOUND_BENCH_ONLY: no scenario {other} (1-5, 7, 8, 9; 6 comes with 1 and 2)"
+                )
             }
         };
         eprintln!("[scenario {s}] took {:.0} s", t.elapsed().as_secs_f64());

@@ -1,4 +1,4 @@
-//! Scenario 8 (issue 21): what `--ordering key` costs. One mix, both modes, alternating in the
+//! Scenario 9 (issue 21): what `--ordering key` costs. One mix, both modes, alternating in the
 //! same run: 500 keys, every tenth key "failing" (half of its messages fail their first try
 //! transiently: 5 % of all messages), tier 1 s. Measured: the time until every message of the
 //! keys that never fail was handled (they must not be slowed), and until every message was.
@@ -99,7 +99,7 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
 }
 
 pub async fn cost(ctx: &Ctx) -> Vec<Row> {
-    let name = "8 key-ordered retries";
+    let name = "9 key-ordered retries";
     let n = ctx.n(50_000, 2_000);
     let (mut key, mut none) = (Vec::new(), Vec::new());
     for run in 0..ctx.runs {

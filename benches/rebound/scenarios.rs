@@ -53,10 +53,14 @@ pub struct Row {
 }
 
 /// librdkafka settings of every client under test, rebound and baselines alike: a short fetch
-/// wait (rebound's default), and one record per produced batch where the broker is Tansu (its
-/// memory engine, see docs/broker-compat.md). On Apache Kafka every client batches normally.
+/// wait and a short fetch queue back-off (rebound's defaults), and one record per produced batch
+/// where the broker is Tansu (its memory engine, see docs/broker-compat.md). On Apache Kafka
+/// every client batches normally.
 fn client_props() -> Vec<(String, String)> {
-    let mut props = vec![("fetch.wait.max.ms".into(), "20".into())];
+    let mut props = vec![
+        ("fetch.wait.max.ms".into(), "20".into()),
+        ("fetch.queue.backoff.ms".into(), "20".into()),
+    ];
     if support::broker_is_tansu() {
         props.push(("linger.ms".into(), "0".into()));
         props.push(("batch.num.messages".into(), "1".into()));
@@ -488,7 +492,7 @@ impl Handler for Lateness {
     }
 }
 
-/// Who handles the due messages of scenarios 3 and 7.
+/// Who handles the due messages of scenarios 3, 7 and 8.
 #[derive(Clone, Copy, PartialEq)]
 enum Waiter {
     /// rebound with its defaults: bounded read-ahead on tier partitions.
@@ -502,9 +506,13 @@ enum Waiter {
     /// due pauses its partition and seeks back to it; the partition is resumed when the record
     /// is due, and the record is fetched again.
     PlainSeekBack,
+    /// rebound with its defaults as its own process (the rebound peer of the Spring comparison,
+    /// `spring::Peer`), so that its memory is measured apart from the bench's: scenario 8.
+    ReboundProcess,
 }
 
 impl Waiter {
+    /// The four ways of waiting of scenarios 3 and 7 (in-process, side by side).
     const ALL: [Waiter; 4] = [
         Waiter::Rebound,
         Waiter::ReboundHoldHead,
@@ -518,32 +526,54 @@ impl Waiter {
             Waiter::ReboundHoldHead => "rebound, hold the head",
             Waiter::PlainHoldHead => "plain hold-the-head",
             Waiter::PlainSeekBack => "plain pause + seek back",
+            Waiter::ReboundProcess => "rebound (read-ahead), own process",
         }
     }
 }
 
-/// One run of scenario 3: seeds `n` messages due over `window` across 12 tier partitions and
-/// returns the lateness of each handling in ms (negative = early) and the broker's CPU use over
-/// the window (share of one core).
-async fn precision_run(
+/// What one precision run measured.
+struct PrecisionRun {
+    /// Lateness of each handling in ms (handler start − `process_after`; negative = early).
+    late: Vec<f64>,
+    /// The broker's CPU use while the retries were handled (share of one core).
+    broker_share: f64,
+    /// (VmRSS, VmHWM) of rebound's process in MiB, read just before it was stopped; only when
+    /// rebound ran as its own process ([`Waiter::ReboundProcess`]).
+    rss: Option<(f64, f64)>,
+}
+
+/// A waiter while it runs.
+enum Running {
+    /// rebound in the bench's process, or a plain loop (a task), with the recording handler.
+    InProcess {
+        rebound: Option<Embedded>,
+        plain: Option<tokio::task::JoinHandle<()>>,
+        handler: Arc<Lateness>,
+    },
+    /// rebound as its own process, reporting each call through its output file.
+    Process(crate::spring::Peer),
+}
+
+impl Running {
+    fn calls(&self) -> u64 {
+        match self {
+            Running::InProcess { handler, .. } => handler.calls.load(Ordering::Relaxed),
+            Running::Process(peer) => peer.seen.calls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Starts `waiter` on the tier of `topology` and waits until it has its partitions (joining the
+/// group is not counted as lateness).
+async fn start_waiter(
     ctx: &Ctx,
     waiter: Waiter,
-    n: usize,
-    window: Duration,
-    run: usize,
-) -> (Vec<f64>, f64) {
-    let partitions = 12;
-    let name = "3 retry precision";
-    let side = waiter.name();
-    let main = support::unique("s3");
-    let topology = Topology::new(&main, &[Duration::from_secs(60)]);
+    topology: &Topology,
+    stop: &CancellationToken,
+) -> Running {
     let tier = topology.tiers[0].topic.clone();
-    support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
-    let handler = Arc::new(Lateness::default());
     let group = support::unique("s3-g");
-    let stop = CancellationToken::new();
-    let mut running = None;
-    let mut plain = None;
+    let handler = Arc::new(Lateness::default());
     match waiter {
         Waiter::Rebound | Waiter::ReboundHoldHead => {
             let mut config = rebound_config(ctx, topology.clone(), &group);
@@ -556,14 +586,18 @@ async fn precision_run(
                 ready(assigned.health.assigned.load(Ordering::Relaxed))
             })
             .await;
-            running = Some(r);
+            Running::InProcess {
+                rebound: Some(r),
+                plain: None,
+                handler,
+            }
         }
         Waiter::PlainHoldHead | Waiter::PlainSeekBack => {
             // The fetch size rebound's consumer uses by default.
             let consumer =
                 baseline_consumer_with(ctx, &group, &tier, &[("fetch.max.bytes", "4194304")]);
             let assigned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            plain = Some(if waiter == Waiter::PlainHoldHead {
+            let task = if waiter == Waiter::PlainHoldHead {
                 tokio::spawn(hold_head_loop(
                     consumer,
                     handler.clone(),
@@ -577,28 +611,67 @@ async fn precision_run(
                     assigned.clone(),
                     stop.clone(),
                 ))
-            });
+            };
             waited(Duration::from_secs(30), Duration::from_millis(20), || {
                 ready(assigned.load(Ordering::Relaxed))
             })
             .await;
+            Running::InProcess {
+                rebound: None,
+                plain: Some(task),
+                handler,
+            }
+        }
+        Waiter::ReboundProcess => {
+            let delays: Vec<Duration> = topology.tiers.iter().map(|t| t.delay).collect();
+            let spec = crate::spring::Spec {
+                main: &topology.main,
+                tiers: &delays,
+                record_all: true,
+            };
+            // Ready once every partition is assigned.
+            Running::Process(
+                crate::spring::Peer::start(ctx, crate::spring::Side::Rebound, &spec).await,
+            )
         }
     }
-    // Seeding must end before the first message is due; one record per batch on Tansu.
-    let lead = Duration::from_secs_f64(5.0 + n as f64 / 4000.0);
+}
+
+/// Seeds `n` retries into `tier`, due one after the other over `window` across `partitions`
+/// partitions, the first due after a lead that seeding must not outlast (warned about
+/// otherwise). Returns when the first is due and the lead.
+async fn seed_due(
+    ctx: &Ctx,
+    tier: &str,
+    n: usize,
+    window: Duration,
+    partitions: usize,
+    what: &str,
+) -> (chrono::DateTime<Utc>, Duration) {
+    let batching = tier_batching();
+    // One record per batch (Tansu) seeds at a few thousand per second, batched (Kafka) at
+    // 100 000+ per second here.
+    let per_second = match batching {
+        Batching::Batched => 20_000.0,
+        Batching::OnePerBatch => 4_000.0,
+    };
+    let lead = Duration::from_secs_f64(5.0 + n as f64 / per_second);
     let start = Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
     let step_us = window.as_micros() as i64 / n as i64;
     let seeding_began = Instant::now();
     eprintln!(
-        "[{name}] run {run} {side}: seeding {n} messages due over {} s across {partitions} tier partitions",
+        "{what}: seeding {n} messages due over {} s across {partitions} tier partitions",
         window.as_secs()
     );
-    support::seed(&ctx.brokers, &tier, n, tier_batching(), |i| {
+    support::seed(&ctx.brokers, tier, n, batching, |i| {
         let due = start + chrono::Duration::microseconds(step_us * i as i64);
+        // `ID|ok`: what the rebound peer's handler reads (spring.rs); the others ignore it.
+        let mut payload = format!("{i}|ok").into_bytes();
+        payload.resize(200, b' ');
         Seed {
-            partition: Some((i % partitions as usize) as i32),
+            partition: Some((i % partitions) as i32),
             key: Some(format!("k{i}").into_bytes()),
-            payload: support::payload(i, 200),
+            payload,
             headers: vec![
                 Header::new(headers::PROCESS_AFTER, headers::format_time(due)),
                 Header::new(headers::ATTEMPT, "1"),
@@ -609,61 +682,89 @@ async fn precision_run(
     let seeded_in = seeding_began.elapsed();
     if seeded_in > lead {
         eprintln!(
-            "[{name}] run {run} {side}: WARNING seeding took {:.1} s, longer than the {:.1} s lead: early messages were late because they did not exist yet",
+            "{what}: WARNING seeding took {:.1} s, longer than the {:.1} s lead: early messages were late because they did not exist yet",
             seeded_in.as_secs_f64(),
             lead.as_secs_f64()
         );
     }
+    (start, lead)
+}
+
+/// One run of scenario 3 (and 7 and 8): seeds `n` messages due over `window` across 12 tier
+/// partitions, has `waiter` handle them, and returns the lateness of each handling.
+async fn precision_run(
+    ctx: &Ctx,
+    name: &str,
+    waiter: Waiter,
+    n: usize,
+    window: Duration,
+    run: usize,
+) -> PrecisionRun {
+    let partitions = 12;
+    let side = waiter.name();
+    let what = format!("[{name}] run {run} {side}");
+    let main = support::unique("s3");
+    let topology = Topology::new(&main, &[Duration::from_secs(60)]);
+    let tier = topology.tiers[0].topic.clone();
+    support::create_topics(&ctx.brokers, &topology.topics(), partitions).await;
+    let stop = CancellationToken::new();
+    let running = start_waiter(ctx, waiter, &topology, &stop).await;
+    let (start, lead) = seed_due(ctx, &tier, n, window, partitions as usize, &what).await;
     let w = support::watch(
-        || handler.calls.load(Ordering::Relaxed),
+        || running.calls(),
         n as u64,
         ctx.broker_pid,
         lead + window + Duration::from_secs(60),
         side,
     )
     .await;
-    if let Some(r) = running {
-        r.stop().await;
-    }
-    stop.cancel();
-    if let Some(task) = plain {
-        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    }
+    let (late, rss) = match running {
+        Running::InProcess {
+            rebound,
+            plain,
+            handler,
+        } => {
+            if let Some(r) = rebound {
+                r.stop().await;
+            }
+            stop.cancel();
+            if let Some(task) = plain {
+                let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+            }
+            trace_lateness(&handler, start);
+            let late: Vec<f64> = handler
+                .late_us
+                .lock()
+                .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
+                .unwrap_or_default();
+            (late, None)
+        }
+        Running::Process(peer) => {
+            let rss = support::rss_mib(peer.pid());
+            let (seen, clean) = peer.stop().await;
+            if !clean {
+                eprintln!("{what}: rebound's process did not stop cleanly");
+            }
+            let late: Vec<f64> = seen
+                .attempts
+                .lock()
+                .map(|v| {
+                    v.iter()
+                        .filter(|a| a.due_us >= 0)
+                        .map(|a| (a.start_us - a.due_us) as f64 / 1000.0)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (late, Some(rss))
+        }
+    };
     let w = w.unwrap_or_else(|e| panic!("{e}"));
     let broker_share = w.broker_cpu / (w.last - w.first).as_secs_f64();
-    let late: Vec<f64> = handler
-        .late_us
-        .lock()
-        .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
-        .unwrap_or_default();
-    if let Ok(mut t) = handler.trace.lock() {
-        if !t.is_empty() {
-            // Lateness by second of the window, and the worst calls.
-            let mut by_sec: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
-            for (due, _, l) in t.iter() {
-                let sec = (*due - start).num_seconds();
-                let e = by_sec.entry(sec).or_default();
-                e.0 += 1;
-                e.1 = e.1.max(*l);
-            }
-            for (sec, (n, worst)) in by_sec {
-                eprintln!(
-                    "  second {sec}: {n} calls, worst {:.1} ms",
-                    worst as f64 / 1000.0
-                );
-            }
-            t.sort_by_key(|(_, _, l)| -l);
-            for (due, p, l) in t.iter().take(15) {
-                eprintln!(
-                    "  late {:.1} ms: partition {p}, due at +{} ms",
-                    *l as f64 / 1000.0,
-                    (*due - start).num_milliseconds()
-                );
-            }
-        }
-    }
+    let memory = rss.map_or(String::new(), |(r, h)| {
+        format!("; rebound VmRSS {r:.1} MiB, peak (VmHWM) {h:.1} MiB")
+    });
     eprintln!(
-        "[{name}] run {run} {side}: lateness p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, early {} of {}; broker CPU {:.0}% of a core",
+        "{what}: lateness p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, early {} of {}; broker CPU {:.0}% of a core{memory}",
         quantile(&late, 0.5),
         quantile(&late, 0.99),
         quantile(&late, 1.0),
@@ -671,7 +772,42 @@ async fn precision_run(
         late.len(),
         broker_share * 100.0
     );
-    (late, broker_share)
+    PrecisionRun {
+        late,
+        broker_share,
+        rss,
+    }
+}
+
+/// With REBOUND_BENCH_TRACE: lateness by second of the window, and the latest calls.
+fn trace_lateness(handler: &Lateness, start: chrono::DateTime<Utc>) {
+    let Ok(mut t) = handler.trace.lock() else {
+        return;
+    };
+    if t.is_empty() {
+        return;
+    }
+    let mut by_sec: std::collections::BTreeMap<i64, (usize, i64)> = Default::default();
+    for (due, _, l) in t.iter() {
+        let sec = (*due - start).num_seconds();
+        let e = by_sec.entry(sec).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(*l);
+    }
+    for (sec, (n, worst)) in by_sec {
+        eprintln!(
+            "  second {sec}: {n} calls, worst {:.1} ms",
+            worst as f64 / 1000.0
+        );
+    }
+    t.sort_by_key(|(_, _, l)| -l);
+    for (due, p, l) in t.iter().take(15) {
+        eprintln!(
+            "  late {:.1} ms: partition {p}, due at +{} ms",
+            *l as f64 / 1000.0,
+            (*due - start).num_milliseconds()
+        );
+    }
 }
 
 /// A tier message as the plain reference loops see it (headers only), and its due time.
@@ -875,27 +1011,104 @@ struct Lateness3 {
     early: usize,
     handled: usize,
     cpu: Vec<f64>,
+    /// rebound's VmHWM per run, in MiB (when it ran as its own process).
+    peak_rss: Vec<f64>,
     /// Every lateness of every run, for the histogram.
     all: Vec<f64>,
 }
 
+impl Lateness3 {
+    fn add(&mut self, r: PrecisionRun) {
+        self.p50.push(quantile(&r.late, 0.5));
+        self.p99.push(quantile(&r.late, 0.99));
+        self.max.push(quantile(&r.late, 1.0));
+        self.early += r.late.iter().filter(|l| **l < 0.0).count();
+        self.handled += r.late.len();
+        self.cpu.push(r.broker_share * 100.0);
+        if let Some((_, peak)) = r.rss {
+            self.peak_rss.push(peak);
+        }
+        self.all.extend(r.late);
+    }
+
+    /// The rows of one approach: early handlings, lateness p50 / p99 / max (against the goals
+    /// of issue 17 when `goals`, else as a reference) and the broker's CPU.
+    fn rows(&self, scenario: &str, what: &str, goals: bool) -> Vec<Row> {
+        let mut rows = vec![Row {
+            scenario: scenario.into(),
+            metric: format!("early handlings, {what}"),
+            rebound: format!("{} of {}", self.early, self.handled),
+            baseline: "—".into(),
+            ratio: "—".into(),
+            bar: "0".into(),
+            met: Some(self.early == 0),
+            detail: String::new(),
+        }];
+        for (metric, v, bar, goal) in [
+            (
+                "lateness p50 (handler start − process_after)",
+                &self.p50,
+                "≤ 5 ms",
+                5.0,
+            ),
+            ("lateness p99", &self.p99, "≤ 25 ms", 25.0),
+            ("lateness max", &self.max, "≤ 250 ms", 250.0),
+        ] {
+            rows.push(Row {
+                scenario: scenario.into(),
+                metric: metric.into(),
+                rebound: format!("{:.1} ms", median(v)),
+                baseline: "—".into(),
+                ratio: "—".into(),
+                bar: if goals {
+                    bar.into()
+                } else {
+                    "reference".into()
+                },
+                met: goals.then(|| median(v) <= goal),
+                detail: format!("runs [{}] ms", list(v, 1)),
+            });
+        }
+        rows.push(report_row(
+            scenario,
+            "broker CPU while handling (% of one core)",
+            format!("{:.0}%", median(&self.cpu)),
+            format!("runs [{}] %", list(&self.cpu, 0)),
+        ));
+        rows
+    }
+}
+
+/// A row that reports a figure of rebound's, with no baseline and no goal.
+fn report_row(scenario: &str, metric: &str, value: String, detail: String) -> Row {
+    Row {
+        scenario: scenario.into(),
+        metric: metric.into(),
+        rebound: value,
+        baseline: "—".into(),
+        ratio: "—".into(),
+        bar: "report".into(),
+        met: None,
+        detail,
+    }
+}
+
+/// Scenario 3's size: 100 000 retries due over 60 s (scaled; the window at least 10 s).
+fn precision_size(ctx: &Ctx) -> (usize, Duration) {
+    (
+        ctx.n(100_000, 1000),
+        Duration::from_secs_f64((60.0 * ctx.scale).clamp(10.0, 60.0)),
+    )
+}
+
 pub async fn precision(ctx: &Ctx) -> Vec<Row> {
-    let n = ctx.n(100_000, 1000);
-    let window = Duration::from_secs_f64((60.0 * ctx.scale).clamp(10.0, 60.0));
+    let (n, window) = precision_size(ctx);
     let partitions = 12;
     let name = "3 retry precision";
     let mut by: Vec<Lateness3> = Waiter::ALL.iter().map(|_| Lateness3::default()).collect();
     for run in 0..ctx.runs {
         for (i, waiter) in Waiter::ALL.into_iter().enumerate() {
-            let (late, broker_share) = precision_run(ctx, waiter, n, window, run).await;
-            let f = &mut by[i];
-            f.p50.push(quantile(&late, 0.5));
-            f.p99.push(quantile(&late, 0.99));
-            f.max.push(quantile(&late, 1.0));
-            f.early += late.iter().filter(|l| **l < 0.0).count();
-            f.handled += late.len();
-            f.cpu.push(broker_share * 100.0);
-            f.all.extend(late);
+            by[i].add(precision_run(ctx, name, waiter, n, window, run).await);
         }
     }
     let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/precision-lateness.png");
@@ -917,59 +1130,78 @@ pub async fn precision(ctx: &Ctx) -> Vec<Row> {
         Ok(()) => eprintln!("[{name}] histogram written to {}", png.display()),
         Err(e) => eprintln!("[{name}] histogram not written: {e}"),
     }
-    let mut rows = Vec::new();
-    for (w, f) in Waiter::ALL.iter().zip(&by) {
-        let rebound = *w == Waiter::Rebound;
-        let scenario = format!("{name} — {}", w.name());
-        rows.push(Row {
-            scenario: scenario.clone(),
-            metric: format!(
-                "early handlings, {n} msgs due over {} s, {partitions} tier partitions",
-                window.as_secs()
-            ),
-            rebound: format!("{} of {}", f.early, f.handled),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            bar: "0".into(),
-            met: Some(f.early == 0),
-            detail: String::new(),
-        });
-        for (metric, v, bar, goal) in [
-            (
-                "lateness p50 (handler start − process_after)",
-                &f.p50,
-                "≤ 5 ms",
-                5.0,
-            ),
-            ("lateness p99", &f.p99, "≤ 25 ms", 25.0),
-            ("lateness max", &f.max, "≤ 250 ms", 250.0),
-        ] {
-            rows.push(Row {
-                scenario: scenario.clone(),
-                metric: metric.into(),
-                rebound: format!("{:.1} ms", median(v)),
-                baseline: "—".into(),
-                ratio: "—".into(),
-                bar: if rebound {
-                    bar.into()
-                } else {
-                    "reference".into()
-                },
-                met: rebound.then(|| median(v) <= goal),
-                detail: format!("runs [{}] ms", list(v, 1)),
-            });
+    let what = format!(
+        "{n} msgs due over {} s, {partitions} tier partitions",
+        window.as_secs()
+    );
+    Waiter::ALL
+        .iter()
+        .zip(&by)
+        .flat_map(|(w, f)| {
+            f.rows(
+                &format!("{name} — {}", w.name()),
+                &what,
+                *w == Waiter::Rebound,
+            )
+        })
+        .collect()
+}
+
+/// Scenario 8: scenario 3 at ten times the volume, 1 000 000 retries due over 5 minutes (twice
+/// the due rate), beside scenario 3's 100 000 over 60 s, both in the same run and both handled
+/// by rebound with its defaults as its own process, so that its peak memory (VmHWM) is its
+/// own. Goals (issue 17): the same lateness as the 100 000 case, and a peak RSS at most 1.1×
+/// its. Scaled by REBOUND_BENCH_SCALE: the large window is five times the small one.
+pub async fn precision_volume(ctx: &Ctx) -> Vec<Row> {
+    let partitions = 12;
+    let name = "8 retry precision at volume";
+    let (small, small_window) = precision_size(ctx);
+    let large = ctx.n(1_000_000, 10_000);
+    let large_window = small_window * 5;
+    let sizes = [(small, small_window), (large, large_window)];
+    let mut by: Vec<Lateness3> = sizes.iter().map(|_| Lateness3::default()).collect();
+    for run in 0..ctx.runs {
+        for (i, (n, window)) in sizes.iter().enumerate() {
+            by[i].add(precision_run(ctx, name, Waiter::ReboundProcess, *n, *window, run).await);
         }
-        rows.push(Row {
-            scenario,
-            metric: "broker CPU while handling (% of one core)".into(),
-            rebound: format!("{:.0}%", median(&f.cpu)),
-            baseline: "—".into(),
-            ratio: "—".into(),
-            bar: "report".into(),
-            met: None,
-            detail: format!("runs [{}] %", list(&f.cpu, 0)),
-        });
     }
+    let mut rows = Vec::new();
+    for ((n, window), f) in sizes.iter().zip(&by) {
+        let scenario = format!("{name} — {n} due over {} s", window.as_secs());
+        let what = format!(
+            "{n} msgs due over {} s, {partitions} tier partitions, rebound as its own process",
+            window.as_secs()
+        );
+        rows.extend(f.rows(&scenario, &what, true));
+        rows.push(report_row(
+            &scenario,
+            "peak RSS (VmHWM) of rebound's process",
+            format!("{:.1} MiB", median(&f.peak_rss)),
+            format!("runs [{}] MiB", list(&f.peak_rss, 1)),
+        ));
+    }
+    let (s, l) = (&by[0], &by[1]);
+    let rss_ratio = median(&l.peak_rss) / median(&s.peak_rss);
+    rows.push(Row {
+        scenario: format!("{name} — {large} vs {small}"),
+        metric: "peak RSS (VmHWM) of rebound's process".into(),
+        rebound: format!("{:.1} MiB", median(&l.peak_rss)),
+        baseline: format!("{:.1} MiB", median(&s.peak_rss)),
+        ratio: format!("{rss_ratio:.2}"),
+        bar: "≤ 1.10".into(),
+        met: Some(rss_ratio <= 1.1),
+        detail: String::new(),
+    });
+    rows.push(Row {
+        scenario: format!("{name} — {large} vs {small}"),
+        metric: "lateness p99".into(),
+        rebound: format!("{:.1} ms", median(&l.p99)),
+        baseline: format!("{:.1} ms", median(&s.p99)),
+        ratio: format!("{:.2}", median(&l.p99) / median(&s.p99)),
+        bar: "report (both ≤ 25 ms above)".into(),
+        met: None,
+        detail: String::new(),
+    });
     rows
 }
 
@@ -983,7 +1215,9 @@ pub async fn precision_rates(ctx: &Ctx) -> Vec<Row> {
     for rate in [500usize, 1000, 2000, 5000] {
         let n = rate * window.as_secs() as usize;
         for waiter in Waiter::ALL {
-            let (late, broker_share) = precision_run(ctx, waiter, n, window, 0).await;
+            let PrecisionRun {
+                late, broker_share, ..
+            } = precision_run(ctx, name, waiter, n, window, 0).await;
             let early = late.iter().filter(|l| **l < 0.0).count();
             rows.push(Row {
                 scenario: format!("{name} — {}", waiter.name()),

@@ -56,7 +56,7 @@ const TIERS: [Duration; 3] = [
 const RATES: [u64; 3] = [200, 1000, 3000];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Side {
+pub(crate) enum Side {
     Rebound,
     Spring,
 }
@@ -81,23 +81,23 @@ impl Side {
 
 /// One handler call as a peer reported it.
 #[derive(Debug, Clone)]
-struct Attempt {
+pub(crate) struct Attempt {
     id: u64,
     /// Failed attempts before this one (0 on the main topic).
     attempt: u32,
-    start_us: i64,
+    pub(crate) start_us: i64,
     /// Due time in epoch µs; -1 when the message had none (main topic).
-    due_us: i64,
+    pub(crate) due_us: i64,
     success: bool,
 }
 
 /// What the bench has read from a peer's output file so far.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     ready: AtomicBool,
-    calls: AtomicU64,
+    pub(crate) calls: AtomicU64,
     dead: AtomicU64,
-    attempts: Mutex<Vec<Attempt>>,
+    pub(crate) attempts: Mutex<Vec<Attempt>>,
 }
 
 impl Seen {
@@ -170,18 +170,18 @@ async fn tail(path: PathBuf, seen: Arc<Seen>, stop: CancellationToken) {
 }
 
 /// What a peer is started with.
-struct Spec<'a> {
-    main: &'a str,
-    tiers: &'a [Duration],
+pub(crate) struct Spec<'a> {
+    pub(crate) main: &'a str,
+    pub(crate) tiers: &'a [Duration],
     /// Report every handler call (`A` lines) or only the count.
-    record_all: bool,
+    pub(crate) record_all: bool,
 }
 
 /// A running peer process.
-struct Peer {
+pub(crate) struct Peer {
     side: Side,
     child: std::process::Child,
-    seen: Arc<Seen>,
+    pub(crate) seen: Arc<Seen>,
     stop_tail: CancellationToken,
     tail: tokio::task::JoinHandle<()>,
     log: PathBuf,
@@ -224,7 +224,7 @@ fn spring_backoff(tiers: &[Duration]) -> (usize, u128, f64) {
 
 impl Peer {
     /// Starts a peer and waits until it is ready (every partition assigned).
-    async fn start(ctx: &Ctx, side: Side, spec: &Spec<'_>) -> Peer {
+    pub(crate) async fn start(ctx: &Ctx, side: Side, spec: &Spec<'_>) -> Peer {
         let mut peer = Peer::spawn(ctx, side, spec);
         peer.wait_ready().await;
         peer
@@ -333,13 +333,13 @@ impl Peer {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGTERM, then up to 60 s for a clean exit (SIGKILL after that); reads the rest of the
     /// output. Returns whether it exited by itself.
-    async fn stop(mut self) -> (Arc<Seen>, bool) {
+    pub(crate) async fn stop(mut self) -> (Arc<Seen>, bool) {
         let _ = std::process::Command::new("kill")
             .arg(self.pid().to_string())
             .status();

@@ -150,8 +150,25 @@ where
 
 /// Runs one handler call with a deadline, turning a timeout or a panic into a transient failure.
 pub async fn call(handler: &Arc<dyn Handler>, message: &Message, timeout: Duration) -> Outcome {
-    let call = AssertUnwindSafe(handler.handle(message)).catch_unwind();
-    match tokio::time::timeout(timeout, call).await {
+    call_since(handler, message, timeout, tokio::time::Instant::now()).await
+}
+
+/// [`call`] for a call that began at `started` (a clock reading the caller already has): the
+/// call times out `timeout` after it. The call is polled once before any timer exists, so a
+/// handler that answers at once (an in-process handler) costs no timer and no clock reading
+/// here; one that has to wait gets the deadline `started + timeout`.
+pub async fn call_since(
+    handler: &Arc<dyn Handler>,
+    message: &Message,
+    timeout: Duration,
+    started: tokio::time::Instant,
+) -> Outcome {
+    let mut call = std::pin::pin!(AssertUnwindSafe(handler.handle(message)).catch_unwind());
+    let answered = match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(answer) => Ok(answer),
+        std::task::Poll::Pending => tokio::time::timeout_at(started + timeout, call).await,
+    };
+    match answered {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => {
             let text = panic
@@ -209,5 +226,28 @@ mod tests {
             matches!(&out, Outcome::Transient(f) if f.class == "timeout"),
             "{out:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_timeout_counts_from_the_start_the_caller_gives_not_from_the_first_poll() {
+        // A handler that waits 200 ms, given a start 1 s old and a 1.1 s timeout: 100 ms are
+        // left, so it times out. Counted from the first poll it would answer.
+        let h: Arc<dyn Handler> = Arc::new(handler_fn(|_m| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Outcome::Success
+        }));
+        let started = tokio::time::Instant::now() - Duration::from_secs(1);
+        let out = call_since(&h, &msg(), Duration::from_millis(1100), started).await;
+        assert!(
+            matches!(&out, Outcome::Transient(f) if f.class == "timeout"),
+            "{out:?}"
+        );
+        // One that answers at once answers, whatever the clock says (no timer is armed).
+        let quick: Arc<dyn Handler> = Arc::new(handler_fn(|_m| async { Outcome::Success }));
+        let out = call_since(&quick, &msg(), Duration::ZERO, started).await;
+        assert_eq!(out, Outcome::Success);
+        // And with time left, a waiting one answers.
+        let out = call_since(&h, &msg(), Duration::from_secs(5), started).await;
+        assert_eq!(out, Outcome::Success);
     }
 }

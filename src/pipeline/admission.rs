@@ -190,11 +190,12 @@ impl Admission {
     }
 
     /// Gives the breaker the handler results in `shared` (the router's), in their order.
-    /// Returns each change of the breaker's state, last one last.
+    /// Returns each change of the breaker's state, last one last. `now` is asked only when
+    /// there are results.
     pub(super) fn judge(
         &mut self,
         shared: &std::sync::Mutex<Vec<(Tp, i64, Signal)>>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Vec<BreakerState> {
         {
             let mut shared = shared
@@ -205,6 +206,7 @@ impl Admission {
             }
             std::mem::swap(&mut *shared, &mut self.signals);
         }
+        let now = now();
         let mut changes = Vec::new();
         let mut signals = std::mem::take(&mut self.signals);
         for (tp, offset, signal) in signals.drain(..) {

@@ -234,10 +234,14 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     let holds = |m: &rebound::metrics::Metrics| {
         m.ordering_blocked_keys.get() > 0 && m.ordering_waiting.get() > 0
     };
-    eventually("keys blocked with followers waiting", Duration::from_secs(60), || {
-        let (ma, mb) = (ma.clone(), mb.clone());
-        async move { holds(&ma) || holds(&mb) }
-    })
+    eventually(
+        "keys blocked with followers waiting",
+        Duration::from_secs(60),
+        || {
+            let (ma, mb) = (ma.clone(), mb.clone());
+            async move { holds(&ma) || holds(&mb) }
+        },
+    )
     .await;
     let (stopped, kept) = if holds(&a.metrics) { (a, b) } else { (b, a) };
     eprintln!(
