@@ -86,6 +86,10 @@ impl Waiting {
         config
             .set("group.id", format!("{}.waiting", cluster.group))
             .set("statistics.interval.ms", "0")
+            // It never joins its group (assigned by hand; the group only keeps its low-water
+            // marks), whatever protocol the main consumer joins with.
+            .set("group.protocol", "classic")
+            .remove("group.remote.assignor")
             // What it reads ahead stays small: followers are handled one key at a time.
             .set("queued.max.messages.kbytes", "4096");
         let consumer: StreamConsumer = config.create()?;
