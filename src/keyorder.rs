@@ -39,6 +39,9 @@ pub const WAITING_OFFSET: &str = "rebound-waiting-offset";
 pub const WAITING_FOLLOWER: &str = "rebound-waiting-follower";
 /// Header of `passed`: how many followers the owner counted as waiting then (for the gauge).
 pub const WAITING_COUNT: &str = "rebound-waiting-count";
+/// Every header of a waiting-log record that is not the message's own (removed from a
+/// follower before it is handled).
+pub const RECORD_HEADERS: [&str; 4] = [WAITING, WAITING_OFFSET, WAITING_FOLLOWER, WAITING_COUNT];
 /// Header of a tier copy of a blocker: `<main partition>:<main offset>`. Whoever ends that copy
 /// appends `done` for it to that partition of the waiting log.
 pub const ORDERING: &str = "rebound-ordering";

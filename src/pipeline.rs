@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, RebalanceProtocol, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -325,7 +325,6 @@ impl Pipeline {
                 received = recv_waiting(waiting_consumer.as_deref()), if room => {
                     match received {
                         Ok(m) => state.on_waiting_message(consumer, &m),
-                        Err(KafkaError::PartitionEOF(partition)) => state.on_waiting_eof(consumer, partition),
                         Err(e) => tracing::warn!(error = %e, "waiting log reader error"),
                     }
                     state.settle(consumer);
@@ -1308,7 +1307,13 @@ fn instant_for(due: chrono::DateTime<Utc>) -> Instant {
     Instant::now() + wait + Duration::from_millis(1)
 }
 
-fn pause(consumer: &StreamConsumer<TopologyContext>, topic: &str, partition: i32, paused: bool) {
+/// Pauses (or resumes) one partition of `consumer` (the topology's, or the waiting log's).
+fn pause<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    partition: i32,
+    paused: bool,
+) {
     let mut tpl = TopicPartitionList::with_capacity(1);
     tpl.add_partition(topic, partition);
     let result = if paused {

@@ -191,13 +191,9 @@ impl Router {
         }
     }
 
-    /// `--ordering key`: the waiting-log partition of main partition `partition`, and whether
-    /// `message` takes part (it has a key).
-    fn waiting_log(&self, message: &Message) -> Option<&str> {
-        self.topology
-            .waiting
-            .as_deref()
-            .filter(|_| message.key.is_some())
+    /// `--ordering key` is on and `message` takes part in it (it has a key).
+    fn orders(&self, message: &Message) -> bool {
+        self.topology.waiting.is_some() && message.key.is_some()
     }
 
     /// Appends `entry` for `message`'s key to waiting-log partition `partition` and waits for
@@ -211,24 +207,13 @@ impl Router {
         with_message: bool,
     ) -> Option<i64> {
         let topic = self.topology.waiting.as_deref()?;
-        let set: Vec<(&'static str, String)> = entry.headers();
-        let (payload, headers, timestamp) = if with_message {
-            (
-                message.payload.as_deref(),
-                headers::rewrite(&message.headers, &set),
-                message.timestamp,
-            )
-        } else {
-            (None, headers::rewrite(&[], &set), None)
-        };
-        let record = Record {
+        let record = waiting_record(
             topic,
-            key: message.key.as_deref(),
-            payload,
-            headers,
-            partition: Some(partition),
-            timestamp,
-        };
+            partition,
+            message.key.as_deref(),
+            &entry,
+            with_message.then_some(message),
+        );
         loop {
             match self.producer.send_acked(&record, &self.abandon).await {
                 Ok((_, offset)) => return Some(offset),
@@ -414,7 +399,7 @@ impl Router {
                 // --ordering key: a first try that fails blocks its key. Its copy is written
                 // first, then its `blocked` record: a crash between the two leaves the message
                 // unfinished (handled again), never a key blocked by a copy that does not exist.
-                let blocks = tp.stage == Stage::Main && self.waiting_log(message).is_some();
+                let blocks = tp.stage == Stage::Main && self.orders(message);
                 if blocks {
                     headers = headers::rewrite(
                         &headers,
@@ -629,6 +614,26 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// A record of the waiting log (`--ordering key`): `entry` for `key` in `partition`, carrying
+/// `message` (its payload, its headers in front of the entry's, its timestamp) for a `follow`.
+pub(crate) fn waiting_record<'a>(
+    topic: &'a str,
+    partition: i32,
+    key: Option<&'a [u8]>,
+    entry: &keyorder::Entry,
+    message: Option<&'a Message>,
+) -> Record<'a> {
+    let set = entry.headers();
+    Record {
+        topic,
+        key,
+        payload: message.and_then(|m| m.payload.as_deref()),
+        headers: headers::rewrite(message.map_or(&[][..], |m| &m.headers), &set),
+        partition: Some(partition),
+        timestamp: message.and_then(|m| m.timestamp),
     }
 }
 

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rebound::config::{Config, KafkaProps};
-use rebound::{Handler, Message, Outcome, Service, Topology};
-use tokio_util::sync::CancellationToken;
+use rebound::{Handler, Message, Outcome, Topology};
 
-use crate::scenarios::{list, Ctx, Row};
+use crate::scenarios::{list, Ctx, Embedded, Row};
 use crate::support::{self, median, Batching, Seed};
 
 const KEYS: usize = 500;
@@ -74,12 +73,11 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
         config.metrics_addr = addr.parse().ok();
     }
     let handler = Arc::new(Mix::default());
-    let stop = CancellationToken::new();
     let started = Instant::now();
-    let task = tokio::spawn(Service::new(config, handler.clone()).run(stop.clone()));
+    let running = Embedded::start(config, handler.clone());
     let (mut clean_at, mut all_at) = (None, None);
     let deadline = started + Duration::from_secs(600);
-    while all_at.is_none() && Instant::now() < deadline && !task.is_finished() {
+    while all_at.is_none() && Instant::now() < deadline && !running.ended() {
         if clean_at.is_none() && handler.clean_done.load(Ordering::Relaxed) >= clean {
             clean_at = Some(started.elapsed().as_secs_f64());
         }
@@ -88,13 +86,7 @@ async fn one(ctx: &Ctx, n: usize, ordered: bool, run: usize) -> (f64, f64) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.cancel();
-    match tokio::time::timeout(Duration::from_secs(60), task).await {
-        Ok(Ok(Err(e))) => eprintln!("rebound ended with an error: {e}"),
-        Ok(Err(e)) => eprintln!("rebound task failed: {e}"),
-        Err(_) => eprintln!("rebound did not stop within 60 s"),
-        Ok(Ok(Ok(()))) => {}
-    }
+    running.stop().await;
     (clean_at.unwrap_or(f64::NAN), all_at.unwrap_or(f64::NAN))
 }
 

@@ -82,14 +82,15 @@ pub(crate) fn list(v: &[f64], digits: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // rebound in-process
 
-struct Embedded {
+/// rebound's `Service` running in this process (also scenario 9's, `ordering.rs`).
+pub(crate) struct Embedded {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), rebound::ServiceError>>,
     metrics: Arc<rebound::metrics::Metrics>,
 }
 
 impl Embedded {
-    fn start(config: Config, handler: Arc<dyn Handler>) -> Embedded {
+    pub(crate) fn start(config: Config, handler: Arc<dyn Handler>) -> Embedded {
         let service = Service::new(config, handler);
         let metrics = service.metrics();
         let stop = CancellationToken::new();
@@ -101,7 +102,13 @@ impl Embedded {
         }
     }
 
-    async fn stop(self) {
+    /// The service returned (an error at start, or it failed).
+    pub(crate) fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops it, waiting up to 60 s, and says how it ended if not well.
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         match tokio::time::timeout(Duration::from_secs(60), self.task).await {
             Ok(Ok(Ok(()))) => {}

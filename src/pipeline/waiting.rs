@@ -23,8 +23,7 @@ use crate::cluster::ClusterConfig;
 use crate::handler::Message;
 use crate::kafka::{self, TopologyContext};
 use crate::keyorder::{self, Chains, Entry, FollowAction, MainAction};
-use crate::produce::Record;
-use crate::router::{Completion, Finish, Intake, Job, KeyNote, Tp};
+use crate::router::{waiting_record, Completion, Finish, Intake, Job, KeyNote, Tp};
 use crate::topology::Stage;
 
 /// Followers a waiting partition keeps in memory behind keys whose previous follower is being
@@ -62,6 +61,29 @@ struct WaitPart {
     /// The first main offset read before the rebuild finished: the main partition is sought
     /// back to it when it resumes.
     main_resume_at: Option<i64>,
+}
+
+impl WaitPart {
+    /// The job of the follower at `log_offset` of main partition `partition`.
+    fn follower_job(&self, partition: i32, log_offset: i64, message: Message) -> Job {
+        Job {
+            tp: Tp {
+                stage: Stage::Main,
+                partition,
+            },
+            epoch: self.epoch,
+            message,
+            intake: Intake::Follower { log_offset },
+        }
+    }
+
+    /// Resumes the partition paused because `held` was full, once half of it went.
+    fn resume_if_room(&mut self, consumer: &StreamConsumer, topic: &str, partition: i32) {
+        if self.full && self.held.len() <= HELD_MAX / 2 {
+            self.full = false;
+            pause(consumer, topic, partition, false);
+        }
+    }
 }
 
 /// A partition's low-water mark and high watermark, or why they could not be had.
@@ -146,10 +168,6 @@ impl Waiting {
 }
 
 impl State {
-    fn waiting_topic(&self) -> &str {
-        self.router.topology.waiting.as_deref().unwrap_or_default()
-    }
-
     /// Main partition `partition` was assigned: it stays paused until its waiting partition
     /// is rebuilt.
     pub(super) fn waiting_assigned(
@@ -183,10 +201,10 @@ impl State {
         consumer: &StreamConsumer<TopologyContext>,
         (partition, epoch, result): Started,
     ) {
-        let topic = self.waiting_topic().to_string();
         let Some(w) = &mut self.waiting else {
             return;
         };
+        let topic = w.topic.clone();
         let Some(part) = w.parts.get_mut(&partition).filter(|p| p.epoch == epoch) else {
             return;
         };
@@ -223,11 +241,11 @@ impl State {
     /// The rebuild of `partition` reached its end: main messages may flow, and the reader goes
     /// back to the first free key's next follower.
     fn waiting_rebuilt(&mut self, consumer: &StreamConsumer<TopologyContext>, partition: i32) {
-        let topic = self.waiting_topic().to_string();
         let main = self.router.topology.main.clone();
         let Some(w) = &mut self.waiting else {
             return;
         };
+        let topic = w.topic.clone();
         let Some(part) = w.parts.get_mut(&partition) else {
             return;
         };
@@ -260,10 +278,10 @@ impl State {
     /// Main partition `partition` is given up: its waiting partition is no longer read (its
     /// low-water mark committed first).
     pub(super) fn waiting_revoked(&mut self, partition: i32) {
-        let topic = self.waiting_topic().to_string();
         let Some(w) = &mut self.waiting else {
             return;
         };
+        let topic = w.topic.clone();
         let Some(part) = w.parts.remove(&partition) else {
             return;
         };
@@ -392,7 +410,6 @@ impl State {
     /// (the next one of its key is handled now; those of keys blocked meanwhile are dropped,
     /// to be read again when their key is freed).
     fn waiting_release_held(&mut self, partition: i32) {
-        let topic = self.waiting_topic().to_string();
         let Some(w) = &mut self.waiting else {
             return;
         };
@@ -401,27 +418,18 @@ impl State {
         };
         let mut start = Vec::new();
         let mut kept = VecDeque::with_capacity(part.held.len());
-        for (log_offset, message) in part.held.drain(..) {
+        for (log_offset, message) in std::mem::take(&mut part.held) {
             let key = message.key.as_deref().unwrap_or_default();
             match part.chains.on_follow(key, log_offset) {
                 FollowAction::Hold => kept.push_back((log_offset, message)),
                 FollowAction::Skip => {}
-                FollowAction::Handle => start.push(Job {
-                    tp: Tp {
-                        stage: Stage::Main,
-                        partition,
-                    },
-                    epoch: part.epoch,
-                    message,
-                    intake: Intake::Follower { log_offset },
-                }),
+                FollowAction::Handle => {
+                    start.push(part.follower_job(partition, log_offset, message))
+                }
             }
         }
         part.held = kept;
-        if part.full && part.held.len() <= HELD_MAX / 2 {
-            part.full = false;
-            pause_waiting(&w.consumer, &topic, partition, false);
-        }
+        part.resume_if_room(&w.consumer, &w.topic, partition);
         for job in start {
             self.dispatch(job);
         }
@@ -429,10 +437,10 @@ impl State {
 
     /// Seeks the reader of `partition` back when a free key's next follower is behind it.
     fn waiting_rewind(&mut self, partition: i32) {
-        let topic = self.waiting_topic().to_string();
         let Some(w) = &mut self.waiting else {
             return;
         };
+        let topic = w.topic.clone();
         let Some(part) = w
             .parts
             .get_mut(&partition)
@@ -458,10 +466,7 @@ impl State {
         {
             tracing::warn!(topic, partition, offset = back, error = %e, "cannot seek the waiting log back; trying at the next change");
         }
-        if part.full && part.held.len() <= HELD_MAX / 2 {
-            part.full = false;
-            pause_waiting(&w.consumer, &topic, partition, false);
-        }
+        part.resume_if_room(&w.consumer, &topic, partition);
     }
 
     /// A record of the waiting log.
@@ -517,25 +522,13 @@ impl State {
                                     // Resumed from the next offset (librdkafka drops what it
                                     // fetched for a paused partition).
                                     part.full = true;
-                                    pause_waiting(&w.consumer, &topic, partition, true);
+                                    pause(w.consumer.as_ref(), &topic, partition, true);
                                 }
                             }
                             FollowAction::Handle => {
-                                let job = Job {
-                                    tp: Tp {
-                                        stage: Stage::Main,
-                                        partition,
-                                    },
-                                    epoch: part.epoch,
-                                    message: follower_message(
-                                        &main,
-                                        partition,
-                                        main_offset,
-                                        m,
-                                        &headers,
-                                    ),
-                                    intake: Intake::Follower { log_offset },
-                                };
+                                let message =
+                                    follower_message(&main, partition, main_offset, m, &headers);
+                                let job = part.follower_job(partition, log_offset, message);
                                 self.dispatch(job);
                             }
                         }
@@ -547,22 +540,6 @@ impl State {
                 }
                 self.waiting_rewind(partition);
             }
-        }
-    }
-
-    /// The reader reached the end of `partition` (librdkafka's partition EOF).
-    pub(super) fn on_waiting_eof(
-        &mut self,
-        consumer: &StreamConsumer<TopologyContext>,
-        partition: i32,
-    ) {
-        let rebuilding = self
-            .waiting
-            .as_ref()
-            .and_then(|w| w.parts.get(&partition))
-            .is_some_and(|p| matches!(p.phase, Phase::Rebuilding { .. }));
-        if rebuilding {
-            self.waiting_rebuilt(consumer, partition);
         }
     }
 
@@ -584,15 +561,8 @@ impl State {
                 let topic = topic.clone();
                 let partition = *partition;
                 tokio::spawn(async move {
-                    let headers = crate::headers::rewrite(&[], &note.entry.headers());
-                    let record = Record {
-                        topic: &topic,
-                        key: Some(&note.key),
-                        payload: None,
-                        headers,
-                        partition: Some(partition),
-                        timestamp: None,
-                    };
+                    let record =
+                        waiting_record(&topic, partition, Some(&note.key), &note.entry, None);
                     // Not written: the followers are handled again after a restart, in order.
                     let _ = producer.send_acked(&record, &abandon).await;
                 });
@@ -622,12 +592,6 @@ fn follower_message(
     m: &BorrowedMessage<'_>,
     headers: &[crate::headers::Header],
 ) -> Message {
-    let own = [
-        keyorder::WAITING,
-        keyorder::WAITING_OFFSET,
-        keyorder::WAITING_FOLLOWER,
-        keyorder::WAITING_COUNT,
-    ];
     Message {
         topic: main.to_string(),
         partition,
@@ -636,23 +600,14 @@ fn follower_message(
         payload: m.payload().map(<[u8]>::to_vec),
         headers: headers
             .iter()
-            .filter(|h| !own.iter().any(|o| h.name == o.as_bytes()))
+            .filter(|h| {
+                !keyorder::RECORD_HEADERS
+                    .iter()
+                    .any(|o| h.name == o.as_bytes())
+            })
             .cloned()
             .collect(),
         timestamp: m.timestamp().to_millis(),
         attempt: 0,
-    }
-}
-
-fn pause_waiting(consumer: &StreamConsumer, topic: &str, partition: i32, paused: bool) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let result = if paused {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = result {
-        tracing::debug!(topic, partition, paused, error = %e, "pausing the waiting partition failed");
     }
 }

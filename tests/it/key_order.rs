@@ -107,14 +107,10 @@ async fn a_key_s_later_messages_wait_for_the_one_in_retry() {
     wait_ready(&running).await;
     let messages = keyed_messages(&mut rng);
     produce(&main, &messages).await;
-    let r = recording.clone();
-    eventually(
+    wait_until(
         "every keyed message succeeded",
         Duration::from_secs(180),
-        || {
-            let r = r.clone();
-            async move { succeeded_of(&r.records()) == KEYS * PER_KEY }
-        },
+        || succeeded_of(&recording.records()) == KEYS * PER_KEY,
     )
     .await;
     let blocked_seen = recording
@@ -171,10 +167,8 @@ async fn key_order_survives_kill_9s() {
     for kill in 0..3 {
         wait_readyz(&p, Duration::from_secs(60)).await;
         let before = sink.count();
-        let s = sink.clone();
-        eventually("progress after a start", Duration::from_secs(60), || {
-            let s = s.clone();
-            async move { s.count() > before }
+        wait_until("progress after a start", Duration::from_secs(60), || {
+            sink.count() > before
         })
         .await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..3000))).await;
@@ -183,14 +177,10 @@ async fn key_order_survives_kill_9s() {
         p = spawn(&args);
     }
     feed.await.unwrap();
-    let s = sink.clone();
-    eventually(
+    wait_until(
         "every keyed message succeeded after the kills",
         Duration::from_secs(240),
-        || {
-            let s = s.clone();
-            async move { succeeded_of(&s.records()) == KEYS * PER_KEY }
-        },
+        || succeeded_of(&sink.records()) == KEYS * PER_KEY,
     )
     .await;
     assert!(p.running(), "rebound exited on its own:\n{}", p.log_text());
@@ -230,17 +220,13 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     );
     // Stop an instance while keys of its main partitions are blocked with followers waiting
     // behind them (either may own the main partitions), then start another.
-    let (ma, mb) = (a.metrics.clone(), b.metrics.clone());
     let holds = |m: &rebound::metrics::Metrics| {
         m.ordering_blocked_keys.get() > 0 && m.ordering_waiting.get() > 0
     };
-    eventually(
+    wait_until(
         "keys blocked with followers waiting",
         Duration::from_secs(60),
-        || {
-            let (ma, mb) = (ma.clone(), mb.clone());
-            async move { holds(&ma) || holds(&mb) }
-        },
+        || holds(&a.metrics) || holds(&b.metrics),
     )
     .await;
     let (stopped, kept) = if holds(&a.metrics) { (a, b) } else { (b, a) };
@@ -253,14 +239,10 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     let c = start(config(topo.clone(), &group), Arc::new(recording.clone()));
     wait_ready(&c).await;
     feed.await.unwrap();
-    let r = recording.clone();
-    eventually(
+    wait_until(
         "every keyed message succeeded across the rebalance",
         Duration::from_secs(180),
-        || {
-            let r = r.clone();
-            async move { succeeded_of(&r.records()) == KEYS * PER_KEY }
-        },
+        || succeeded_of(&recording.records()) == KEYS * PER_KEY,
     )
     .await;
     kept.stop().await;
@@ -315,10 +297,8 @@ async fn a_hot_key_waiting_behind_a_blocked_one_costs_no_memory_per_message() {
         "FIGURES key-order-hot: waiting={HOT} rss_idle_kib={idle} rss_peak_kib={waiting_peak}"
     );
     // Then the first message's retry comes due and the 10 000 follow, in order.
-    let s = sink.clone();
-    eventually("the hot key drained", Duration::from_secs(300), || {
-        let s = s.clone();
-        async move { s.succeeded().len() == HOT + 1 }
+    wait_until("the hot key drained", Duration::from_secs(300), || {
+        sink.succeeded().len() == HOT + 1
     })
     .await;
     p.term(Duration::from_secs(30));
