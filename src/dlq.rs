@@ -1070,9 +1070,7 @@ impl<'a> Replay<'a> {
                 self.summary.interrupted = true;
                 return Step::Finish;
             }
-            Err(rejected @ ProduceError::Rejected { .. }) => {
-                self.fail(&entry, rejected.to_string())
-            }
+            Err(rejected) => self.fail(&entry, rejected.to_string()),
         }
         Step::Next
     }

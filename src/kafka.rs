@@ -133,6 +133,44 @@ pub fn producer_config(cluster: &ClusterConfig) -> ClientConfig {
     c
 }
 
+/// The waiting log's producer ([`crate::produce::Producer::ordered`]): the copies' producer
+/// with `enable.idempotence=true` and `message.timeout.ms=0`, set after every `-X` property.
+pub fn ordered_producer_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = producer_config(cluster);
+    c.set("enable.idempotence", "true")
+        .set("message.timeout.ms", "0");
+    c
+}
+
+/// librdkafka's default `batch.size` (bytes).
+const DEFAULT_BATCH_SIZE: i64 = 1_000_000;
+/// Room kept under a topic's `max.message.bytes` for the batch framing (Kafka's record batch
+/// header is 61 bytes) and librdkafka's estimate of it.
+const BATCH_FRAMING: i64 = 512;
+
+/// `cluster` with `batch.size` lowered so that a batch of a producer fits `limit`, the smallest
+/// `max.message.bytes` of the topics it writes to ([`crate::topics::Plan::record_limit`]). The
+/// broker refuses a whole batch that is over its topic's limit, so without this a record too
+/// large for a topic would take the records batched with it down too; librdkafka applies
+/// `batch.size` after a batch's first record, so only a record too large on its own is refused
+/// then. Returns the lowered configuration and its `batch.size`, or `None` when the user's (or
+/// librdkafka's default) already fits.
+pub fn cap_batch(cluster: &ClusterConfig, limit: Option<i64>) -> Option<(ClusterConfig, i64)> {
+    let cap = (limit? - BATCH_FRAMING).max(1);
+    let current = cluster
+        .kafka
+        .get("batch.size")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(DEFAULT_BATCH_SIZE);
+    if current <= cap {
+        return None;
+    }
+    let mut capped = cluster.clone();
+    capped.kafka.0.retain(|(k, _)| k != "batch.size");
+    capped.kafka.0.push(("batch.size".into(), cap.to_string()));
+    Some((capped, cap))
+}
+
 /// The admin client's settings: brokers and every `-X` property.
 pub fn admin_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = base_config(cluster);
@@ -600,6 +638,49 @@ mod tests {
             ),
             topology: Topology::new("t", &[Duration::from_secs(60)]),
         }
+    }
+
+    #[test]
+    fn a_batch_is_capped_under_the_smallest_topic_limit() {
+        let plain = cluster(&[]);
+        assert!(cap_batch(&plain, None).is_none());
+        // Kafka's default max.message.bytes takes librdkafka's default batch.size.
+        assert!(cap_batch(&plain, Some(1_048_588)).is_none());
+        let (capped, size) = cap_batch(&plain, Some(4096)).expect("capped");
+        assert_eq!(size, 4096 - 512);
+        assert_eq!(
+            producer_config(&capped).get("batch.size"),
+            Some("3584"),
+            "the producer gets it"
+        );
+        let (capped, _) =
+            cap_batch(&cluster(&[("batch.size", "100000")]), Some(65_536)).expect("capped");
+        assert_eq!(capped.kafka.get("batch.size"), Some("65024"));
+        assert!(cap_batch(&cluster(&[("batch.size", "1000")]), Some(65_536)).is_none());
+    }
+
+    #[test]
+    fn the_waiting_log_producer_keeps_order_whatever_x_says() {
+        let user = cluster(&[
+            ("enable.idempotence", "false"),
+            ("message.timeout.ms", "1000"),
+            ("linger.ms", "50"),
+        ]);
+        let ordered = ordered_producer_config(&user);
+        assert_eq!(ordered.get("enable.idempotence"), Some("true"));
+        assert_eq!(ordered.get("message.timeout.ms"), Some("0"));
+        assert_eq!(ordered.get("acks"), Some("all"));
+        // Other -X properties still apply.
+        assert_eq!(ordered.get("linger.ms"), Some("50"));
+        // The copies' producer is left as the user says.
+        assert_eq!(
+            producer_config(&user).get("enable.idempotence"),
+            Some("false")
+        );
+        // librdkafka takes the combination.
+        let p: Result<rdkafka::producer::BaseProducer, _> =
+            ordered_producer_config(&cluster(&[])).create();
+        assert!(p.is_ok(), "{:?}", p.err());
     }
 
     #[test]

@@ -39,9 +39,18 @@ pub const WAITING_OFFSET: &str = "rebound-waiting-offset";
 pub const WAITING_FOLLOWER: &str = "rebound-waiting-follower";
 /// Header of `passed`: how many followers the owner counted as waiting then (for the gauge).
 pub const WAITING_COUNT: &str = "rebound-waiting-count";
+/// Header of `blocked` and `moved`: the index of the tier the blocker went to (0 = the first
+/// tier), for the per-tier gauges.
+pub const WAITING_TIER: &str = "rebound-waiting-tier";
 /// Every header of a waiting-log record that is not the message's own (removed from a
 /// follower before it is handled).
-pub const RECORD_HEADERS: [&str; 4] = [WAITING, WAITING_OFFSET, WAITING_FOLLOWER, WAITING_COUNT];
+pub const RECORD_HEADERS: [&str; 5] = [
+    WAITING,
+    WAITING_OFFSET,
+    WAITING_FOLLOWER,
+    WAITING_COUNT,
+    WAITING_TIER,
+];
 /// Header of a tier copy of a blocker: `<main partition>:<main offset>`. Whoever ends that copy
 /// appends `done` for it to that partition of the waiting log.
 pub const ORDERING: &str = "rebound-ordering";
@@ -49,9 +58,14 @@ pub const ORDERING: &str = "rebound-ordering";
 /// One record of the waiting log, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
-    /// The key is blocked by the message at main offset `blocker`; `follower`: that message
-    /// was the follower at this waiting-log offset (so it is passed).
-    Blocked { blocker: i64, follower: Option<i64> },
+    /// The key is blocked by the message at main offset `blocker`, which went to tier `tier`
+    /// (`None` in records that do not say); `follower`: that message was the follower at this
+    /// waiting-log offset (so it is passed).
+    Blocked {
+        blocker: i64,
+        follower: Option<i64>,
+        tier: Option<u16>,
+    },
     /// A follower: the main message at `main_offset`, waiting behind its key.
     Follow { main_offset: i64 },
     /// Every follower of the key below waiting-log offset `next` is handled; `waiting` were
@@ -59,6 +73,10 @@ pub enum Entry {
     Passed { next: i64, waiting: u64 },
     /// The blocker at main offset `blocker` left the retry path.
     Done { blocker: i64 },
+    /// The blocker at main offset `blocker` failed again and went on to tier `tier`
+    /// (informational: for the per-tier gauges; written without waiting, so it may be missing or
+    /// come after the blocker's `done`).
+    Moved { blocker: i64, tier: u16 },
 }
 
 /// Why a waiting-log record could not be read.
@@ -80,6 +98,7 @@ impl Entry {
             Entry::Follow { .. } => "follow",
             Entry::Passed { .. } => "passed",
             Entry::Done { .. } => "done",
+            Entry::Moved { .. } => "moved",
         }
     }
 
@@ -87,10 +106,17 @@ impl Entry {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![(WAITING, self.kind().to_string())];
         match *self {
-            Entry::Blocked { blocker, follower } => {
+            Entry::Blocked {
+                blocker,
+                follower,
+                tier,
+            } => {
                 out.push((WAITING_OFFSET, blocker.to_string()));
                 if let Some(f) = follower {
                     out.push((WAITING_FOLLOWER, f.to_string()));
+                }
+                if let Some(t) = tier {
+                    out.push((WAITING_TIER, t.to_string()));
                 }
             }
             Entry::Follow { main_offset } => out.push((WAITING_OFFSET, main_offset.to_string())),
@@ -99,6 +125,10 @@ impl Entry {
                 out.push((WAITING_COUNT, waiting.to_string()));
             }
             Entry::Done { blocker } => out.push((WAITING_OFFSET, blocker.to_string())),
+            Entry::Moved { blocker, tier } => {
+                out.push((WAITING_OFFSET, blocker.to_string()));
+                out.push((WAITING_TIER, tier.to_string()));
+            }
         }
         out
     }
@@ -112,12 +142,16 @@ impl Entry {
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .ok_or(EntryError::BadNumber(name))
         };
+        let tier = || -> Result<u16, EntryError> {
+            u16::try_from(num(WAITING_TIER)?).map_err(|_| EntryError::BadNumber(WAITING_TIER))
+        };
         match kind {
             b"blocked" => Ok(Entry::Blocked {
                 blocker: num(WAITING_OFFSET)?,
                 follower: get(WAITING_FOLLOWER)
                     .map(|_| num(WAITING_FOLLOWER))
                     .transpose()?,
+                tier: get(WAITING_TIER).map(|_| tier()).transpose()?,
             }),
             b"follow" => Ok(Entry::Follow {
                 main_offset: num(WAITING_OFFSET)?,
@@ -128,6 +162,10 @@ impl Entry {
             }),
             b"done" => Ok(Entry::Done {
                 blocker: num(WAITING_OFFSET)?,
+            }),
+            b"moved" => Ok(Entry::Moved {
+                blocker: num(WAITING_OFFSET)?,
+                tier: tier()?,
             }),
             other => Err(EntryError::UnknownKind(
                 String::from_utf8_lossy(other).into_owned(),
@@ -153,6 +191,8 @@ pub fn parse_ordering(value: &[u8]) -> Option<(i32, i64)> {
 pub struct Chain {
     /// The main offset of the key's message now in the retry tiers, if any.
     pub blocker: Option<i64>,
+    /// The tier that message is in, as far as the log said (`blocked`, then `moved`).
+    pub tier: Option<u16>,
     /// Every follower below this waiting-log offset is handled.
     pub next_follower: i64,
     /// The waiting-log offset of the key's last follower, if any.
@@ -181,6 +221,7 @@ impl Chain {
     fn new(blocker: i64, since: i64) -> Chain {
         Chain {
             blocker: Some(blocker),
+            tier: None,
             next_follower: since + 1,
             last_follower: None,
             last_main: blocker,
@@ -286,6 +327,21 @@ impl Chains {
         self.keys.values().map(|c| c.waiting).sum()
     }
 
+    /// Adds, per tier, the keys blocked by a message in that tier and the followers waiting
+    /// behind them to `out` (index = tier; a tier the log did not name counts as the first, one
+    /// beyond `out` as the last). Followers of keys no longer blocked (being released) count in
+    /// no tier.
+    pub fn add_by_tier(&self, out: &mut [(i64, i64)]) {
+        let Some(last) = out.len().checked_sub(1) else {
+            return;
+        };
+        for c in self.keys.values().filter(|c| c.blocker.is_some()) {
+            let t = usize::from(c.tier.unwrap_or(0)).min(last);
+            out[t].0 += 1;
+            out[t].1 += c.waiting as i64;
+        }
+    }
+
     /// Every record below this waiting-log offset has been applied.
     pub fn applied_to(&self) -> i64 {
         self.applied_to
@@ -347,18 +403,33 @@ impl Chains {
     /// `blocker` (the follower at waiting-log offset `follower`, if it was one) is in a tier.
     /// If that blocker's `done` came first, the key is not blocked (but its chain is opened, so
     /// that followers written meanwhile are not lost).
-    pub fn blocked(&mut self, key: &[u8], blocker: i64, follower: Option<i64>, log_offset: i64) {
-        self.set_blocked(key, blocker, follower, log_offset);
+    pub fn blocked(
+        &mut self,
+        key: &[u8],
+        blocker: i64,
+        follower: Option<i64>,
+        tier: Option<u16>,
+        log_offset: i64,
+    ) {
+        self.set_blocked(key, blocker, follower, tier, log_offset);
         self.settle(key);
     }
 
-    fn set_blocked(&mut self, key: &[u8], blocker: i64, follower: Option<i64>, log_offset: i64) {
+    fn set_blocked(
+        &mut self,
+        key: &[u8],
+        blocker: i64,
+        follower: Option<i64>,
+        tier: Option<u16>,
+        log_offset: i64,
+    ) {
         let ended = self.early_dones.remove(&(key.to_vec(), blocker));
         let c = self
             .keys
             .entry(key.to_vec())
             .or_insert_with(|| Chain::new(blocker, log_offset));
         c.blocker = (!ended).then_some(blocker);
+        c.tier = tier;
         c.last_main = c.last_main.max(blocker);
         if let Some(f) = follower {
             if f >= c.next_follower {
@@ -437,8 +508,12 @@ impl Chains {
         }
         self.applied_to = log_offset + 1;
         match entry {
-            Entry::Blocked { blocker, follower } => {
-                self.set_blocked(key, blocker, follower, log_offset);
+            Entry::Blocked {
+                blocker,
+                follower,
+                tier,
+            } => {
+                self.set_blocked(key, blocker, follower, tier, log_offset);
             }
             Entry::Follow { main_offset } => {
                 if let Some(c) = self.keys.get_mut(key) {
@@ -458,6 +533,16 @@ impl Chains {
             Entry::Done { blocker } => {
                 self.set_done(key, blocker);
             }
+            Entry::Moved { blocker, tier } => self.moved(key, blocker, tier),
+        }
+    }
+
+    /// The blocker at main offset `blocker` of `key` went on to tier `tier`.
+    fn moved(&mut self, key: &[u8], blocker: i64, tier: u16) {
+        if let Some(c) = self.keys.get_mut(key) {
+            if c.blocker == Some(blocker) {
+                c.tier = Some(tier);
+            }
         }
     }
 
@@ -470,6 +555,10 @@ impl Chains {
         }
         match entry {
             Entry::Done { blocker } if fresh => self.done(key, blocker),
+            Entry::Moved { blocker, tier } if fresh => {
+                self.moved(key, blocker, tier);
+                false
+            }
             _ => false,
         }
     }
@@ -574,10 +663,16 @@ mod tests {
             Entry::Blocked {
                 blocker: 7,
                 follower: None,
+                tier: None,
             },
             Entry::Blocked {
                 blocker: 9,
                 follower: Some(3),
+                tier: Some(2),
+            },
+            Entry::Moved {
+                blocker: 9,
+                tier: 3,
             },
             Entry::Follow { main_offset: 12 },
             Entry::Passed {
@@ -601,11 +696,58 @@ mod tests {
         assert_eq!(parse_ordering(b"3;99"), None);
     }
 
+    /// The gauges by tier follow a blocker from its `blocked` record through its `moved` ones,
+    /// live and in a rebuild; a `moved` of another blocker of the key changes nothing.
+    #[test]
+    fn keys_and_followers_are_counted_in_the_tier_of_their_blocker() {
+        let by_tier = |c: &Chains| {
+            let mut out = vec![(0, 0); 3];
+            c.add_by_tier(&mut out);
+            out
+        };
+        let mut c = Chains::starting_at(0);
+        assert_eq!(c.main_action(Some(b"k"), 10), MainAction::Handle);
+        c.blocked(b"k", 10, None, Some(0), 0);
+        assert_eq!(c.main_action(Some(b"k"), 11), MainAction::Follow);
+        c.followed(b"k", 1);
+        assert_eq!(by_tier(&c), vec![(1, 1), (0, 0), (0, 0)]);
+        let moved = |blocker, tier| Entry::Moved { blocker, tier };
+        assert!(!c.read_live(2, b"k", moved(10, 1)));
+        assert_eq!(by_tier(&c), vec![(0, 0), (1, 1), (0, 0)]);
+        c.read_live(3, b"k", moved(9, 2));
+        assert_eq!(by_tier(&c), vec![(0, 0), (1, 1), (0, 0)], "another blocker");
+        c.read_live(4, b"k", moved(10, 7));
+        assert_eq!(
+            by_tier(&c),
+            vec![(0, 0), (0, 0), (1, 1)],
+            "beyond: the last"
+        );
+        // A rebuild from the log says the same.
+        let mut r = Chains::starting_at(0);
+        let log = [
+            Entry::Blocked {
+                blocker: 10,
+                follower: None,
+                tier: Some(0),
+            },
+            Entry::Follow { main_offset: 11 },
+            moved(10, 1),
+        ];
+        for (i, e) in log.into_iter().enumerate() {
+            r.apply(i as i64, b"k", e);
+        }
+        r.rebuilt();
+        assert_eq!(by_tier(&r), vec![(0, 0), (1, 1), (0, 0)]);
+        // Freed: counted in no tier.
+        assert!(c.done(b"k", 10));
+        assert_eq!(by_tier(&c), vec![(0, 0); 3]);
+    }
+
     #[test]
     fn a_blocked_key_s_later_messages_follow_and_are_released_in_order() {
         let mut c = Chains::starting_at(0);
         assert_eq!(c.main_action(Some(b"k"), 10), MainAction::Handle);
-        c.blocked(b"k", 10, None, 0);
+        c.blocked(b"k", 10, None, None, 0);
         assert_eq!(
             c.main_action(Some(b"k"), 10),
             MainAction::Skip,
@@ -634,14 +776,14 @@ mod tests {
     #[test]
     fn a_follower_that_fails_blocks_the_rest_and_an_old_done_changes_nothing() {
         let mut c = Chains::starting_at(0);
-        c.blocked(b"k", 10, None, 0);
+        c.blocked(b"k", 10, None, None, 0);
         assert_eq!(c.main_action(Some(b"k"), 11), MainAction::Follow);
         c.followed(b"k", 1);
         assert_eq!(c.main_action(Some(b"k"), 12), MainAction::Follow);
         c.followed(b"k", 2);
         assert!(c.done(b"k", 10));
         assert_eq!(c.on_follow(b"k", 1), FollowAction::Handle);
-        c.blocked(b"k", 11, Some(1), 3);
+        c.blocked(b"k", 11, Some(1), None, 3);
         assert_eq!(c.on_follow(b"k", 2), FollowAction::Skip, "blocked again");
         assert!(!c.done(b"k", 10), "the first blocker's done again");
         assert!(c.get(b"k").unwrap().blocker == Some(11));
@@ -667,6 +809,14 @@ mod tests {
             key: u8,
             fails: bool,
         },
+        /// The producer writes the oldest `follow` record it was given (in order: it is
+        /// idempotent), not yet acknowledged to the loop.
+        Deliver,
+        /// The loop learns that a written `follow` record of `key` was acknowledged (in any
+        /// order: each waits in its own task).
+        Ack {
+            key: u8,
+        },
         Crash,
     }
 
@@ -676,6 +826,8 @@ mod tests {
             2 => (0u8..4).prop_map(|key| Step::Done { key }),
             3 => Just(Step::Read),
             3 => (0u8..4, any::<bool>()).prop_map(|(key, fails)| Step::FollowerEnds { key, fails }),
+            3 => Just(Step::Deliver),
+            3 => (0u8..4).prop_map(|key| Step::Ack { key }),
             1 => Just(Step::Crash),
         ]
     }
@@ -694,6 +846,11 @@ mod tests {
         /// Followers in flight: (key, main offset, log offset).
         in_flight: Vec<(u8, i64, i64)>,
         position: usize,
+        /// `follow` records enqueued on the producer, not written yet: (key, main offset).
+        enqueued: VecDeque<(u8, i64)>,
+        /// `follow` records written, their acknowledgement not seen by the loop: (key, log
+        /// offset).
+        unacked: Vec<(u8, i64)>,
     }
 
     impl Model {
@@ -729,32 +886,51 @@ mod tests {
             }
         }
 
+        /// The loop decides on the main message `o` of `key`, read for the first time or again
+        /// after a crash.
+        fn main(&mut self, key: u8, o: i64) {
+            match self.chains.main_action(Some(&[key]), o) {
+                MainAction::Handle => {
+                    if (o * 7 + key as i64) % 3 == 0 {
+                        let at = self.append(
+                            key,
+                            Entry::Blocked {
+                                blocker: o,
+                                follower: None,
+                                tier: None,
+                            },
+                        );
+                        self.chains.blocked(&[key], o, None, None, at);
+                        self.in_tiers.push((key, o));
+                    } else {
+                        self.succeed(key, o);
+                    }
+                }
+                MainAction::Follow => self.enqueued.push_back((key, o)),
+                MainAction::Skip => {}
+            }
+        }
+
         fn run(&mut self, s: &Step) {
             match *s {
                 Step::Main { key } => {
                     let o = self.main_offset;
                     self.main_offset += 1;
-                    match self.chains.main_action(Some(&[key]), o) {
-                        MainAction::Handle => {
-                            if (o * 7 + key as i64) % 3 == 0 {
-                                let at = self.append(
-                                    key,
-                                    Entry::Blocked {
-                                        blocker: o,
-                                        follower: None,
-                                    },
-                                );
-                                self.chains.blocked(&[key], o, None, at);
-                                self.in_tiers.push((key, o));
-                            } else {
-                                self.succeed(key, o);
-                            }
+                    self.main(key, o);
+                }
+                Step::Deliver => {
+                    if let Some((key, o)) = self.enqueued.pop_front() {
+                        let at = self.append(key, Entry::Follow { main_offset: o });
+                        self.unacked.push((key, at));
+                    }
+                }
+                Step::Ack { key } => {
+                    if let Some(i) = self.unacked.iter().position(|(k, _)| *k == key) {
+                        let (_, at) = self.unacked.remove(i);
+                        self.chains.followed(&[key], at);
+                        if let Some(back) = self.chains.rewind(self.position as i64) {
+                            self.seek(back);
                         }
-                        MainAction::Follow => {
-                            let at = self.append(key, Entry::Follow { main_offset: o });
-                            self.chains.followed(&[key], at);
-                        }
-                        MainAction::Skip => {}
                     }
                 }
                 Step::Done { key } => {
@@ -803,9 +979,10 @@ mod tests {
                                 Entry::Blocked {
                                     blocker: o,
                                     follower: Some(at),
+                                    tier: None,
                                 },
                             );
-                            self.chains.blocked(&[key], o, Some(at), b);
+                            self.chains.blocked(&[key], o, Some(at), None, b);
                             self.in_tiers.push((key, o));
                         } else {
                             self.succeed(key, o);
@@ -819,7 +996,16 @@ mod tests {
                         }
                     }
                 }
-                Step::Crash => self.rebuild(),
+                Step::Crash => {
+                    // Records not written are lost with the process; their main offsets were
+                    // not committed, so they are read again, in order, after the rebuild.
+                    let lost: Vec<(u8, i64)> = self.enqueued.drain(..).collect();
+                    self.unacked.clear();
+                    self.rebuild();
+                    for (key, o) in lost {
+                        self.main(key, o);
+                    }
+                }
             }
         }
     }
@@ -838,6 +1024,8 @@ mod tests {
                 in_tiers: Vec::new(),
                 in_flight: Vec::new(),
                 position: 0,
+                enqueued: VecDeque::new(),
+                unacked: Vec::new(),
             };
             for s in &steps {
                 m.run(s);
@@ -845,8 +1033,20 @@ mod tests {
             }
             // Then every blocker ends and every follower succeeds: everything must get done.
             for _ in 0..10_000 {
-                if m.in_tiers.is_empty() && m.in_flight.is_empty() && m.position >= m.log.len() {
+                if m.in_tiers.is_empty()
+                    && m.in_flight.is_empty()
+                    && m.enqueued.is_empty()
+                    && m.unacked.is_empty()
+                    && m.position >= m.log.len()
+                {
                     break;
+                }
+                while !m.enqueued.is_empty() {
+                    m.run(&Step::Deliver);
+                }
+                let acked: Vec<u8> = m.unacked.iter().map(|(k, _)| *k).collect();
+                for key in acked {
+                    m.run(&Step::Ack { key });
                 }
                 let blocked: Vec<u8> = m.in_tiers.iter().map(|(k, _)| *k).collect();
                 for key in blocked {

@@ -37,10 +37,11 @@ pub struct Metrics {
     pub tier_buffered_bytes: IntGaugeVec,
     pub lag: IntGaugeVec,
     pub in_flight: IntGauge,
-    /// `--ordering key`: keys whose earlier message is in the retry tiers.
-    pub ordering_blocked_keys: IntGauge,
-    /// `--ordering key`: messages waiting in the waiting log behind their key.
-    pub ordering_waiting: IntGauge,
+    /// `--ordering key`: keys whose earlier message is in the retry tiers, by its tier.
+    pub ordering_blocked_keys: IntGaugeVec,
+    /// `--ordering key`: messages waiting in the waiting log behind their key, by the tier of
+    /// the message they wait for.
+    pub ordering_waiting: IntGaugeVec,
     pub circuit_state: IntGauge,
     pub build_info: GaugeVec,
     pub health: Health,
@@ -195,17 +196,23 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique metric");
-        let ordering_blocked_keys = IntGauge::new(
-            "rebound_ordering_blocked_keys",
-            "--ordering key: keys whose earlier message is in the retry tiers (later ones wait).",
+        let ordering_blocked_keys = IntGaugeVec::new(
+            Opts::new(
+                "rebound_ordering_blocked_keys",
+                "--ordering key: keys whose earlier message is in the retry tiers (later ones wait), by the tier that message is in.",
+            ),
+            &["tier"],
         )
         .expect("valid metric");
         registry
             .register(Box::new(ordering_blocked_keys.clone()))
             .expect("unique metric");
-        let ordering_waiting = IntGauge::new(
-            "rebound_ordering_waiting_messages",
-            "--ordering key: messages waiting in <main>.waiting behind an earlier message of their key.",
+        let ordering_waiting = IntGaugeVec::new(
+            Opts::new(
+                "rebound_ordering_waiting_messages",
+                "--ordering key: messages waiting in <main>.waiting behind an earlier message of their key, by the tier that message is in.",
+            ),
+            &["tier"],
         )
         .expect("valid metric");
         registry

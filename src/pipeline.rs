@@ -168,6 +168,10 @@ struct State {
     /// `--ordering key`: the waiting log's reader and the chains of each main partition
     /// ([`waiting`]).
     waiting: Option<waiting::Waiting>,
+    /// `--ordering key`: jobs in `jobs` that are `follow` records waiting for their
+    /// acknowledgement ([`State::start_follow`]), and their bytes ([`footprint`]).
+    follows: usize,
+    follow_bytes: usize,
 }
 
 /// A job's first poll runs inline in the loop. One that takes longer than this (a handler doing
@@ -177,6 +181,13 @@ const SLOW_INLINE_POLL: Duration = Duration::from_micros(200);
 const SPAWN_ONLY_AFTER_SLOW_POLL: u32 = 1000;
 /// Inline polls are timed for one job in this many (reading the clock costs per message).
 const TIME_EVERY: u64 = 16;
+
+/// `--ordering key`: `follow` records enqueued and not acknowledged yet, at most (the loop reads
+/// no further until fewer are): messages, and bytes as counted by [`footprint`]. They wait
+/// outside `--max-in-flight`, so that a key's later messages do not hold the slots of other keys
+/// for a produce round trip each (BENCHMARKS.md, scenario 9).
+const PENDING_FOLLOWS: usize = 1024;
+const PENDING_FOLLOW_BYTES: usize = 16 << 20;
 
 /// Messages taken from the consumer in one loop turn when they are already there.
 const RECV_BATCH: usize = 256;
@@ -250,6 +261,8 @@ impl Pipeline {
                 draining: false,
                 eos,
                 waiting,
+                follows: 0,
+                follow_bytes: 0,
             },
         })
     }
@@ -505,7 +518,7 @@ impl State {
     /// Messages read and not finished, except those in tier buffers: what `--max-in-flight`
     /// bounds.
     fn buffered(&self) -> usize {
-        self.jobs.len() + self.admission.waiting()
+        self.jobs.len().saturating_sub(self.follows) + self.admission.waiting()
     }
 
     /// Whether another message may be read: fewer than `--max-in-flight` are buffered and, with
@@ -513,6 +526,8 @@ impl State {
     /// memory bound of held copies; the loop commits before that, see [`txn::Eos::full`]).
     fn has_room(&self) -> bool {
         self.buffered() < self.limits.max_in_flight
+            && self.follows < PENDING_FOLLOWS
+            && self.follow_bytes < PENDING_FOLLOW_BYTES
             && self.eos.as_ref().is_none_or(|e| e.held < txn::MAX_MESSAGES)
     }
 
@@ -1042,6 +1057,10 @@ impl State {
         if let Some(p) = self.parts.get_mut(&tp) {
             p.running.push(offset);
         }
+        let job = match self.start_follow(job) {
+            Some(job) => job,
+            None => return,
+        };
         // When the call began, for the slow-call watch (and the inline poll's timing).
         let began = std::time::Instant::now();
         let mut job = Box::pin(self.router.clone().process(job));
@@ -1066,6 +1085,41 @@ impl State {
         self.jobs.spawn(job);
     }
 
+    /// `--ordering key`: a main message whose key is in the retry path has its `follow` record
+    /// enqueued now ([`Router::enqueue_follow`]) and waits for the acknowledgement in its own
+    /// task, outside `--max-in-flight` (bounded by [`PENDING_FOLLOWS`] and
+    /// [`PENDING_FOLLOW_BYTES`] instead); its key's next message may start at once (the producer
+    /// keeps their records in order). Returns the job when it is not such a message, or when
+    /// the record could not be enqueued (it then waits for its acknowledgement holding its key,
+    /// [`Router::process`]).
+    fn start_follow(&mut self, job: Job) -> Option<Job> {
+        if !matches!(job.intake, Intake::Follow) {
+            return Some(job);
+        }
+        let pending = match self.router.enqueue_follow(&job) {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::debug!(partition = job.tp.partition, offset = job.message.offset, error = %e,
+                    "cannot enqueue the follow record now; writing it the awaited way");
+                return Some(job);
+            }
+        };
+        let bytes = footprint(&job.message);
+        self.follows += 1;
+        self.follow_bytes += bytes;
+        let next = self
+            .admission
+            .released(job.tp, job.message.offset, job.message.key.as_deref());
+        self.jobs
+            .spawn(self.router.clone().follow_acked(job, bytes, pending));
+        if let Some(next) = next {
+            if !self.draining && Self::is_current(&self.parts, &next) {
+                self.start(next);
+            }
+        }
+        None
+    }
+
     /// Accounts for every finished job, including those that finishing ones let start. The
     /// breaker gets every handler result before the job that gave it is accounted for.
     fn settle(&mut self, consumer: &StreamConsumer<TopologyContext>) {
@@ -1081,7 +1135,11 @@ impl State {
     fn on_completion(&mut self, done: Completion) {
         // First: the next job of this key (started below) decides on the key's new state.
         self.waiting_completed(&done);
-        if let Some(next) = self.admission.completed(&done) {
+        if let Some(bytes) = done.pipelined {
+            // Its key and its part in the breaker were settled when it was enqueued.
+            self.follows -= 1;
+            self.follow_bytes -= bytes;
+        } else if let Some(next) = self.admission.completed(&done) {
             if self.draining || !Self::is_current(&self.parts, &next) {
                 // Not started: handed back, its offset stays uncommitted.
             } else {

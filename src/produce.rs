@@ -29,6 +29,10 @@ pub enum ProduceError {
         code: RDKafkaErrorCode,
         detail: String,
     },
+    /// Not written, for a reason a retry may fix or that is not the record's (only from
+    /// [`PendingAck::acked`]; [`Producer::send_acked`] retries those itself).
+    #[error("the record was not acknowledged: {detail}")]
+    Failed { detail: String },
     /// The service is stopping; the copy may or may not have been written.
     #[error("stopped before the broker acknowledged the record")]
     Cancelled,
@@ -46,6 +50,39 @@ pub struct Record<'a> {
     pub partition: Option<i32>,
     /// The record's timestamp (ms since the epoch); `None`: the time of producing.
     pub timestamp: Option<i64>,
+}
+
+/// A record enqueued by [`Producer::enqueue_acked`], not acknowledged yet.
+pub struct PendingAck {
+    delivery: rdkafka::producer::DeliveryFuture,
+}
+
+impl PendingAck {
+    /// Waits for the broker: the record's (partition, offset), or the error it ended with
+    /// (`Rejected` for one no retry will fix, [`is_permanent`]; `Failed` for any other, e.g. the
+    /// producer's fatal state or its purge when it is dropped). `Cancelled` when `stop` is
+    /// cancelled first: the record may still be written.
+    pub async fn acked(self, stop: &CancellationToken) -> Result<(i32, i64), ProduceError> {
+        let result = tokio::select! {
+            result = self.delivery => result,
+            _ = stop.cancelled() => return Err(ProduceError::Cancelled),
+        };
+        match result {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((error, _))) => match error.rdkafka_error_code() {
+                Some(code) if is_permanent(code) => Err(ProduceError::Rejected {
+                    code,
+                    detail: error.to_string(),
+                }),
+                _ => Err(ProduceError::Failed {
+                    detail: error.to_string(),
+                }),
+            },
+            Err(_) => Err(ProduceError::Failed {
+                detail: "the producer was dropped before it reported".into(),
+            }),
+        }
+    }
 }
 
 /// Shared by every in-flight message; cheap to clone.
@@ -160,6 +197,23 @@ impl Producer {
         })
     }
 
+    /// The producer of the waiting log of `--ordering key` ([`crate::keyorder`]): idempotent
+    /// (`enable.idempotence=true`, so librdkafka's retries keep the order of the records of a
+    /// partition, KIP-98) and without a delivery timeout (`message.timeout.ms=0`: a record is
+    /// retried until it is written or refused for good, so a later record of a partition is never
+    /// written past an earlier one that timed out). Both are set after `-X`, which cannot turn
+    /// them off: the order of a key's `follow` records, enqueued without waiting for each other,
+    /// rests on them ([`Producer::enqueue_acked`]).
+    pub fn ordered(cluster: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Producer, KafkaError> {
+        let inner =
+            kafka::ordered_producer_config(cluster).create_with_context(ProducerContext {
+                metrics: Some(metrics),
+            })?;
+        Ok(Producer {
+            inner: Arc::new(inner),
+        })
+    }
+
     fn create(
         cluster: &ClusterConfig,
         metrics: Option<Arc<Metrics>>,
@@ -191,6 +245,18 @@ impl Producer {
         self.inner
             .send_result(future_record(record))
             .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Enqueues `record` now and returns what resolves to its (partition, offset) once the broker
+    /// acknowledged it, without waiting here: records enqueued one after another are written in
+    /// that order within a partition when the producer keeps order ([`Producer::ordered`]).
+    /// Errors: the client's own refusal at enqueue (too large for its `message.max.bytes`, its
+    /// queue full); nothing was enqueued then.
+    pub fn enqueue_acked(&self, record: &Record<'_>) -> Result<PendingAck, KafkaError> {
+        self.inner
+            .send_result(future_record(record))
+            .map(|delivery| PendingAck { delivery })
             .map_err(|(e, _)| e)
     }
 

@@ -20,6 +20,7 @@ use crate::keyorder;
 use crate::metrics::Metrics;
 use crate::produce::{self, ProduceError, Producer, Record};
 use crate::topology::{DlqReason, Route, Stage, Topology, Unfit};
+use rdkafka::error::KafkaError;
 
 /// A partition of the topology: which stage it belongs to, and its number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +60,8 @@ pub enum KeyNote {
     Blocked {
         blocker: i64,
         follower: Option<i64>,
+        /// The tier it went to (index into [`Topology::tiers`]).
+        tier: u16,
         log_offset: i64,
     },
     /// The follower at `follower` was handled or dead-lettered.
@@ -121,6 +124,10 @@ pub struct Completion {
     /// `--ordering key`: the job was the follower at this waiting-log offset (its `offset` is
     /// its main offset, finished long ago: nothing to commit).
     pub follower: Option<i64>,
+    /// `--ordering key`: the job was a `follow` record enqueued when it started
+    /// ([`Router::enqueue_follow`]), of this many bytes. Its key gate and its part in the
+    /// breaker were settled then; the loop counts it only in its bound of pending follows.
+    pub pipelined: Option<usize>,
 }
 
 /// What every job shares.
@@ -141,6 +148,9 @@ pub struct Router {
     /// `--exactly-once`: copies are not produced by jobs but held for the loop's transaction
     /// ([`Finish::Held`]).
     pub exactly_once: bool,
+    /// `--ordering key`: the waiting log's producer ([`Producer::ordered`]), which keeps the
+    /// order of the records it is given; `None` otherwise.
+    pub waiting_producer: Option<Producer>,
 }
 
 impl Router {
@@ -188,6 +198,107 @@ impl Router {
             signal,
             note,
             follower,
+            pipelined: None,
+        }
+    }
+
+    /// `--ordering key`: enqueues the `follow` record of `job` (a main message whose key is in
+    /// the retry path, [`Intake::Follow`]) on the waiting log's producer now, without waiting
+    /// for the broker. The records of a waiting partition are then written in the order of
+    /// these calls (the producer is idempotent, [`Producer::ordered`]), so the loop may start
+    /// the key's next message at once instead of after this one's acknowledgement. Returns what
+    /// finishes the job ([`Router::follow_acked`]). Errors: the
+    /// client refused to enqueue it (its queue is full, or the record is over its
+    /// `message.max.bytes`); the job then takes the awaited path ([`Router::process`]).
+    pub fn enqueue_follow(&self, job: &Job) -> Result<produce::PendingAck, KafkaError> {
+        let (Some(topic), Some(producer)) = (
+            self.topology.waiting.as_deref(),
+            self.waiting_producer.as_ref(),
+        ) else {
+            return Err(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::InvalidArgument,
+            ));
+        };
+        let entry = keyorder::Entry::Follow {
+            main_offset: job.message.offset,
+        };
+        let record = waiting_record(
+            topic,
+            job.tp.partition,
+            job.message.key.as_deref(),
+            &entry,
+            Some(&job.message),
+        );
+        producer.enqueue_acked(&record)
+    }
+
+    /// Finishes a job whose `follow` record [`Router::enqueue_follow`] enqueued (`bytes`: what the
+    /// loop counts it as, given back in [`Completion::pipelined`]): when the broker
+    /// acknowledges it, the main offset is done and the key's chain has the follower. A record
+    /// the broker refuses for good (larger than the waiting log's `max.message.bytes`, an ACL)
+    /// is not retried, since a later record of its key may be written already and a retry would
+    /// come after it: the message is dead-lettered with the broker's error instead, as a copy a
+    /// tier refuses is, and its key goes on without it. Any other failure (the producer's fatal
+    /// state) is retried the awaited way. Handed back when the service stops first.
+    pub async fn follow_acked(
+        self: Arc<Self>,
+        job: Job,
+        bytes: usize,
+        pending: produce::PendingAck,
+    ) -> Completion {
+        let Job {
+            tp, epoch, message, ..
+        } = job;
+        let (finish, note) = match pending.acked(&self.abandon).await {
+            Ok((_, log_offset)) => (Finish::Done, KeyNote::Followed { log_offset }),
+            Err(ProduceError::Cancelled) => (Finish::HandedBack, KeyNote::FollowAbandoned),
+            Err(rejected @ ProduceError::Rejected { .. }) => {
+                tracing::error!(partition = tp.partition, offset = message.offset, error = %rejected,
+                    "the waiting log refuses this message for good; dead-lettering it (its key's later messages go on without it)");
+                // Where it came from, as on any dead letter of a main message; the error
+                // headers are the broker's (set by `deliver_rejected`).
+                let outcome = Outcome::permanent("produce_rejected", rejected.to_string());
+                let headers = failure_headers(
+                    &self.topology,
+                    tp,
+                    &message,
+                    &outcome,
+                    0,
+                    None,
+                    Utc::now(),
+                    None,
+                    Some(DlqReason::Permanent),
+                );
+                let finish = self
+                    .deliver_rejected(tp, &message, headers, &rejected)
+                    .await;
+                (finish, KeyNote::FollowAbandoned)
+            }
+            Err(failed @ ProduceError::Failed { .. }) => {
+                tracing::error!(partition = tp.partition, offset = message.offset, error = %failed,
+                    "the waiting log's producer failed; writing this follower again");
+                let entry = keyorder::Entry::Follow {
+                    main_offset: message.offset,
+                };
+                match self
+                    .append_waiting(tp.partition, &message, entry, true)
+                    .await
+                {
+                    Some(log_offset) => (Finish::Done, KeyNote::Followed { log_offset }),
+                    None => (Finish::HandedBack, KeyNote::FollowAbandoned),
+                }
+            }
+        };
+        Completion {
+            tp,
+            epoch,
+            offset: message.offset,
+            key: message.key,
+            finish,
+            signal: None,
+            note: Some(note),
+            follower: None,
+            pipelined: Some(bytes),
         }
     }
 
@@ -214,8 +325,9 @@ impl Router {
             &entry,
             with_message.then_some(message),
         );
+        let producer = self.waiting_producer.as_ref().unwrap_or(&self.producer);
         loop {
-            match self.producer.send_acked(&record, &self.abandon).await {
+            match producer.send_acked(&record, &self.abandon).await {
                 Ok((_, offset)) => return Some(offset),
                 Err(ProduceError::Cancelled) => return None,
                 // Refused for good (too large, an ACL): the order cannot be kept without it, and
@@ -250,6 +362,29 @@ impl Router {
         {
             Some(_) => finish,
             None => Finish::HandedBack,
+        }
+    }
+
+    /// A tier copy of a blocker (it has a `rebound-ordering` header) failed again and its copy
+    /// is in tier `tier` now: appends `moved` for it, for the owner's per-tier gauges. Written
+    /// without waiting and without retries: only a gauge depends on it.
+    fn note_moved(&self, message: &Message, tier: u16) {
+        let (Some(topic), Some(producer)) = (
+            self.topology.waiting.as_deref(),
+            self.waiting_producer.as_ref(),
+        ) else {
+            return;
+        };
+        let Some((partition, blocker)) = headers::last(&message.headers, keyorder::ORDERING)
+            .and_then(|h| h.value.as_deref())
+            .and_then(keyorder::parse_ordering)
+        else {
+            return;
+        };
+        let entry = keyorder::Entry::Moved { blocker, tier };
+        let record = waiting_record(topic, partition, message.key.as_deref(), &entry, None);
+        if let Err(e) = producer.enqueue_acked(&record) {
+            tracing::debug!(topic, partition, error = %e, "the waiting log's moved record was not written (a gauge only)");
         }
     }
 
@@ -421,10 +556,15 @@ impl Router {
                     return (finish, Some(signal), passed);
                 }
                 let mut note = None;
+                let tier_index = u16::try_from(tier).unwrap_or(u16::MAX);
+                if tp.stage != Stage::Main {
+                    self.note_moved(message, tier_index);
+                }
                 if blocks {
                     let entry = keyorder::Entry::Blocked {
                         blocker: message.offset,
                         follower,
+                        tier: Some(tier_index),
                     };
                     let Some(log_offset) = self
                         .append_waiting(tp.partition, message, entry, false)
@@ -435,6 +575,7 @@ impl Router {
                     note = Some(KeyNote::Blocked {
                         blocker: message.offset,
                         follower,
+                        tier: tier_index,
                         log_offset,
                     });
                 }
@@ -524,7 +665,7 @@ impl Router {
                 (Finish::Done, false)
             }
             Err(ProduceError::Cancelled) => (Finish::HandedBack, false),
-            Err(rejected @ ProduceError::Rejected { .. }) => {
+            Err(rejected) => {
                 tracing::error!(from, to, partition = tp.partition, offset = message.offset, error = %rejected,
                     "copy rejected by the broker; dead-lettering with the reason");
                 let mut headers = record.headers;

@@ -171,21 +171,30 @@ impl Service {
             server_stop.cancel();
             return Ok(());
         }
-        check_topic_settings(cluster).await?;
+        let record_limits = check_topic_settings(cluster).await?;
+        let copies_cluster = producer_cluster(cluster, record_limits.copies, "copies");
         let producer = if membership.exactly_once {
             let id = format!(
                 "{}.{}",
                 cluster.group,
                 membership.instance_id.as_deref().unwrap_or_default()
             );
-            let producer = Producer::transactional(cluster, metrics.clone(), &id)?;
+            let producer = Producer::transactional(&copies_cluster, metrics.clone(), &id)?;
             // Fences a predecessor with the same id and aborts its open transaction, so tier
             // and DLQ partitions are not held up for transaction.timeout.ms.
             producer.init_transactions(Duration::from_secs(30)).await?;
             tracing::info!(transactional_id = %id, "exactly-once: transactions initialised");
             producer
         } else {
-            Producer::reporting_to(cluster, metrics.clone())?
+            Producer::reporting_to(&copies_cluster, metrics.clone())?
+        };
+        // --ordering key: the waiting log's records go through their own, idempotent producer.
+        let waiting_producer = match topology.waiting {
+            Some(_) => Some(Producer::ordered(
+                &producer_cluster(cluster, record_limits.waiting, "waiting log"),
+                metrics.clone(),
+            )?),
+            None => None,
         };
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
@@ -221,6 +230,7 @@ impl Service {
                 series: series.clone(),
                 signals: Default::default(),
                 exactly_once: membership.exactly_once,
+                waiting_producer: waiting_producer.clone(),
             });
             match Pipeline::new(consumer, events_rx, router, limits, cluster)?
                 .run(stop.clone())
@@ -262,17 +272,22 @@ impl Service {
 /// Refuses a topology whose tiers or DLQ lose messages in normal operation
 /// ([`Severity::Loss`](crate::topics::Severity)); warns of the other hazards. A broker that cannot
 /// describe topic configurations (or refuses to) gets a warning, not a refusal.
-async fn check_topic_settings(cluster: &ClusterConfig) -> Result<(), ServiceError> {
-    let hazards = match crate::topics::check(cluster).await {
+async fn check_topic_settings(cluster: &ClusterConfig) -> Result<RecordLimits, ServiceError> {
+    use crate::topics::Role;
+    let (hazards, limits) = match crate::topics::check(cluster).await {
         Ok(plan) => {
-            if let Some(why) = plan.unreadable {
+            if let Some(why) = &plan.unreadable {
                 tracing::warn!(error = %why, "cannot read the topics' settings (cleanup.policy, retention.ms); not checked");
             }
-            plan.hazards
+            let limits = RecordLimits {
+                copies: plan.record_limit(|r| matches!(r, Role::Tier(_) | Role::Dlq)),
+                waiting: plan.record_limit(|r| r == Role::Waiting),
+            };
+            (plan.hazards, limits)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the topics' settings (cleanup.policy, retention.ms); starting anyway");
-            return Ok(());
+            return Ok(RecordLimits::default());
         }
     };
     let (fatal, other): (Vec<_>, Vec<_>) = hazards
@@ -282,9 +297,31 @@ async fn check_topic_settings(cluster: &ClusterConfig) -> Result<(), ServiceErro
         tracing::warn!(topic = %h.topic, problem = %h.problem, fix = %h.fix, "topic hazard");
     }
     if fatal.is_empty() {
-        Ok(())
+        Ok(limits)
     } else {
         Err(ServiceError::UnsafeTopics(fatal))
+    }
+}
+
+/// The smallest `max.message.bytes` of the topics each producer writes to, when the broker said.
+#[derive(Debug, Default, Clone, Copy)]
+struct RecordLimits {
+    /// The tiers and the DLQ (the copies' producer).
+    copies: Option<i64>,
+    /// The waiting log of `--ordering key`.
+    waiting: Option<i64>,
+}
+
+/// `cluster` for a producer writing to topics that take batches up to `limit` bytes
+/// ([`kafka::cap_batch`]); says so when it lowers `batch.size`.
+fn producer_cluster(cluster: &ClusterConfig, limit: Option<i64>, what: &str) -> ClusterConfig {
+    match kafka::cap_batch(cluster, limit) {
+        Some((capped, batch_size)) => {
+            tracing::info!(producer = what, batch_size, max_message_bytes = limit,
+                "batch.size lowered under the smallest max.message.bytes of the topics this producer writes to, so that a record too large for them is refused alone");
+            capped
+        }
+        None => cluster.clone(),
     }
 }
 

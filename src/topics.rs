@@ -80,6 +80,9 @@ pub struct Observed {
     pub cleanup_policy: Option<String>,
     /// `retention.ms`; -1 is unlimited. `None` when the broker did not say.
     pub retention_ms: Option<i64>,
+    /// `max.message.bytes`: the largest record batch the broker takes for it. `None` when the
+    /// broker did not say.
+    pub max_message_bytes: Option<i64>,
     /// The topic's own settings (source `DYNAMIC_TOPIC_CONFIG`): `AlterConfigs` replaces the
     /// whole set, so a retention change must send them all again.
     pub dynamic: Vec<(String, String)>,
@@ -166,7 +169,8 @@ pub fn dlq_retention_target(broker_default_ms: Option<i64>) -> i64 {
 }
 
 /// The hazards of one existing topic (pure). `delay` is the tier's delay (tiers only);
-/// `main_partitions` the main topic's partition count, when it exists.
+/// `main_partitions` the main topic's partition count, when it exists; `main_max_bytes` its
+/// `max.message.bytes`, when the broker said.
 pub fn topic_hazards(
     topology: &Topology,
     brokers: &str,
@@ -174,6 +178,7 @@ pub fn topic_hazards(
     topic: &str,
     seen: &Observed,
     main_partitions: Option<usize>,
+    main_max_bytes: Option<i64>,
 ) -> Vec<Hazard> {
     let mut out = Vec::new();
     let hazard = |severity, problem: String, fix: String| Hazard {
@@ -198,6 +203,22 @@ pub fn topic_hazards(
                 Severity::Loss,
                 format!("cleanup.policy={policy}: the broker compacts it, so {what}"),
                 alter_command(brokers, topic, "cleanup.policy=delete"),
+            ));
+        }
+    }
+    if let (Some(max), Some(main_max)) = (seen.max_message_bytes, main_max_bytes) {
+        if max < main_max {
+            let outcome = match role {
+                Role::Dlq => "is dead-lettered without its payload",
+                Role::Waiting => "is dead-lettered instead of waiting behind its key",
+                _ => "is dead-lettered instead of retried",
+            };
+            out.push(hazard(
+                Severity::Risk,
+                format!(
+                    "max.message.bytes={max} is smaller than the main topic's ({main_max}): a message of a size between the two {outcome}"
+                ),
+                alter_command(brokers, topic, &format!("max.message.bytes={main_max}")),
             ));
         }
     }
@@ -336,6 +357,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The smallest `max.message.bytes` of the topics of `roles` that exist, if the broker said:
+    /// what a batch of rebound's producer writing to them must stay under
+    /// ([`crate::kafka::cap_batch`]).
+    pub fn record_limit(&self, roles: impl Fn(Role) -> bool) -> Option<i64> {
+        self.rows
+            .iter()
+            .filter(|r| roles(r.role))
+            .filter_map(|r| r.observed.as_ref()?.max_message_bytes)
+            .min()
+    }
+
     pub fn to_create(&self) -> impl Iterator<Item = (&str, i32, &[(String, String)])> {
         self.rows.iter().filter_map(|r| match &r.state {
             TopicState::WillCreate {
@@ -362,6 +394,9 @@ pub fn decide(
     let topology = &cfg.cluster.topology;
     let brokers = cfg.cluster.brokers.as_str();
     let main_partitions = observed.get(&topology.main).map(|o| o.partitions);
+    let main_max_bytes = observed
+        .get(&topology.main)
+        .and_then(|o| o.max_message_bytes);
     let new_partitions = cfg
         .partitions
         .or(main_partitions.map(|p| p as i32))
@@ -400,6 +435,7 @@ pub fn decide(
                     topic,
                     seen,
                     main_partitions,
+                    main_max_bytes,
                 ));
                 let raise = match (target, seen.retention_ms) {
                     (Some(t), Some(r))
@@ -414,7 +450,13 @@ pub fn decide(
                     after.retention_ms = Some(t);
                 }
                 after_apply.extend(topic_hazards(
-                    topology, brokers, role, topic, &after, main_after,
+                    topology,
+                    brokers,
+                    role,
+                    topic,
+                    &after,
+                    main_after,
+                    main_max_bytes,
                 ));
                 (
                     TopicState::Exists {
@@ -429,6 +471,10 @@ pub fn decide(
                 if let Some(t) = target {
                     settings.push(("cleanup.policy".to_string(), "delete".to_string()));
                     settings.push(("retention.ms".to_string(), t.to_string()));
+                    // Takes every record the main topic takes (a copy adds headers only).
+                    if let Some(m) = main_max_bytes {
+                        settings.push(("max.message.bytes".to_string(), m.to_string()));
+                    }
                 }
                 // The waiting log has exactly the main topic's partitions (partition p waits
                 // for main partition p), whatever --partitions says.
@@ -592,6 +638,7 @@ pub async fn inspect(
                 if let Some(o) = observed.get_mut(name) {
                     o.cleanup_policy = value("cleanup.policy");
                     o.retention_ms = value("retention.ms").and_then(|v| v.parse().ok());
+                    o.max_message_bytes = value("max.message.bytes").and_then(|v| v.parse().ok());
                     o.dynamic = resource
                         .entries
                         .iter()
@@ -780,6 +827,7 @@ mod tests {
             partitions,
             cleanup_policy: Some(policy.into()),
             retention_ms: Some(retention_ms),
+            max_message_bytes: None,
             dynamic: vec![],
         }
     }
@@ -815,6 +863,51 @@ mod tests {
         assert!(!plan.unsafe_after_apply(), "{plan}");
         let row = plan.rows.iter().find(|r| r.topic == "orders.waiting");
         assert_eq!(row.unwrap().raise_retention, Some(WEEK), "{plan}");
+    }
+
+    /// A copies topic that takes smaller records than the main topic is a risk (a message of a
+    /// size between the two is dead-lettered); `apply` creates them with the main topic's
+    /// `max.message.bytes`; each producer's batch limit is the smallest of its topics.
+    #[test]
+    fn copies_topics_take_what_the_main_topic_takes() {
+        let mut c = cfg();
+        c.cluster.topology.waiting = Some("orders.waiting".into());
+        let sized = |max: i64| Observed {
+            max_message_bytes: Some(max),
+            ..seen(3, "delete", WEEK)
+        };
+        let mut observed: HashMap<String, Observed> = [("orders".to_string(), sized(8_388_608))]
+            .into_iter()
+            .collect();
+        let plan = decide(&c, &observed, Some(WEEK));
+        for (topic, _, settings) in plan.to_create() {
+            assert!(
+                settings.contains(&("max.message.bytes".into(), "8388608".into())),
+                "{topic}: {settings:?}"
+            );
+        }
+        observed.insert("orders.waiting".into(), sized(4096));
+        observed.insert("orders.dlq".into(), sized(1_048_588));
+        let plan = decide(&c, &observed, Some(WEEK));
+        let risks: Vec<&Hazard> = plan
+            .hazards
+            .iter()
+            .filter(|h| h.problem.starts_with("max.message.bytes="))
+            .collect();
+        assert_eq!(risks.len(), 2, "{plan}");
+        assert!(risks.iter().all(|h| h.severity == Severity::Risk));
+        assert!(
+            risks.iter().any(|h| h.topic == "orders.waiting"
+                && h.problem.contains("instead of waiting behind its key")
+                && h.fix.contains("max.message.bytes=8388608")),
+            "{plan}"
+        );
+        assert_eq!(plan.record_limit(|r| r == Role::Waiting), Some(4096));
+        assert_eq!(
+            plan.record_limit(|r| matches!(r, Role::Tier(_) | Role::Dlq)),
+            Some(1_048_588)
+        );
+        assert_eq!(plan.record_limit(|r| r == Role::Main), Some(8_388_608));
     }
 
     /// The operator-created topology of issue 14: a compacted tier, a tier whose retention is
@@ -865,10 +958,18 @@ mod tests {
         let c = cfg();
         let t = &c.cluster.topology;
         let tier = |r: i64| {
-            topic_hazards(t, "b", Role::Tier(1), "x", &seen(1, "delete", r), Some(1))
-                .iter()
-                .map(|h| h.severity)
-                .collect::<Vec<_>>()
+            topic_hazards(
+                t,
+                "b",
+                Role::Tier(1),
+                "x",
+                &seen(1, "delete", r),
+                Some(1),
+                None,
+            )
+            .iter()
+            .map(|h| h.severity)
+            .collect::<Vec<_>>()
         };
         assert_eq!(tier(299_999), vec![Severity::Loss]);
         assert_eq!(tier(300_000), vec![Severity::Risk]);
@@ -876,7 +977,7 @@ mod tests {
         assert_eq!(tier(300_000 + 86_400_000), vec![]);
         assert_eq!(tier(-1), vec![], "unlimited");
         let dlq = |r: i64, p: &str| {
-            topic_hazards(t, "b", Role::Dlq, "d", &seen(1, p, r), Some(1))
+            topic_hazards(t, "b", Role::Dlq, "d", &seen(1, p, r), Some(1), None)
                 .iter()
                 .map(|h| h.severity)
                 .collect::<Vec<_>>()

@@ -182,11 +182,27 @@ impl Admission {
         if done.signal.is_some() || self.slow.ended((done.tp, done.offset)) {
             // The breaker had its result (`judge` runs first), or judged it slow.
             self.judged_running = self.judged_running.saturating_sub(1);
-        } else if let Some(probe) = self.take_probe(done.tp, done.offset) {
-            // Handed back or never called: no evidence; another message may probe.
-            self.breaker.forget(probe);
+        } else {
+            self.not_called(done.tp, done.offset);
         }
         next
+    }
+
+    /// A job that will not call the handler (a `follow` record enqueued at its start, whose
+    /// end comes later, [`crate::router::Completion::pipelined`]) is over as far as admission
+    /// goes: frees its key (returning the job waiting behind it) and, if it was a probe, lets
+    /// another message probe. Its later completion must not come to [`Admission::completed`].
+    pub(super) fn released(&mut self, tp: Tp, offset: i64, key: Option<&[u8]>) -> Option<Job> {
+        let next = self.gate.release(tp, key);
+        self.not_called(tp, offset);
+        next
+    }
+
+    /// Handed back or never called: no evidence; another message may probe.
+    fn not_called(&mut self, tp: Tp, offset: i64) {
+        if let Some(probe) = self.take_probe(tp, offset) {
+            self.breaker.forget(probe);
+        }
     }
 
     /// Gives the breaker the handler results in `shared` (the router's), in their order.

@@ -125,16 +125,6 @@ impl Waiting {
         })
     }
 
-    /// Keys blocked and followers waiting, over the partitions read.
-    pub fn gauges(&self) -> (i64, i64) {
-        self.parts.values().fold((0, 0), |(b, w), p| {
-            (
-                b + p.chains.blocked_keys() as i64,
-                w + p.chains.waiting() as i64,
-            )
-        })
-    }
-
     /// Asks for partition `partition`'s low-water mark and high watermark (off the loop),
     /// after `delay` (a second when asking again after a failure).
     fn ask_start(&self, partition: i32, epoch: u64, delay: Duration) {
@@ -357,6 +347,7 @@ impl State {
                     signal: None,
                     note: None,
                     follower: None,
+                    pipelined: None,
                 });
                 None
             }
@@ -385,8 +376,9 @@ impl State {
             KeyNote::Blocked {
                 blocker,
                 follower,
+                tier,
                 log_offset,
-            } => chains.blocked(key, blocker, follower, log_offset),
+            } => chains.blocked(key, blocker, follower, Some(tier), log_offset),
             KeyNote::Passed { follower } => {
                 chains.passed(key, follower);
             }
@@ -556,7 +548,11 @@ impl State {
                 continue;
             }
             for note in part.chains.unrecorded() {
-                let producer = self.router.producer.clone();
+                let producer = self
+                    .router
+                    .waiting_producer
+                    .clone()
+                    .unwrap_or_else(|| self.router.producer.clone());
                 let abandon = self.router.abandon.clone();
                 let topic = topic.clone();
                 let partition = *partition;
@@ -578,9 +574,22 @@ impl State {
                 tracing::debug!(error = %e, "waiting log low-water marks not committed");
             }
         }
-        let (blocked, waiting) = w.gauges();
-        self.metrics.ordering_blocked_keys.set(blocked);
-        self.metrics.ordering_waiting.set(waiting);
+        let tiers = &self.router.topology.tiers;
+        let mut by_tier = vec![(0, 0); tiers.len()];
+        for part in w.parts.values() {
+            part.chains.add_by_tier(&mut by_tier);
+        }
+        for (tier, (blocked, waiting)) in tiers.iter().zip(by_tier) {
+            let label = [tier.label.as_str()];
+            self.metrics
+                .ordering_blocked_keys
+                .with_label_values(&label)
+                .set(blocked);
+            self.metrics
+                .ordering_waiting
+                .with_label_values(&label)
+                .set(waiting);
+        }
     }
 }
 

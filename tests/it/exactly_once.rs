@@ -216,9 +216,20 @@ async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy
         &dir.path().join("b.log"),
     );
     wait_readyz(&b, Duration::from_secs(60)).await;
-    // B handles messages once A's session (6 s) has expired and B owns the partitions.
+    // B handles messages once A's session (6 s) has expired, B owns the partitions, and A's
+    // open transaction has been aborted by the coordinator (transaction.timeout.ms, 10 s): till
+    // then B cannot read the committed offsets it holds (KIP-447). 16 s of timeouts plus the
+    // rebalance: 30 s ran out once in a full suite run (the test alone took 20–50 s).
     let at_b = sink.count();
-    wait_progress("B takes over", &sink, at_b + 50, &fates, topo.max_retries).await;
+    wait_progress_for(
+        "B takes over",
+        &sink,
+        at_b + 50,
+        &fates,
+        topo.max_retries,
+        Duration::from_secs(60),
+    )
+    .await;
     eprintln!("A paused for {:?}; resuming it", paused_at.elapsed());
     signal(a.pid(), "CONT");
     feed.await.unwrap();

@@ -84,6 +84,17 @@ fn assert_key_order(records: &[Handled]) -> HashMap<String, BTreeSet<usize>> {
     done
 }
 
+/// A gauge of `--ordering key`: the series of tier `tier`, or the sum over tiers (`None`).
+fn gauge(g: &prometheus::IntGaugeVec, tier: Option<&str>) -> i64 {
+    use prometheus::core::Collector;
+    g.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .filter(|m| tier.is_none_or(|t| m.get_label().iter().any(|l| l.value() == t)))
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
+}
+
 /// Every message of every key succeeded.
 fn all_succeeded(done: &HashMap<String, BTreeSet<usize>>) -> bool {
     done.len() == KEYS && done.values().all(|s| s.len() == PER_KEY)
@@ -221,7 +232,7 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     // Stop an instance while keys of its main partitions are blocked with followers waiting
     // behind them (either may own the main partitions), then start another.
     let holds = |m: &rebound::metrics::Metrics| {
-        m.ordering_blocked_keys.get() > 0 && m.ordering_waiting.get() > 0
+        gauge(&m.ordering_blocked_keys, None) > 0 && gauge(&m.ordering_waiting, None) > 0
     };
     wait_until(
         "keys blocked with followers waiting",
@@ -232,8 +243,8 @@ async fn key_order_survives_a_rebalance_while_keys_are_blocked() {
     let (stopped, kept) = if holds(&a.metrics) { (a, b) } else { (b, a) };
     eprintln!(
         "rebalance with {} keys blocked and {} messages waiting on the stopped instance",
-        stopped.metrics.ordering_blocked_keys.get(),
-        stopped.metrics.ordering_waiting.get()
+        gauge(&stopped.metrics.ordering_blocked_keys, None),
+        gauge(&stopped.metrics.ordering_waiting, None)
     );
     stopped.stop().await;
     let c = start(config(topo.clone(), &group), Arc::new(recording.clone()));
@@ -316,4 +327,154 @@ async fn a_hot_key_waiting_behind_a_blocked_one_costs_no_memory_per_message() {
         waiting_peak <= idle + 32 * 1024,
         "RSS grew from {idle} KiB to {waiting_peak} KiB with {HOT} messages waiting"
     );
+}
+
+/// A `follow` record the waiting log refuses for good (here: larger than the waiting log's
+/// `max.message.bytes`, which is smaller than the main topic's) is not written again behind the
+/// key's later records, which may be written already: the message is dead-lettered with the
+/// broker's error and where it came from, and its key's later messages go on, in order, after
+/// the blocker. rebound lowers its `batch.size` under that limit, so only that record is refused,
+/// not those batched with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_the_waiting_log_refuses_is_dead_lettered_and_its_key_goes_on() {
+    let main = unique("korefuse");
+    let mut topo = topology(&main, &TIERS_MS);
+    topo.max_retries = 3;
+    let waiting = Topology::waiting_topic(&main);
+    topo.waiting = Some(waiting.clone());
+    let others: Vec<&str> = topo
+        .topics()
+        .into_iter()
+        .filter(|t| *t != waiting)
+        .collect();
+    create_topics(&others, 1).await;
+    create_topics_with(
+        &brokers(),
+        &[waiting.as_str()],
+        1,
+        &[("max.message.bytes", "4096")],
+    )
+    .await;
+    let recording = Recording::scripted();
+    let running = start(
+        config(topo.clone(), &unique("g")),
+        Arc::new(recording.clone()),
+    );
+    wait_ready(&running).await;
+    // hot-00 fails its first two tries (the blocker); hot-01 (8 KiB) waits behind it but the
+    // waiting log refuses it; hot-02..05 wait behind it too.
+    let big = format!("hot-01:ok-{}", "x".repeat(8192));
+    let mut messages = vec![Out::new("hot", "hot-00:fail-2"), Out::new("hot", &big)];
+    messages.extend((2..6).map(|s| Out::new("hot", &format!("hot-{s:02}:ok"))));
+    produce(&main, &messages).await;
+    let succeeded = |records: &[Handled]| -> Vec<usize> {
+        records
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| key_seq(&r.id))
+            .map(|(_, s)| s)
+            .collect()
+    };
+    wait_until(
+        "the blocker and the key's four later messages succeeded",
+        Duration::from_secs(60),
+        || succeeded(&recording.records()).len() >= 5,
+    )
+    .await;
+    let dead = read_topic(&topo.dlq, 1, Duration::from_secs(30));
+    running.stop().await;
+    let records = recording.records();
+    assert_eq!(
+        succeeded(&records),
+        vec![0, 2, 3, 4, 5],
+        "in order, the refused one left out"
+    );
+    assert!(
+        !records.iter().any(|r| r.id.starts_with("hot-01:")),
+        "the refused follower was never handled"
+    );
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    let d = &dead[0];
+    assert!(
+        d.payload_str().starts_with("hot-01:"),
+        "{}",
+        d.payload_str()
+    );
+    assert_eq!(d.header("rebound-dlq-reason").as_deref(), Some("permanent"));
+    assert_eq!(
+        d.header("rebound-error-class").as_deref(),
+        Some("produce_rejected")
+    );
+    assert_eq!(
+        d.header("rebound-original-topic").as_deref(),
+        Some(main.as_str())
+    );
+    assert_eq!(d.header("rebound-original-offset").as_deref(), Some("1"));
+    assert!(
+        d.header("rebound-error-message")
+            .is_some_and(|m| m.contains("MessageSizeTooLarge")),
+        "{:?}",
+        d.header("rebound-error-message")
+    );
+    assert!(d.header("rebound-ordering").is_none());
+}
+
+/// The gauges say in which tier a blocked key's message is: first the tier it went to (its
+/// `blocked` record), then the next one when it fails again there (a `moved` record written by
+/// whoever handled its tier copy), and nothing once it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_keys_are_counted_in_the_tier_their_blocker_is_in() {
+    let main = unique("kotier");
+    // Each tier long enough for the gauges (updated every --commit-interval, 1 s) to show it.
+    let mut topo = topology(&main, &[1900, 2000]);
+    topo.max_retries = 3;
+    topo.waiting = Some(Topology::waiting_topic(&main));
+    create_topology(&topo, 1).await;
+    let (first, second) = (topo.tiers[0].label.clone(), topo.tiers[1].label.clone());
+    let recording = Recording::scripted();
+    let running = start(
+        config(topo.clone(), &unique("g")),
+        Arc::new(recording.clone()),
+    );
+    wait_ready(&running).await;
+    let messages: Vec<Out> = ["k-00:fail-2", "k-01:ok", "k-02:ok"]
+        .iter()
+        .map(|p| Out::new("k", p))
+        .collect();
+    produce(&main, &messages).await;
+    let m = running.metrics.clone();
+    let at = |tier: &str| {
+        (
+            gauge(&m.ordering_blocked_keys, Some(tier)),
+            gauge(&m.ordering_waiting, Some(tier)),
+        )
+    };
+    wait_until(
+        "the key blocked in the first tier, two waiting",
+        Duration::from_secs(30),
+        || at(&first) == (1, 2) && at(&second) == (0, 0),
+    )
+    .await;
+    wait_until(
+        "the key blocked in the second tier, two waiting",
+        Duration::from_secs(30),
+        || at(&first) == (0, 0) && at(&second) == (1, 2),
+    )
+    .await;
+    wait_until(
+        "every message succeeded and nothing is blocked",
+        Duration::from_secs(30),
+        || {
+            recording
+                .records()
+                .iter()
+                .filter(|r| r.status == 200)
+                .count()
+                == 3
+                && at(&first) == (0, 0)
+                && at(&second) == (0, 0)
+        },
+    )
+    .await;
+    running.stop().await;
 }

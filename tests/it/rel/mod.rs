@@ -339,8 +339,28 @@ pub async fn wait_progress(
     fates: &HashMap<String, Fate>,
     max_retries: u32,
 ) {
+    wait_progress_for(
+        what,
+        sink,
+        beyond,
+        fates,
+        max_retries,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// [`wait_progress`] with its own deadline.
+pub async fn wait_progress_for(
+    what: &str,
+    sink: &Sink,
+    beyond: usize,
+    fates: &HashMap<String, Fate>,
+    max_retries: u32,
+    deadline: Duration,
+) {
     let (s, f) = (sink.clone(), fates.clone());
-    eventually(what, Duration::from_secs(30), || {
+    eventually(what, deadline, || {
         let (s, f) = (s.clone(), f.clone());
         async move { s.count() > beyond || finished(&s, &f, max_retries) }
     })
