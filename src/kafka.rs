@@ -171,6 +171,24 @@ pub fn cap_batch(cluster: &ClusterConfig, limit: Option<i64>) -> Option<(Cluster
     Some((capped, cap))
 }
 
+/// librdkafka's default `message.max.bytes` (bytes).
+const DEFAULT_MESSAGE_MAX_BYTES: i64 = 1_000_000;
+
+/// The largest record (bytes, framing included) a producer of `cluster` can be sure to write to
+/// a topic whose `max.message.bytes` is `topic_limit` (`None`: not known): the smaller of that
+/// and the client's own `message.max.bytes`, less [`BATCH_FRAMING`]. `--ordering key` writes
+/// larger followers the awaited way, holding their key, so that one refused for its size
+/// leaves no later record of its key written before it is dead-lettered.
+pub fn record_room(cluster: &ClusterConfig, topic_limit: Option<i64>) -> usize {
+    let client = cluster
+        .kafka
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+    let limit = topic_limit.map_or(client, |t| t.min(client));
+    usize::try_from(limit - BATCH_FRAMING).unwrap_or(0)
+}
+
 /// The admin client's settings: brokers and every `-X` property.
 pub fn admin_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = base_config(cluster);
@@ -641,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_capped_under_the_smallest_topic_limit() {
+    fn a_batch_is_capped_and_a_record_sized_under_the_smallest_topic_limit() {
         let plain = cluster(&[]);
         assert!(cap_batch(&plain, None).is_none());
         // Kafka's default max.message.bytes takes librdkafka's default batch.size.
@@ -653,6 +671,13 @@ mod tests {
             Some("3584"),
             "the producer gets it"
         );
+        assert_eq!(record_room(&plain, None), 1_000_000 - 512);
+        assert_eq!(record_room(&plain, Some(4096)), 4096 - 512);
+        assert_eq!(
+            record_room(&cluster(&[("message.max.bytes", "2000")]), Some(1_048_588)),
+            2000 - 512
+        );
+        assert_eq!(record_room(&plain, Some(100)), 0);
         let (capped, _) =
             cap_batch(&cluster(&[("batch.size", "100000")]), Some(65_536)).expect("capped");
         assert_eq!(capped.kafka.get("batch.size"), Some("65024"));

@@ -343,6 +343,18 @@ impl Pipeline {
                     state.settle(consumer);
                 }
                 _ = commit.tick() => {
+                    // --ordering key: every follower and state record needs that producer, and a
+                    // fatal one never writes again; a restart gets a new one (nothing is lost:
+                    // their offsets wait).
+                    if let Some((code, reason)) = state
+                        .router
+                        .waiting_producer
+                        .as_ref()
+                        .and_then(crate::produce::Producer::fatal_error)
+                    {
+                        tracing::error!(error = %code, reason = %reason, "the waiting log's producer failed for good");
+                        break Ended::Fatal { code, reason };
+                    }
                     state.waiting_checkpoint();
                     if state.eos.is_some() {
                         if let Err(ended) = state.commit_txn(consumer, txn::TIMEOUT).await {
@@ -887,7 +899,8 @@ impl State {
     /// Starts the jobs [`Admission`] lets through now.
     fn pump(&mut self) {
         while !self.draining {
-            let running = self.jobs.len() + self.finished.len();
+            // Follows waiting for their ack call no handler: no result for the breaker to wait for.
+            let running = (self.jobs.len() + self.finished.len()).saturating_sub(self.follows);
             let parts = &self.parts;
             let Some(job) = self.admission.next(running, |j| Self::is_current(parts, j)) else {
                 break;
@@ -1096,15 +1109,15 @@ impl State {
         if !matches!(job.intake, Intake::Follow) {
             return Some(job);
         }
-        let pending = match self.router.enqueue_follow(&job) {
+        let bytes = footprint(&job.message);
+        let pending = match self.router.enqueue_follow(&job, bytes) {
             Ok(pending) => pending,
             Err(e) => {
                 tracing::debug!(partition = job.tp.partition, offset = job.message.offset, error = %e,
-                    "cannot enqueue the follow record now; writing it the awaited way");
+                    "not enqueuing the follow record now; writing it the awaited way");
                 return Some(job);
             }
         };
-        let bytes = footprint(&job.message);
         self.follows += 1;
         self.follow_bytes += bytes;
         let next = self

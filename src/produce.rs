@@ -346,6 +346,12 @@ impl Producer {
         }
     }
 
+    /// The producer's fatal error, if it has one (librdkafka cannot go on with this instance;
+    /// an idempotent producer can reach it, e.g. on a sequence the broker does not expect).
+    pub fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.inner.client().fatal_error()
+    }
+
     /// Waits for every queued copy to be delivered, up to `timeout`.
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.inner.flush(timeout) {

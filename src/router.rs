@@ -151,6 +151,9 @@ pub struct Router {
     /// `--ordering key`: the waiting log's producer ([`Producer::ordered`]), which keeps the
     /// order of the records it is given; `None` otherwise.
     pub waiting_producer: Option<Producer>,
+    /// `--ordering key`: followers counted larger than this (bytes, as the loop counts them)
+    /// are written the awaited way ([`crate::kafka::record_room`]).
+    pub waiting_record_room: usize,
 }
 
 impl Router {
@@ -206,11 +209,23 @@ impl Router {
     /// the retry path, [`Intake::Follow`]) on the waiting log's producer now, without waiting
     /// for the broker. The records of a waiting partition are then written in the order of
     /// these calls (the producer is idempotent, [`Producer::ordered`]), so the loop may start
-    /// the key's next message at once instead of after this one's acknowledgement. Returns what
-    /// finishes the job ([`Router::follow_acked`]). Errors: the
-    /// client refused to enqueue it (its queue is full, or the record is over its
-    /// `message.max.bytes`); the job then takes the awaited path ([`Router::process`]).
-    pub fn enqueue_follow(&self, job: &Job) -> Result<produce::PendingAck, KafkaError> {
+    /// the key's next message at once instead of after this one's acknowledgement. `bytes`: the
+    /// message's size as the loop counts it. Returns what finishes the job
+    /// ([`Router::follow_acked`]). Errors: the record may be too large for the waiting log
+    /// (over [`Router::waiting_record_room`]: a refusal must not leave a later record of its key
+    /// written before it), or the client refused to enqueue it (its queue is full); the job then
+    /// takes the awaited path ([`Router::process`]), holding its key.
+    pub fn enqueue_follow(
+        &self,
+        job: &Job,
+        bytes: usize,
+    ) -> Result<produce::PendingAck, KafkaError> {
+        // The record adds a few headers of its own to the message.
+        if bytes.saturating_add(WAITING_RECORD_EXTRA) > self.waiting_record_room {
+            return Err(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+            ));
+        }
         let (Some(topic), Some(producer)) = (
             self.topology.waiting.as_deref(),
             self.waiting_producer.as_ref(),
@@ -235,8 +250,8 @@ impl Router {
     /// Finishes a job whose `follow` record [`Router::enqueue_follow`] enqueued (`bytes`: what the
     /// loop counts it as, given back in [`Completion::pipelined`]): when the broker
     /// acknowledges it, the main offset is done and the key's chain has the follower. A record
-    /// the broker refuses for good (larger than the waiting log's `max.message.bytes`, an ACL)
-    /// is not retried, since a later record of its key may be written already and a retry would
+    /// the broker refuses for good (an ACL; a record that may be too large is not enqueued this
+    /// way, [`Router::enqueue_follow`]) is not retried, since a later record of its key may be written already and a retry would
     /// come after it: the message is dead-lettered with the broker's error instead, as a copy a
     /// tier refuses is, and its key goes on without it. Any other failure (the producer's fatal
     /// state) is retried the awaited way. Handed back when the service stops first.
@@ -249,44 +264,27 @@ impl Router {
         let Job {
             tp, epoch, message, ..
         } = job;
-        let (finish, note) = match pending.acked(&self.abandon).await {
-            Ok((_, log_offset)) => (Finish::Done, KeyNote::Followed { log_offset }),
-            Err(ProduceError::Cancelled) => (Finish::HandedBack, KeyNote::FollowAbandoned),
-            Err(rejected @ ProduceError::Rejected { .. }) => {
-                tracing::error!(partition = tp.partition, offset = message.offset, error = %rejected,
-                    "the waiting log refuses this message for good; dead-lettering it (its key's later messages go on without it)");
-                // Where it came from, as on any dead letter of a main message; the error
-                // headers are the broker's (set by `deliver_rejected`).
-                let outcome = Outcome::permanent("produce_rejected", rejected.to_string());
-                let headers = failure_headers(
-                    &self.topology,
-                    tp,
-                    &message,
-                    &outcome,
-                    0,
-                    None,
-                    Utc::now(),
-                    None,
-                    Some(DlqReason::Permanent),
-                );
-                let finish = self
-                    .deliver_rejected(tp, &message, headers, &rejected)
-                    .await;
-                (finish, KeyNote::FollowAbandoned)
-            }
-            Err(failed @ ProduceError::Failed { .. }) => {
-                tracing::error!(partition = tp.partition, offset = message.offset, error = %failed,
-                    "the waiting log's producer failed; writing this follower again");
-                let entry = keyorder::Entry::Follow {
-                    main_offset: message.offset,
-                };
-                match self
-                    .append_waiting(tp.partition, &message, entry, true)
-                    .await
-                {
-                    Some(log_offset) => (Finish::Done, KeyNote::Followed { log_offset }),
-                    None => (Finish::HandedBack, KeyNote::FollowAbandoned),
+        let acked = async {
+            match pending.acked(&self.abandon).await {
+                Ok((_, log_offset)) => (Finish::Done, KeyNote::Followed { log_offset }),
+                Err(ProduceError::Cancelled) => (Finish::HandedBack, KeyNote::FollowAbandoned),
+                Err(rejected @ ProduceError::Rejected { .. }) => (
+                    self.dead_letter_follower(tp, &message, &rejected).await,
+                    KeyNote::FollowAbandoned,
+                ),
+                Err(failed @ ProduceError::Failed { .. }) => {
+                    tracing::error!(partition = tp.partition, offset = message.offset, error = %failed,
+                        "the waiting log's producer failed; writing this follower again");
+                    self.write_follower(tp, &message).await
                 }
+            }
+        };
+        let (finish, note) = match AssertUnwindSafe(acked).catch_unwind().await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!(partition = tp.partition, offset = message.offset,
+                    "internal error while writing a follower; the message is handed back and its partition stops committing until restart");
+                (Finish::HandedBack, KeyNote::FollowAbandoned)
             }
         };
         Completion {
@@ -318,17 +316,12 @@ impl Router {
         with_message: bool,
     ) -> Option<i64> {
         let topic = self.topology.waiting.as_deref()?;
-        let record = waiting_record(
-            topic,
-            partition,
-            message.key.as_deref(),
-            &entry,
-            with_message.then_some(message),
-        );
-        let producer = self.waiting_producer.as_ref().unwrap_or(&self.producer);
         loop {
-            match producer.send_acked(&record, &self.abandon).await {
-                Ok((_, offset)) => return Some(offset),
+            match self
+                .send_waiting(partition, message, &entry, with_message)
+                .await
+            {
+                Ok(offset) => return Some(offset),
                 Err(ProduceError::Cancelled) => return None,
                 // Refused for good (too large, an ACL): the order cannot be kept without it, and
                 // going on would lose it. Loud, slow retries until someone fixes the topic.
@@ -342,6 +335,85 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Writes `entry` for `message`'s key to waiting-log partition `partition` once (transient
+    /// errors are retried by [`Producer::send_acked`]) and returns its offset; `with_message`:
+    /// the record carries the message (a follower). Errors: `Rejected` (for good), `Cancelled`.
+    async fn send_waiting(
+        &self,
+        partition: i32,
+        message: &Message,
+        entry: &keyorder::Entry,
+        with_message: bool,
+    ) -> Result<i64, ProduceError> {
+        let Some(topic) = self.topology.waiting.as_deref() else {
+            return Err(ProduceError::Cancelled);
+        };
+        let record = waiting_record(
+            topic,
+            partition,
+            message.key.as_deref(),
+            entry,
+            with_message.then_some(message),
+        );
+        let producer = self.waiting_producer.as_ref().unwrap_or(&self.producer);
+        producer
+            .send_acked(&record, &self.abandon)
+            .await
+            .map(|(_, offset)| offset)
+    }
+
+    /// Writes the `follow` record of `message` (read from main partition `tp`) and waits for
+    /// it, holding its key: the awaited path of [`Router::enqueue_follow`]. A record refused for
+    /// good is dead-lettered ([`Router::dead_letter_follower`]); as nothing later of its key was
+    /// written meanwhile, that leaves no gap in the key's followers.
+    async fn write_follower(&self, tp: Tp, message: &Message) -> (Finish, KeyNote) {
+        let entry = keyorder::Entry::Follow {
+            main_offset: message.offset,
+        };
+        match self.send_waiting(tp.partition, message, &entry, true).await {
+            Ok(log_offset) => {
+                tracing::debug!(
+                    partition = tp.partition,
+                    offset = message.offset,
+                    log_offset,
+                    "its key is in the retry path: waiting behind it"
+                );
+                (Finish::Done, KeyNote::Followed { log_offset })
+            }
+            Err(ProduceError::Cancelled) => (Finish::HandedBack, KeyNote::FollowAbandoned),
+            Err(refused) => (
+                self.dead_letter_follower(tp, message, &refused).await,
+                KeyNote::FollowAbandoned,
+            ),
+        }
+    }
+
+    /// A follower the waiting log refuses for good: dead-lettered with the broker's error and
+    /// where it came from, as a copy a tier refuses is ([`Router::deliver_rejected`]); its key
+    /// goes on without it (the *proceed* policy).
+    async fn dead_letter_follower(
+        &self,
+        tp: Tp,
+        message: &Message,
+        refused: &ProduceError,
+    ) -> Finish {
+        tracing::error!(partition = tp.partition, offset = message.offset, error = %refused,
+            "the waiting log refuses this message for good; dead-lettering it (its key's later messages go on without it)");
+        let outcome = Outcome::permanent("produce_rejected", refused.to_string());
+        let headers = failure_headers(
+            &self.topology,
+            tp,
+            message,
+            &outcome,
+            0,
+            None,
+            Utc::now(),
+            None,
+            Some(DlqReason::Permanent),
+        );
+        self.deliver_rejected(tp, message, headers, refused).await
     }
 
     /// A tier copy of a blocker ended in the DLQ or was handled: appends `done` for it, so
@@ -403,24 +475,8 @@ impl Router {
                 (0, None)
             }
             Intake::Follow => {
-                let entry = keyorder::Entry::Follow {
-                    main_offset: message.offset,
-                };
-                return match self
-                    .append_waiting(tp.partition, message, entry, true)
-                    .await
-                {
-                    Some(log_offset) => {
-                        tracing::debug!(
-                            partition = tp.partition,
-                            offset = message.offset,
-                            log_offset,
-                            "its key is in the retry path: waiting behind it"
-                        );
-                        (Finish::Done, None, Some(KeyNote::Followed { log_offset }))
-                    }
-                    None => (Finish::HandedBack, None, None),
-                };
+                let (finish, note) = self.write_follower(tp, message).await;
+                return (finish, None, Some(note));
             }
             Intake::Retry(state) => {
                 let late = Utc::now().signed_duration_since(state.process_after);
@@ -758,6 +814,9 @@ impl Router {
     }
 }
 
+/// What a `follow` record adds to its message (its headers), in bytes, generously.
+const WAITING_RECORD_EXTRA: usize = 256;
+
 /// A record of the waiting log (`--ordering key`): `entry` for `key` in `partition`, carrying
 /// `message` (its payload, its headers in front of the entry's, its timestamp) for a `follow`.
 pub(crate) fn waiting_record<'a>(
@@ -847,6 +906,54 @@ mod tests {
 
     /// 0000-01-01 and 9999-12-31 in epoch milliseconds: the clock's whole RFC 3339 range.
     const CLOCK_MS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+    /// `--ordering key`: a follower that may be too large for the waiting log is not enqueued
+    /// (it takes the awaited path, holding its key); a smaller one is.
+    #[test]
+    fn a_follower_that_may_be_too_large_is_not_enqueued() {
+        let mut topology = Topology::new("orders", &[Duration::from_secs(60)]);
+        topology.waiting = Some(Topology::waiting_topic("orders"));
+        let cluster = crate::cluster::ClusterConfig {
+            brokers: "127.0.0.1:1".into(),
+            group: "g".into(),
+            kafka: Default::default(),
+            topology: topology.clone(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let router = Router {
+            series: metrics.stage_series(&topology),
+            topology,
+            handler: Arc::new(handler::handler_fn(|_| async { Outcome::Success })),
+            producer: Producer::new(&cluster).expect("producer"),
+            metrics: metrics.clone(),
+            handler_timeout: Duration::from_secs(1),
+            abandon: CancellationToken::new(),
+            signals: Default::default(),
+            exactly_once: false,
+            waiting_producer: Some(Producer::ordered(&cluster, metrics).expect("producer")),
+            waiting_record_room: 4096,
+        };
+        let (tp, mut m) = message(Stage::Main);
+        m.key = Some(b"k".to_vec());
+        let job = Job {
+            tp,
+            epoch: 1,
+            message: m,
+            intake: Intake::Follow,
+        };
+        assert!(router.enqueue_follow(&job, 1000).is_ok());
+        assert!(
+            router
+                .enqueue_follow(&job, 4096 - WAITING_RECORD_EXTRA)
+                .is_ok(),
+            "at the limit"
+        );
+        let refused = router.enqueue_follow(&job, 4096 - WAITING_RECORD_EXTRA + 1);
+        assert!(
+            matches!(refused, Err(KafkaError::MessageProduction(c)) if c == rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge),
+            "over it"
+        );
+    }
 
     fn message(stage: Stage) -> (Tp, Message) {
         let tp = Tp {

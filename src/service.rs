@@ -231,6 +231,7 @@ impl Service {
                 signals: Default::default(),
                 exactly_once: membership.exactly_once,
                 waiting_producer: waiting_producer.clone(),
+                waiting_record_room: kafka::record_room(cluster, record_limits.waiting),
             });
             match Pipeline::new(consumer, events_rx, router, limits, cluster)?
                 .run(stop.clone())

@@ -168,6 +168,11 @@ pub fn dlq_retention_target(broker_default_ms: Option<i64>) -> i64 {
     }
 }
 
+/// What `apply` adds to the main topic's `max.message.bytes` for the topics it creates: room
+/// for the headers a copy carries besides the message (the routing headers, an error message
+/// of up to 1 KiB; about 1 KiB in all), 16 KiB to spare.
+pub const COPY_HEADROOM: i64 = 16 * 1024;
+
 /// The hazards of one existing topic (pure). `delay` is the tier's delay (tiers only);
 /// `main_partitions` the main topic's partition count, when it exists; `main_max_bytes` its
 /// `max.message.bytes`, when the broker said.
@@ -471,9 +476,12 @@ pub fn decide(
                 if let Some(t) = target {
                     settings.push(("cleanup.policy".to_string(), "delete".to_string()));
                     settings.push(("retention.ms".to_string(), t.to_string()));
-                    // Takes every record the main topic takes (a copy adds headers only).
+                    // Takes every record the main topic takes, with the headers a copy adds.
                     if let Some(m) = main_max_bytes {
-                        settings.push(("max.message.bytes".to_string(), m.to_string()));
+                        settings.push((
+                            "max.message.bytes".to_string(),
+                            m.saturating_add(COPY_HEADROOM).to_string(),
+                        ));
                     }
                 }
                 // The waiting log has exactly the main topic's partitions (partition p waits
@@ -882,7 +890,7 @@ mod tests {
         let plan = decide(&c, &observed, Some(WEEK));
         for (topic, _, settings) in plan.to_create() {
             assert!(
-                settings.contains(&("max.message.bytes".into(), "8388608".into())),
+                settings.contains(&("max.message.bytes".into(), "8404992".into())),
                 "{topic}: {settings:?}"
             );
         }
