@@ -142,6 +142,11 @@ pub fn ordered_producer_config(cluster: &ClusterConfig) -> ClientConfig {
     c
 }
 
+/// The number the user set for librdkafka property `key`, if any.
+fn user_number(cluster: &ClusterConfig, key: &str) -> Option<i64> {
+    cluster.kafka.get(key)?.trim().parse().ok()
+}
+
 /// librdkafka's default `batch.size` (bytes).
 const DEFAULT_BATCH_SIZE: i64 = 1_000_000;
 /// Room kept under a topic's `max.message.bytes` for the batch framing (Kafka's record batch
@@ -157,11 +162,7 @@ const BATCH_FRAMING: i64 = 512;
 /// librdkafka's default) already fits.
 pub fn cap_batch(cluster: &ClusterConfig, limit: Option<i64>) -> Option<(ClusterConfig, i64)> {
     let cap = (limit? - BATCH_FRAMING).max(1);
-    let current = cluster
-        .kafka
-        .get("batch.size")
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(DEFAULT_BATCH_SIZE);
+    let current = user_number(cluster, "batch.size").unwrap_or(DEFAULT_BATCH_SIZE);
     if current <= cap {
         return None;
     }
@@ -180,11 +181,7 @@ const DEFAULT_MESSAGE_MAX_BYTES: i64 = 1_000_000;
 /// larger followers the awaited way, holding their key, so that one refused for its size
 /// leaves no later record of its key written before it is dead-lettered.
 pub fn record_room(cluster: &ClusterConfig, topic_limit: Option<i64>) -> usize {
-    let client = cluster
-        .kafka
-        .get("message.max.bytes")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+    let client = user_number(cluster, "message.max.bytes").unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
     let limit = topic_limit.map_or(client, |t| t.min(client));
     usize::try_from(limit - BATCH_FRAMING).unwrap_or(0)
 }

@@ -226,10 +226,7 @@ impl Router {
                 rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
             ));
         }
-        let (Some(topic), Some(producer)) = (
-            self.topology.waiting.as_deref(),
-            self.waiting_producer.as_ref(),
-        ) else {
+        let Some((topic, producer)) = self.waiting_log() else {
             return Err(KafkaError::MessageProduction(
                 rdkafka::types::RDKafkaErrorCode::InvalidArgument,
             ));
@@ -298,6 +295,14 @@ impl Router {
             follower: None,
             pipelined: Some(bytes),
         }
+    }
+
+    /// `--ordering key`: the waiting log and the producer that keeps its order.
+    fn waiting_log(&self) -> Option<(&str, &Producer)> {
+        Some((
+            self.topology.waiting.as_deref()?,
+            self.waiting_producer.as_ref()?,
+        ))
     }
 
     /// `--ordering key` is on and `message` takes part in it (it has a key).
@@ -422,10 +427,7 @@ impl Router {
         if finish != Finish::Done || self.topology.waiting.is_none() {
             return finish;
         }
-        let Some((partition, blocker)) = headers::last(&message.headers, keyorder::ORDERING)
-            .and_then(|h| h.value.as_deref())
-            .and_then(keyorder::parse_ordering)
-        else {
+        let Some((partition, blocker)) = blocker_of(message) else {
             return finish;
         };
         match self
@@ -441,15 +443,8 @@ impl Router {
     /// is in tier `tier` now: appends `moved` for it, for the owner's per-tier gauges. Written
     /// without waiting and without retries: only a gauge depends on it.
     fn note_moved(&self, message: &Message, tier: u16) {
-        let (Some(topic), Some(producer)) = (
-            self.topology.waiting.as_deref(),
-            self.waiting_producer.as_ref(),
-        ) else {
-            return;
-        };
-        let Some((partition, blocker)) = headers::last(&message.headers, keyorder::ORDERING)
-            .and_then(|h| h.value.as_deref())
-            .and_then(keyorder::parse_ordering)
+        let (Some((topic, producer)), Some((partition, blocker))) =
+            (self.waiting_log(), blocker_of(message))
         else {
             return;
         };
@@ -812,6 +807,14 @@ impl Router {
             }
         }
     }
+}
+
+/// `--ordering key`: the blocker a tier copy stands for (its `rebound-ordering` header): the
+/// main partition and offset whose waiting-log partition hears of it.
+fn blocker_of(message: &Message) -> Option<(i32, i64)> {
+    headers::last(&message.headers, keyorder::ORDERING)
+        .and_then(|h| h.value.as_deref())
+        .and_then(keyorder::parse_ordering)
 }
 
 /// What a `follow` record adds to its message (its headers), in bytes, generously.

@@ -196,6 +196,7 @@ impl Service {
             )?),
             None => None,
         };
+        let waiting_record_room = kafka::record_room(cluster, record_limits.waiting);
         let mut subscribed: Vec<&str> = vec![topology.main.as_str()];
         subscribed.extend(topology.tiers.iter().map(|t| t.topic.as_str()));
         tracing::info!(group = %cluster.group, topics = ?subscribed, dlq = %topology.dlq, max_retries = topology.max_retries,
@@ -231,7 +232,7 @@ impl Service {
                 signals: Default::default(),
                 exactly_once: membership.exactly_once,
                 waiting_producer: waiting_producer.clone(),
-                waiting_record_room: kafka::record_room(cluster, record_limits.waiting),
+                waiting_record_room,
             });
             match Pipeline::new(consumer, events_rx, router, limits, cluster)?
                 .run(stop.clone())
