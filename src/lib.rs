@@ -40,6 +40,8 @@ pub mod handler;
 #[doc(hidden)]
 pub mod headers;
 #[doc(hidden)]
+pub mod heap;
+#[doc(hidden)]
 pub mod kafka;
 mod keyorder;
 #[cfg(test)]

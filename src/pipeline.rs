@@ -1074,9 +1074,10 @@ impl State {
             Some(job) => job,
             None => return,
         };
-        // When the call began, for the slow-call watch (and the inline poll's timing).
-        let began = std::time::Instant::now();
-        let mut job = Box::pin(self.router.clone().process(job));
+        // When the call began: the only clock reading for the handler's timeout and duration,
+        // the slow-call watch and the inline poll's timing.
+        let began = tokio::time::Instant::now();
+        let mut job = Box::pin(self.router.clone().process(job, began));
         self.started += 1;
         if self.spawn_only > 0 {
             self.spawn_only -= 1;
@@ -1094,7 +1095,7 @@ impl State {
             }
         }
         // Still running: the slow-call watch follows it from when it began.
-        self.admission.started(tp, offset, began);
+        self.admission.started(tp, offset, began.into_std());
         self.jobs.spawn(job);
     }
 

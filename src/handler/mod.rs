@@ -166,7 +166,11 @@ pub async fn call_since(
     let mut call = std::pin::pin!(AssertUnwindSafe(handler.handle(message)).catch_unwind());
     let answered = match futures::poll!(call.as_mut()) {
         std::task::Poll::Ready(answer) => Ok(answer),
-        std::task::Poll::Pending => tokio::time::timeout_at(started + timeout, call).await,
+        // Boxed: the timer is large and only a call that waits needs it, while every job's
+        // future (allocated per message) has room for what it holds across this await.
+        std::task::Poll::Pending => {
+            Box::pin(tokio::time::timeout_at(started + timeout, call)).await
+        }
     };
     match answered {
         Ok(Ok(outcome)) => outcome,
