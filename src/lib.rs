@@ -40,8 +40,6 @@ pub mod handler;
 #[doc(hidden)]
 pub mod headers;
 #[doc(hidden)]
-pub mod heap;
-#[doc(hidden)]
 pub mod kafka;
 mod keyorder;
 #[cfg(test)]

@@ -9,11 +9,8 @@ use rebound::config::{Config, DlqReadConfig, DlqShowConfig, ReplayConfig, Topics
 use rebound::{dlq, topics, Service};
 
 fn main() -> ExitCode {
-    // Before any thread: see rebound::heap.
-    let arenas = rebound::heap::limit_arenas();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    tracing::debug!(limit = ?arenas, "glibc malloc arena limit (None: MALLOC_ARENA_MAX or not glibc)");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

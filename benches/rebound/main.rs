@@ -97,18 +97,8 @@ fn print_table(rows: &[Row], baseline: &str) {
     }
 }
 
-fn main() {
-    // As the rebound binary does, before any thread (see rebound::heap): scenarios that embed
-    // rebound in this process then measure it with the allocator settings it runs with.
-    rebound::heap::limit_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the async runtime")
-        .block_on(bench_main());
-}
-
-async fn bench_main() {
+#[tokio::main]
+async fn main() {
     if std::env::var_os(spring::CHILD_ENV).is_some() {
         // This binary re-executed as the rebound peer of the Spring comparison.
         spring::child_main().await;
