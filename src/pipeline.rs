@@ -1074,14 +1074,15 @@ impl State {
             Some(job) => job,
             None => return,
         };
-        // When the call began: the only clock reading for the handler's timeout and duration,
-        // the slow-call watch and the inline poll's timing.
+        // When the job began: the one start reading for the slow-call watch, the inline poll's
+        // timing and, for a job polled here at once, its handler call's deadline and duration. A
+        // job sent to a task reads its call's start when first polled there (time queued for a
+        // thread is not the handler's).
         let began = tokio::time::Instant::now();
-        let mut job = Box::pin(self.router.clone().process(job, began));
         self.started += 1;
-        if self.spawn_only > 0 {
-            self.spawn_only -= 1;
-        } else {
+        let inline = self.spawn_only == 0;
+        let mut job = Box::pin(self.router.clone().process(job, inline.then_some(began)));
+        if inline {
             let polled = job
                 .as_mut()
                 .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
@@ -1093,6 +1094,8 @@ impl State {
                 self.finished.push(done);
                 return;
             }
+        } else {
+            self.spawn_only -= 1;
         }
         // Still running: the slow-call watch follows it from when it began.
         self.admission.started(tp, offset, began.into_std());

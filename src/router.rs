@@ -1,6 +1,7 @@
 //! The work for one message: handler → routing decision → acknowledged copy.
 //!
-//! A [`Job`] runs as its own task and ends in a [`Completion`]. The poll loop marks the offset
+//! A [`Job`] is polled first in the poll loop (most in-process handlers answer there) and
+//! otherwise runs as its own task; either way it ends in a [`Completion`]. The poll loop marks the offset
 //! finished only from a completion whose copy (if any) the broker acknowledged; a job that is
 //! stopped before that reports [`Finish::HandedBack`] and its offset stays uncommitted.
 
@@ -162,9 +163,11 @@ impl Router {
         &self.series[Topology::stage_index(tp.stage)]
     }
 
-    /// Runs the job to its end. `started`: when the loop started it, which is when its handler
-    /// call begins for the call's timeout and the duration histogram (one clock reading serves
-    /// the loop's slow-call watch and both).
+    /// Runs the job to its end. `started`: the loop's clock reading when it started the job
+    /// and polls it at once, which is when the handler call begins (the call's deadline and the
+    /// duration histogram count from it, so one reading serves them and the slow-call watch);
+    /// `None` when the job's first poll waits for its task, so that time queued for a thread
+    /// is not counted against the handler (the call's start is read at that first poll).
     ///
     /// Not an `async fn`: one moves its arguments into locals first, so the job would take room
     /// twice in the future, which the loop allocates (and moves) once per message. The block
@@ -173,7 +176,7 @@ impl Router {
     pub fn process(
         self: Arc<Self>,
         job: Job,
-        started: tokio::time::Instant,
+        started: Option<tokio::time::Instant>,
     ) -> impl std::future::Future<Output = Completion> + Send {
         async move {
             let follower = match job.intake {
@@ -471,7 +474,7 @@ impl Router {
         tp: Tp,
         message: &Message,
         intake: &Intake,
-        started: tokio::time::Instant,
+        started: Option<tokio::time::Instant>,
     ) -> (Finish, Option<Signal>, Option<KeyNote>) {
         let label = self.topology.label(tp.stage);
         let mut follower = None;
@@ -524,6 +527,7 @@ impl Router {
             message.attempt, prior,
             "the poll loop sets the attempt it read"
         );
+        let started = started.unwrap_or_else(tokio::time::Instant::now);
         // At the shutdown deadline a call still running is handed back, not waited for: its
         // offset stays uncommitted and the message is handled again after the restart. The
         // call is polled first, so one that answers at once never touches the cancellation.
@@ -590,6 +594,10 @@ impl Router {
         follower: Option<i64>,
         signal: Signal,
     ) -> (Finish, Option<Signal>, Option<KeyNote>) {
+        debug_assert!(
+            !matches!(outcome, Outcome::Success),
+            "a success is finished in process_message"
+        );
         let label = self.topology.label(tp.stage);
         let now = Utc::now();
         let unit = if self.topology.jitter > 0.0 {
@@ -1001,17 +1009,46 @@ mod tests {
     fn a_jobs_future_stays_small() {
         let router = Arc::new(offline_router(true));
         let (tp, message) = message(Stage::Main);
-        for intake in [Intake::Fresh, Intake::Follow] {
-            let job = Job {
-                tp,
-                epoch: 1,
-                message: message.clone(),
-                intake,
-            };
-            let future = router.clone().process(job, tokio::time::Instant::now());
-            let size = std::mem::size_of_val(&future);
-            assert!(size <= 1024, "a job's future is {size} bytes");
-        }
+        // The future's type, so its size, is the same whatever the job.
+        let job = Job {
+            tp,
+            epoch: 1,
+            message,
+            intake: Intake::Fresh,
+        };
+        let future = router.process(job, None);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "a job's future is {size} bytes");
+    }
+
+    /// A call's deadline (`--handler-timeout`, 1 s here) counts from the start the loop gives
+    /// the job (it polls the job at once), else from the job's first poll (a job queued for a
+    /// thread): a handler that takes 20 ms succeeds when nothing is given, and times out when
+    /// the job is said to have started 2 s before.
+    #[tokio::test]
+    async fn a_calls_deadline_counts_from_the_start_given_else_from_its_first_poll() {
+        let mut router = offline_router(false);
+        router.handler = Arc::new(handler::handler_fn(|_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Outcome::Success
+        }));
+        let router = Arc::new(router);
+        let (tp, message) = message(Stage::Main);
+        let job = || Job {
+            tp,
+            epoch: 1,
+            message: message.clone(),
+            intake: Intake::Fresh,
+        };
+        let done = router.clone().process(job(), None).await;
+        assert_eq!(done.finish, Finish::Done);
+        assert_eq!(router.series(tp).handled("transient").get(), 0);
+        // Stopping: the timed-out call's copy is handed back at once, not produced (no broker).
+        router.abandon.cancel();
+        let long_ago = tokio::time::Instant::now() - Duration::from_secs(2);
+        let done = router.clone().process(job(), Some(long_ago)).await;
+        assert_eq!(done.signal, Some(Signal::Transient));
+        assert_eq!(router.series(tp).handled("transient").get(), 1);
     }
 
     /// `--ordering key`: a follower that may be too large for the waiting log is not enqueued

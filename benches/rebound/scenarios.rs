@@ -1396,8 +1396,8 @@ pub async fn memory(ctx: &Ctx) -> Vec<Row> {
             rebound: format!("{:.1} MiB", median(r2)),
             baseline: format!("{:.1} MiB", median(r1)),
             ratio: format!("{ratio:.2}"),
-            bar: "≤ 1.20 and ≤ 100 MB".into(),
-            met: Some(ratio <= 1.2 && median(r2) * 1.048_576 <= 100.0),
+            bar: "≤ 1.10 and ≤ 64 MiB".into(),
+            met: Some(ratio <= 1.1 && median(r2) <= 64.0),
             detail: format!(
                 "VmRSS runs: {n0} parked [{}], {n1} [{}], {n2} [{}] MiB",
                 list(r0, 1),
