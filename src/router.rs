@@ -1,9 +1,10 @@
 //! The work for one message: handler → routing decision → acknowledged copy.
 //!
 //! A [`Job`] is polled first in the poll loop (most in-process handlers answer there) and
-//! otherwise runs as its own task; either way it ends in a [`Completion`]. The poll loop marks the offset
-//! finished only from a completion whose copy (if any) the broker acknowledged; a job that is
-//! stopped before that reports [`Finish::HandedBack`] and its offset stays uncommitted.
+//! otherwise runs as its own task; either way it ends in a [`Completion`]. The poll loop marks
+//! the offset finished only from a completion whose copy (if any) the broker acknowledged; a
+//! job that is stopped before that reports [`Finish::HandedBack`] and its offset stays
+//! uncommitted.
 
 use std::sync::Arc;
 use std::time::Duration;
