@@ -18,7 +18,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,8 @@ pub struct Sink {
     /// Extra latency per request, in milliseconds (set while the sink runs).
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     released: Arc<AtomicBool>,
+    /// Connections accepted and not yet closed.
+    open: Arc<AtomicUsize>,
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -193,8 +195,26 @@ impl Sink {
         let app = axum::Router::new()
             .route("/handle", axum::routing::post(respond))
             .with_state(sink.clone());
+        let listener = Counted {
+            inner: listener,
+            open: sink.open.clone(),
+        };
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         sink
+    }
+
+    /// Waits until every connection to the sink is closed. Called after a `kill -9`: a request
+    /// the killed process wrote just before it died can still be read by the sink after the
+    /// kill, and so be recorded with a later time; once the kernel has closed the dead
+    /// process's connections and the sink has read them to the end, nothing more of it can
+    /// arrive. Panics after `limit`.
+    pub async fn wait_closed(&self, limit: Duration) {
+        let open = self.open.clone();
+        eventually("every connection to the sink closed", limit, || {
+            let open = open.clone();
+            async move { open.load(Ordering::SeqCst) == 0 }
+        })
+        .await;
     }
 
     pub fn records(&self) -> Vec<Handled> {
@@ -219,6 +239,81 @@ impl Sink {
             .filter(|r| r.status == 200)
             .map(|r| r.id.clone())
             .collect()
+    }
+}
+
+/// The sink's listener: counts the connections it accepted that are still open.
+struct Counted {
+    inner: tokio::net::TcpListener,
+    open: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for Counted {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((io, addr)) => {
+                    self.open.fetch_add(1, Ordering::SeqCst);
+                    let open = self.open.clone();
+                    return (CountedStream { io, open }, addr);
+                }
+                // What axum's own listener does on an accept error (e.g. too many open files).
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection of the sink; uncounted when hyper drops it (the peer closed it, or it failed).
+struct CountedStream {
+    io: tokio::net::TcpStream,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
