@@ -220,6 +220,48 @@ async fn consume_loop(consumer: StreamConsumer, done: Arc<AtomicU64>, stop: Canc
     close(consumer);
 }
 
+/// Scenario 1's reference between the plain loop and rebound: the plain loop that also does
+/// what rebound's `Handler` contract asks of every message and nothing else: an owned
+/// [`Message`] (topic, key, payload and headers copied out of librdkafka's buffer, as rebound's
+/// loop does) and a call of an `Arc<dyn Handler>` (one boxed future), before the offset is
+/// stored. What is left of rebound's gap beyond this loop is its own bookkeeping (offsets
+/// outstanding, admission, metrics, the job's future).
+async fn handler_loop(
+    consumer: StreamConsumer,
+    handler: Arc<dyn Handler>,
+    done: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let mut last_commit = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => {
+                let Ok(m) = m else { continue };
+                let message = Message {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers: rebound::kafka::read_headers(m.headers()),
+                    timestamp: m.timestamp().to_millis(),
+                    attempt: 0,
+                };
+                if matches!(handler.handle(&message).await, Outcome::Success) {
+                    let _ = consumer.store_offset_from_message(&m);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                if last_commit.elapsed() >= Duration::from_secs(1) {
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+            }
+        }
+    }
+    close(consumer);
+}
+
 /// Scenario 2's baseline: consume, produce a copy (up to `window` awaiting their
 /// acknowledgement, as rebound's `--max-in-flight`), store each offset once its copy is
 /// acknowledged (in order), commit every second.
@@ -317,6 +359,7 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
 
     let mut ours: Vec<Window> = Vec::new();
     let mut theirs: Vec<Window> = Vec::new();
+    let mut reference: Vec<Window> = Vec::new();
     for run in 0..ctx.runs {
         for side in [run % 2, 1 - run % 2] {
             let group = support::unique(&format!("{tag}-g{run}-{side}"));
@@ -338,6 +381,16 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
                 theirs.push(w);
             }
         }
+        if flow == Flow::PassThrough {
+            let group = support::unique(&format!("{tag}-g{run}-ref"));
+            let w = run_handler_loop(ctx, &main, &group, n).await;
+            eprintln!(
+                "[{name}] run {run} plain loop + Handler call: {} ({:.1} µs CPU/msg)",
+                fmt_rate(w.rate()),
+                w.cpu_us_per_msg()
+            );
+            reference.push(w);
+        }
     }
     let r: Vec<f64> = ours.iter().map(Window::rate).collect();
     let b: Vec<f64> = theirs.iter().map(Window::rate).collect();
@@ -352,7 +405,7 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
             "plain consume → produce (acks=all, ≤ 32 awaiting ack) → store → commit every 1 s"
         }
     };
-    vec![
+    let mut rows = vec![
         Row {
             scenario: name.into(),
             metric: format!("throughput, {n} msgs (baseline: {what})"),
@@ -383,7 +436,44 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
                 list(&bbc, 1)
             ),
         },
-    ]
+    ];
+    if !reference.is_empty() {
+        let f: Vec<f64> = reference.iter().map(Window::rate).collect();
+        let fc: Vec<f64> = reference.iter().map(Window::cpu_us_per_msg).collect();
+        rows.push(Row {
+            scenario: format!("{name} (reference)"),
+            metric: "throughput of the plain loop that also builds an owned Message and calls an Arc<dyn Handler> (rebound column), CPU µs per message in brackets".into(),
+            rebound: format!("{} ({:.1} µs)", fmt_rate(median(&f)), median(&fc)),
+            baseline: format!("{} ({:.1} µs)", fmt_rate(median(&b)), median(&bc)),
+            ratio: format!("{:.2}", median(&f) / median(&b)),
+            bar: "report".into(),
+            met: None,
+            detail: format!("plain loop + Handler call [{}] msg/s, [{}] µs", list(&f, 0), list(&fc, 1)),
+        });
+    }
+    rows
+}
+
+async fn run_handler_loop(ctx: &Ctx, main: &str, group: &str, n: usize) -> Window {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let handler: Arc<dyn Handler> = Arc::new(Count {
+        calls: AtomicU64::new(0),
+        outcome: Outcome::Success,
+    });
+    let consumer = baseline_consumer(ctx, group, main);
+    let task = tokio::spawn(handler_loop(consumer, handler, done.clone(), stop.clone()));
+    let w = support::watch(
+        || done.load(Ordering::Relaxed),
+        n as u64,
+        ctx.broker_pid,
+        Duration::from_secs(60),
+        "plain loop + Handler call",
+    )
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    w.unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn run_rebound(ctx: &Ctx, flow: Flow, topology: &Topology, group: &str, n: usize) -> Window {

@@ -1118,6 +1118,78 @@ impl Handler for PeerHandler {
     }
 }
 
+/// glibc's `struct mallinfo2` (malloc.h, glibc 2.33+): sizes in bytes.
+#[repr(C)]
+#[derive(Default)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+unsafe extern "C" {
+    fn mallinfo2() -> MallInfo2;
+}
+
+/// With `REBOUND_PEER_MEM_TRACE=DIR` (a diagnostic of scenario 8's peak): every 250 ms the peer
+/// appends to `DIR/<topic>.mem` one line `ms rss_kib hwm_kib anon_kib heap_in_use heap_free
+/// mmapped buffered_bytes buffered_messages`: VmRSS / VmHWM / RssAnon from
+/// `/proc/self/status`, glibc's heap (main arena and thread arenas: bytes handed out and free
+/// inside it; blocks taken with `mmap`) from `mallinfo2`, and rebound's tier read-ahead buffers.
+async fn mem_trace(
+    path: PathBuf,
+    metrics: Arc<rebound::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    let Ok(mut file) = std::fs::File::create(&path) else {
+        eprintln!("rebound peer: cannot write {}", path.display());
+        return;
+    };
+    let began = std::time::Instant::now();
+    while !stop.is_cancelled() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let kib = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        // SAFETY: mallinfo2 takes no arguments and returns a struct by value.
+        let m = unsafe { mallinfo2() };
+        let sum = |g: &prometheus::IntGaugeVec| -> i64 {
+            use prometheus::core::Collector;
+            g.collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_gauge().get_value() as i64)
+                .sum()
+        };
+        let _ = writeln!(
+            file,
+            "{} {} {} {} {} {} {} {} {}",
+            began.elapsed().as_millis(),
+            kib("VmRSS:"),
+            kib("VmHWM:"),
+            kib("RssAnon:"),
+            m.uordblks,
+            m.fordblks,
+            m.hblkhd,
+            sum(&metrics.tier_buffered_bytes),
+            sum(&metrics.tier_buffered_messages),
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs rebound as the bench's peer (see [`CHILD_ENV`]) until SIGTERM.
 pub async fn child_main() {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
@@ -1181,6 +1253,10 @@ pub async fn child_main() {
             }
         })
     };
+    if let Ok(dir) = std::env::var("REBOUND_PEER_MEM_TRACE") {
+        let path = Path::new(&dir).join(format!("{}.mem", var("REBOUND_PEER_TOPIC")));
+        tokio::spawn(mem_trace(path, service.metrics(), stop.clone()));
+    }
     if let Err(e) = service.run(stop.clone()).await {
         eprintln!("rebound peer: {e}");
     }
