@@ -542,10 +542,7 @@ impl Router {
             .handler_duration
             .observe(started.elapsed().as_secs_f64());
         series.handled(outcome.label()).inc();
-        let signal = match outcome {
-            Outcome::Transient(_) => Signal::Transient,
-            _ => Signal::Ok,
-        };
+        let signal = signal_of(&outcome);
         self.signals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -568,23 +565,14 @@ impl Router {
         }
         // Boxed: the success path (above) then keeps its future small, which is allocated and
         // moved once per message (a failure's copy costs far more than one allocation).
-        self.route_failure(
-            tp,
-            message,
-            outcome,
-            prior,
-            first_failed_at,
-            follower,
-            signal,
-        )
-        .boxed()
-        .await
+        self.route_failure(tp, message, outcome, prior, first_failed_at, follower)
+            .boxed()
+            .await
     }
 
     /// Routes a failed call's message (`outcome` is not a success; `prior`: failed attempts
     /// before this one) to its next tier or the DLQ, as [`Topology::route`] decides, and, with
     /// `--ordering key`, records what that means for its key.
-    #[allow(clippy::too_many_arguments)]
     async fn route_failure(
         &self,
         tp: Tp,
@@ -593,12 +581,12 @@ impl Router {
         prior: u32,
         first_failed_at: Option<DateTime<Utc>>,
         follower: Option<i64>,
-        signal: Signal,
     ) -> (Finish, Option<Signal>, Option<KeyNote>) {
         debug_assert!(
             !matches!(outcome, Outcome::Success),
             "a success is finished in process_message"
         );
+        let signal = signal_of(&outcome);
         let label = self.topology.label(tp.stage);
         let now = Utc::now();
         let unit = if self.topology.jitter > 0.0 {
@@ -957,6 +945,16 @@ pub(crate) fn failure_headers(
         set.push((headers::DLQ_REASON, reason.as_str().into()));
     }
     headers::rewrite(&message.headers, &set)
+}
+
+/// What a handler call's outcome tells the breaker: a transient failure (a timeout and a panic
+/// are transient too) counts against the downstream; a success or a permanent failure means it
+/// answered.
+fn signal_of(outcome: &Outcome) -> Signal {
+    match outcome {
+        Outcome::Transient(_) => Signal::Transient,
+        _ => Signal::Ok,
+    }
 }
 
 #[cfg(test)]
