@@ -1119,8 +1119,8 @@ impl Handler for PeerHandler {
 }
 
 /// glibc's `struct mallinfo2` (malloc.h, glibc 2.33+): sizes in bytes.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[repr(C)]
-#[derive(Default)]
 struct MallInfo2 {
     arena: usize,
     ordblks: usize,
@@ -1134,8 +1134,24 @@ struct MallInfo2 {
     keepcost: usize,
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
     fn mallinfo2() -> MallInfo2;
+}
+
+/// glibc's heap: (bytes handed out, bytes freed but kept, bytes in `mmap`ed blocks); zeros
+/// where the C library is not glibc.
+fn heap() -> (usize, usize, usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a struct by value.
+        let m = unsafe { mallinfo2() };
+        (m.uordblks, m.fordblks, m.hblkhd)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        (0, 0, 0)
+    }
 }
 
 /// With `REBOUND_PEER_MEM_TRACE=DIR` (a diagnostic of scenario 8's peak): every 250 ms the peer
@@ -1148,6 +1164,9 @@ async fn mem_trace(
     metrics: Arc<rebound::metrics::Metrics>,
     stop: CancellationToken,
 ) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
     let Ok(mut file) = std::fs::File::create(&path) else {
         eprintln!("rebound peer: cannot write {}", path.display());
         return;
@@ -1163,8 +1182,7 @@ async fn mem_trace(
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        // SAFETY: mallinfo2 takes no arguments and returns a struct by value.
-        let m = unsafe { mallinfo2() };
+        let (in_use, free, mapped) = heap();
         let sum = |g: &prometheus::IntGaugeVec| -> i64 {
             use prometheus::core::Collector;
             g.collect()
@@ -1180,9 +1198,9 @@ async fn mem_trace(
             kib("VmRSS:"),
             kib("VmHWM:"),
             kib("RssAnon:"),
-            m.uordblks,
-            m.fordblks,
-            m.hblkhd,
+            in_use,
+            free,
+            mapped,
             sum(&metrics.tier_buffered_bytes),
             sum(&metrics.tier_buffered_messages),
         );

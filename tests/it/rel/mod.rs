@@ -203,18 +203,56 @@ impl Sink {
         sink
     }
 
-    /// Waits until every connection to the sink is closed. Called after a `kill -9`: a request
-    /// the killed process wrote just before it died can still be read by the sink after the
-    /// kill, and so be recorded with a later time; once the kernel has closed the dead
-    /// process's connections and the sink has read them to the end, nothing more of it can
-    /// arrive. Panics after `limit`.
+    /// Waits until every connection to the sink is closed. Called after a `kill -9`, when no
+    /// other process is connected (a live reqwest client keeps idle connections open for a
+    /// minute, and this would then panic): a request the killed process wrote just before it
+    /// died can still be read by the sink after the kill, and so be recorded with a later time;
+    /// once the kernel has closed the dead process's connections and the sink has read them to
+    /// the end, nothing more of it can arrive.
+    ///
+    /// A connection still in the listener's accept queue is not counted yet, so after the count
+    /// first reaches zero one probe request is answered on a new connection: the queue is first
+    /// in, first out, so every earlier connection has been accepted (and counted) by then; the
+    /// count is then awaited again. Panics after `limit`.
     pub async fn wait_closed(&self, limit: Duration) {
-        let open = self.open.clone();
-        eventually("every connection to the sink closed", limit, || {
-            let open = open.clone();
-            async move { open.load(Ordering::SeqCst) == 0 }
-        })
+        let closed = || {
+            let open = self.open.clone();
+            move || {
+                let open = open.clone();
+                async move { open.load(Ordering::SeqCst) == 0 }
+            }
+        };
+        eventually("every connection to the sink closed", limit, closed()).await;
+        self.probe().await;
+        eventually(
+            "every connection to the sink closed (after the probe)",
+            limit,
+            closed(),
+        )
         .await;
+    }
+
+    /// One `GET /handle` on a new connection, read to its end (answered 405; not recorded).
+    async fn probe(&self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches("/handle")
+            .to_string();
+        let mut conn = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("probe connection to the sink");
+        conn.write_all(b"GET /handle HTTP/1.1\r\nHost: sink\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("probe request");
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.expect("probe answer");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 405"),
+            "the sink's answer to the probe: {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 
     pub fn records(&self) -> Vec<Handled> {
@@ -260,7 +298,8 @@ impl axum::serve::Listener for Counted {
                     let open = self.open.clone();
                     return (CountedStream { io, open }, addr);
                 }
-                // What axum's own listener does on an accept error (e.g. too many open files).
+                // A failed accept (a connection reset before it was taken, or too many open
+                // files): try again shortly.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
