@@ -15,12 +15,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message as _, OwnedHeaders};
 use rdkafka::metadata::Metadata;
 use rdkafka::{ClientConfig, Statistics, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cluster::ClusterConfig;
+use crate::handler::Message;
 use crate::headers::Header;
 use crate::metrics::Metrics;
 
@@ -222,6 +223,24 @@ const PRODUCER_ONLY: [&str; 7] = [
     "message.timeout.ms",
     "enable.idempotence",
 ];
+
+/// The owned [`Message`] a handler is given for a record read from `topic` (its name, which
+/// the caller has read once: rdkafka looks it up and checks its UTF-8 on each call): key,
+/// payload and headers copied out of librdkafka's buffer, so a handler may keep it past the
+/// poll; `attempt` is 0 (the poll loop sets a tier message's from its headers).
+#[inline]
+pub fn owned_message(m: &BorrowedMessage<'_>, topic: &str) -> Message {
+    Message {
+        topic: topic.to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: read_headers(m.headers()),
+        timestamp: m.timestamp().to_millis(),
+        attempt: 0,
+    }
+}
 
 /// Reads every header byte for byte, in order, duplicates included.
 pub fn read_headers(headers: Option<&BorrowedHeaders>) -> Vec<Header> {

@@ -788,16 +788,7 @@ impl State {
                 self.next_epoch
             }
         };
-        let mut message = Message {
-            topic: topic.to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers: kafka::read_headers(m.headers()),
-            timestamp: m.timestamp().to_millis(),
-            attempt: 0,
-        };
+        let mut message = kafka::owned_message(m, topic);
         let intake = match stage {
             Stage::Main => Intake::Fresh,
             // A due time beyond --max-delay is refused here, before it could pause the partition.

@@ -200,35 +200,16 @@ fn close(consumer: StreamConsumer) {
     let _ = rx.recv_timeout(Duration::from_secs(10));
 }
 
-/// Scenario 1's baseline: consume, store the offset, commit every second.
-async fn consume_loop(consumer: StreamConsumer, done: Arc<AtomicU64>, stop: CancellationToken) {
-    let mut last_commit = Instant::now();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            m = consumer.recv() => {
-                let Ok(m) = m else { continue };
-                let _ = consumer.store_offset_from_message(&m);
-                done.fetch_add(1, Ordering::Relaxed);
-                if last_commit.elapsed() >= Duration::from_secs(1) {
-                    let _ = consumer.commit_consumer_state(CommitMode::Async);
-                    last_commit = Instant::now();
-                }
-            }
-        }
-    }
-    close(consumer);
-}
-
-/// Scenario 1's reference between the plain loop and rebound: the plain loop that also does
-/// what rebound's `Handler` contract asks of every message and nothing else: an owned
-/// [`Message`] (topic, key, payload and headers copied out of librdkafka's buffer, as rebound's
-/// loop does) and a call of an `Arc<dyn Handler>` (one boxed future), before the offset is
-/// stored. What is left of rebound's gap beyond this loop is its own bookkeeping (offsets
-/// outstanding, admission, metrics, the job's future).
-async fn handler_loop(
+/// Scenario 1's baseline: consume, store the offset, commit every second. With `handler`,
+/// scenario 1's reference between that loop and rebound: each message is also given to
+/// `handler` the way rebound's `Handler` contract asks and nothing more, as an owned
+/// [`Message`] built by rebound's own `kafka::owned_message`, through an `Arc<dyn Handler>`
+/// (one boxed future), and its offset is stored on success. What is left of rebound's gap
+/// beyond that is its own bookkeeping (offsets outstanding, admission, metrics, the job's
+/// future).
+async fn consume_loop(
     consumer: StreamConsumer,
-    handler: Arc<dyn Handler>,
+    handler: Option<Arc<dyn Handler>>,
     done: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
@@ -238,17 +219,14 @@ async fn handler_loop(
             _ = stop.cancelled() => break,
             m = consumer.recv() => {
                 let Ok(m) = m else { continue };
-                let message = Message {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers: rebound::kafka::read_headers(m.headers()),
-                    timestamp: m.timestamp().to_millis(),
-                    attempt: 0,
+                let handled = match &handler {
+                    None => true,
+                    Some(h) => {
+                        let message = rebound::kafka::owned_message(&m, m.topic());
+                        matches!(h.handle(&message).await, Outcome::Success)
+                    }
                 };
-                if matches!(handler.handle(&message).await, Outcome::Success) {
+                if handled {
                     let _ = consumer.store_offset_from_message(&m);
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -372,7 +350,7 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
                 );
                 ours.push(w);
             } else {
-                let w = run_baseline(ctx, flow, &main, &out, &group, n).await;
+                let w = run_baseline(ctx, flow, &main, &out, &group, n, None).await;
                 eprintln!(
                     "[{name}] run {run} baseline: {} ({:.1} µs CPU/msg)",
                     fmt_rate(w.rate()),
@@ -383,7 +361,11 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
         }
         if flow == Flow::PassThrough {
             let group = support::unique(&format!("{tag}-g{run}-ref"));
-            let w = run_handler_loop(ctx, &main, &group, n).await;
+            let handler: Arc<dyn Handler> = Arc::new(Count {
+                calls: AtomicU64::new(0),
+                outcome: Outcome::Success,
+            });
+            let w = run_baseline(ctx, flow, &main, &out, &group, n, Some(handler)).await;
             eprintln!(
                 "[{name}] run {run} plain loop + Handler call: {} ({:.1} µs CPU/msg)",
                 fmt_rate(w.rate()),
@@ -454,28 +436,6 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
     rows
 }
 
-async fn run_handler_loop(ctx: &Ctx, main: &str, group: &str, n: usize) -> Window {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = CancellationToken::new();
-    let handler: Arc<dyn Handler> = Arc::new(Count {
-        calls: AtomicU64::new(0),
-        outcome: Outcome::Success,
-    });
-    let consumer = baseline_consumer(ctx, group, main);
-    let task = tokio::spawn(handler_loop(consumer, handler, done.clone(), stop.clone()));
-    let w = support::watch(
-        || done.load(Ordering::Relaxed),
-        n as u64,
-        ctx.broker_pid,
-        Duration::from_secs(60),
-        "plain loop + Handler call",
-    )
-    .await;
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    w.unwrap_or_else(|e| panic!("{e}"))
-}
-
 async fn run_rebound(ctx: &Ctx, flow: Flow, topology: &Topology, group: &str, n: usize) -> Window {
     let mut config = rebound_config(ctx, topology.clone(), group);
     let outcome = match flow {
@@ -518,12 +478,20 @@ async fn run_baseline(
     out: &str,
     group: &str,
     n: usize,
+    handler: Option<Arc<dyn Handler>>,
 ) -> Window {
     let done = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let consumer = baseline_consumer(ctx, group, main);
+    let what = if handler.is_some() {
+        "plain loop + Handler call"
+    } else {
+        "baseline"
+    };
     let task = match flow {
-        Flow::PassThrough => tokio::spawn(consume_loop(consumer, done.clone(), stop.clone())),
+        Flow::PassThrough => {
+            tokio::spawn(consume_loop(consumer, handler, done.clone(), stop.clone()))
+        }
         Flow::Routing => tokio::spawn(pipe_loop(
             consumer,
             baseline_producer(ctx),
@@ -538,7 +506,7 @@ async fn run_baseline(
         n as u64,
         ctx.broker_pid,
         Duration::from_secs(60),
-        "baseline",
+        what,
     )
     .await;
     stop.cancel();
