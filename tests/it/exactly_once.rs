@@ -219,7 +219,8 @@ async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy
     // B handles messages once A's session (6 s) has expired, B owns the partitions, and A's
     // open transaction has been aborted by the coordinator (transaction.timeout.ms, 10 s): till
     // then B cannot read the committed offsets it holds (KIP-447). 16 s of timeouts plus the
-    // rebalance: 30 s ran out once in a full suite run (the test alone took 20–50 s).
+    // rebalance: 30 s ran out once in a full suite run (the test alone took 20–50 s). Plus one
+    // pause of B's breaker, which this mix can open (`breaker_pause`).
     let at_b = sink.count();
     wait_progress_for(
         "B takes over",
@@ -227,7 +228,7 @@ async fn a_paused_zombie_that_resumes_after_a_takeover_commits_no_duplicate_copy
         at_b + 50,
         &fates,
         topo.max_retries,
-        Duration::from_secs(60),
+        Duration::from_secs(60) + breaker_pause(),
     )
     .await;
     eprintln!("A paused for {:?}; resuming it", paused_at.elapsed());

@@ -476,3 +476,81 @@ async fn same_key_messages_are_never_in_flight_together_and_start_in_order() {
         "different keys ran concurrently (else this test proves nothing)"
     );
 }
+
+/// Each call blocks its thread for 20 ms without an `.await` (a CPU-bound or blocking handler,
+/// written naively), then waits 5 ms. Counts calls begun and finished, and how many were in the
+/// blocking part at once.
+#[derive(Default)]
+struct Blocking {
+    begun: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+    /// Calls begun and not over (finished, or dropped at their timeout).
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    blocking: std::sync::atomic::AtomicUsize,
+    most_blocking: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a call as over when it is dropped, finished or not.
+struct Open(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl rebound::Handler for Blocking {
+    async fn handle(&self, _m: &rebound::Message) -> rebound::Outcome {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.open.fetch_add(1, SeqCst);
+        let _open = Open(self.open.clone());
+        self.begun.fetch_add(1, SeqCst);
+        let now = self.blocking.fetch_add(1, SeqCst) + 1;
+        self.most_blocking.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        self.blocking.fetch_sub(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.finished.fetch_add(1, SeqCst);
+        rebound::Outcome::Success
+    }
+}
+
+/// A job's first poll runs inline in the poll loop, so a handler that blocks its thread holds
+/// the loop while it blocks. Once an inline poll is seen to take long, the loop sends the next
+/// jobs to their own tasks: their blocking parts then run side by side on the runtime's two
+/// workers. Such a job may wait for a thread behind others (here longer than the handler
+/// timeout); its call's timeout counts from when it first runs, so no call is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_blocks_its_thread_runs_side_by_side_with_its_whole_timeout() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Scenario { main, topo } = Scenario::create("blocking", &[60_000], 1).await;
+    let n = 200;
+    produce(&main, &scripted(n, "ok")).await;
+
+    let handler = Arc::new(Blocking::default());
+    let mut config = config(topo, &unique("g"));
+    // Shorter than the wait for a thread of the last of 32 jobs in flight (20 ms each on two
+    // threads), ten times a call (25 ms): the default (10 s) would hide a timeout counted from
+    // the spawn.
+    config.handler_timeout = Duration::from_millis(250);
+    let svc = start(config, handler.clone());
+    let h = handler.clone();
+    wait_until("every message's call over", T, move || {
+        h.begun.load(SeqCst) >= n && h.open.load(SeqCst) == 0
+    })
+    .await;
+    svc.stop().await;
+
+    assert_eq!(
+        handler.finished.load(SeqCst),
+        n,
+        "calls cut off by the handler timeout (begun {}): it counted time spent waiting for a thread",
+        handler.begun.load(SeqCst)
+    );
+    assert_eq!(handler.begun.load(SeqCst), n, "a message was handled twice");
+    assert!(
+        handler.most_blocking.load(SeqCst) > 1,
+        "no two blocking calls ran at once: the loop kept polling them inline"
+    );
+}
