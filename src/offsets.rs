@@ -23,6 +23,15 @@ impl PartitionOffsets {
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
+    /// The message at `offset` was read and its work is done: [`PartitionOffsets::begin`] then
+    /// [`PartitionOffsets::finish`] in one step (it may have begun already).
+    pub fn passed(&mut self, offset: i64) {
+        if !self.outstanding.is_empty() {
+            self.outstanding.remove(&offset);
+        }
+        self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
     /// The work for `offset` is done. Unknown offsets are ignored.
     pub fn finish(&mut self, offset: i64) {
         self.outstanding.remove(&offset);
@@ -108,6 +117,22 @@ mod tests {
     }
 
     proptest! {
+        /// `passed` is `begin` then `finish`, whatever else is outstanding.
+        #[test]
+        fn passed_is_begin_then_finish(ops in proptest::collection::vec((0..30i64, 0..3u8), 0..60)) {
+            let (mut a, mut b) = (PartitionOffsets::default(), PartitionOffsets::default());
+            for (o, op) in ops {
+                match op {
+                    0 => { a.begin(o); b.begin(o); }
+                    1 => { a.finish(o); b.finish(o); }
+                    _ => { a.begin(o); a.finish(o); b.passed(o); }
+                }
+                prop_assert_eq!(a.committable(), b.committable());
+                prop_assert_eq!(a.read_to(), b.read_to());
+                prop_assert_eq!(a.outstanding(), b.outstanding());
+            }
+        }
+
         #[test]
         fn never_commits_past_unfinished_work(order in Just((0..40i64).collect::<Vec<_>>()).prop_shuffle(), cut in 0usize..40) {
             let mut p = PartitionOffsets::default();

@@ -156,6 +156,10 @@ struct State {
     started: u64,
     /// Partitions whose committable offset may have moved since offsets were last stored.
     unstored: Vec<Tp>,
+    /// Partitions of jobs accounted for as soon as they finished ([`State::settle_now`]) since
+    /// the last [`State::settle`], which adds them to `unstored`; `passed_count` of those jobs.
+    passed: Vec<Tp>,
+    passed_count: usize,
     /// A pause, resume or revoke happened since the paused gauges were last set.
     paused_changed: bool,
     /// When the `/status` snapshot was last published.
@@ -255,6 +259,8 @@ impl Pipeline {
                 spawn_only: 0,
                 started: 0,
                 unstored: Vec::new(),
+                passed: Vec::new(),
+                passed_count: 0,
                 paused_changed: true,
                 status_published: None,
                 revoking: None,
@@ -378,7 +384,9 @@ impl Pipeline {
                         // Jobs that finished inline are accounted for every SETTLE_EVERY
                         // messages (and whenever room runs out), not one by one.
                         for _ in 1..RECV_BATCH {
-                            if state.finished.len() >= SETTLE_EVERY || !state.has_room() {
+                            if state.finished.len() + state.passed_count >= SETTLE_EVERY
+                                || !state.has_room()
+                            {
                                 state.settle(consumer);
                                 if !state.has_room() {
                                     break;
@@ -748,6 +756,7 @@ impl State {
         self.count_buffered(tp, -(dropped.len() as i64), -(bytes as i64));
         self.admission.remove_partition(tp);
         self.unstored.retain(|t| *t != tp);
+        self.passed.retain(|t| *t != tp);
         self.paused_changed = true;
         // The lag of a partition that moved is its new owner's to report.
         let topology = &self.router.topology;
@@ -808,16 +817,49 @@ impl State {
             intake,
         };
         if stage == Stage::Main {
-            self.begin(tp, offset);
-            self.dispatch(job);
+            if self.may_start_now() {
+                self.start_now(job);
+            } else {
+                self.begin(tp, offset);
+                self.dispatch(job);
+            }
             return;
         }
         self.on_tier_message(consumer, job);
     }
 
+    /// Whether a main-topic message read just now may start at once, skipping the parked queue
+    /// ([`State::start_now`]): the breaker is closed and admits it with nothing parked ahead,
+    /// inline polls are on, and neither `--exactly-once` nor `--ordering key` has a say in it.
+    fn may_start_now(&mut self) -> bool {
+        if self.draining || self.spawn_only > 0 || self.eos.is_some() || self.waiting.is_some() {
+            return false;
+        }
+        let running = (self.jobs.len() + self.finished.len()).saturating_sub(self.follows);
+        self.admission.may_start_now(running)
+    }
+
+    /// Starts a fresh main-topic message that [`State::may_start_now`] let through, unless an
+    /// earlier message of its key is in flight (it then waits behind it, begun). Its offset is
+    /// begun only if it does not pass at once ([`State::launch`]): the usual case costs no
+    /// entry in the partition's outstanding offsets.
+    fn start_now(&mut self, job: Job) {
+        self.router.series(job.tp).consumed.inc();
+        let (tp, offset) = (job.tp, job.message.offset);
+        match self.admission.admit_now(job) {
+            Some(job) => self.launch(job, true),
+            None => self.begin_offset(tp, offset),
+        }
+    }
+
     /// Counts a message as read and its work as begun (so its offset holds commits back).
     fn begin(&mut self, tp: Tp, offset: i64) {
         self.router.series(tp).consumed.inc();
+        self.begin_offset(tp, offset);
+    }
+
+    /// A message's work is begun: its offset holds commits back until it finishes.
+    fn begin_offset(&mut self, tp: Tp, offset: i64) {
         if let Some(p) = self.parts.get_mut(&tp) {
             p.offsets.begin(offset);
         }
@@ -1065,6 +1107,16 @@ impl State {
             Some(job) => job,
             None => return,
         };
+        self.launch(job, false);
+    }
+
+    /// Runs a started job's first poll here (unless a recent one was slow) and then accounts for
+    /// it at once when it passed ([`State::settle_now`]), keeps its completion for
+    /// [`State::settle`] when it ended otherwise, or sends it to its own task. `direct`: started
+    /// by [`State::start_now`], its offset not begun and not in the partition's running jobs
+    /// yet; both are done here unless it passed.
+    fn launch(&mut self, job: Job, direct: bool) {
+        let (tp, offset) = (job.tp, job.message.offset);
         // When the job began: the one start reading for the slow-call watch, the inline poll's
         // timing and, for a job polled here at once, its handler call's deadline and duration. A
         // job sent to a task reads its call's start when first polled there (time queued for a
@@ -1081,6 +1133,12 @@ impl State {
                 self.spawn_only = SPAWN_ONLY_AFTER_SLOW_POLL;
             }
             if let Poll::Ready(done) = polled {
+                if self.settle_now(&done, direct) {
+                    return;
+                }
+                if direct {
+                    self.begin_running(tp, offset);
+                }
                 // Over before anything could watch it: nothing for the slow-call watch.
                 self.finished.push(done);
                 return;
@@ -1088,9 +1146,63 @@ impl State {
         } else {
             self.spawn_only -= 1;
         }
+        if direct {
+            self.begin_running(tp, offset);
+        }
         // Still running: the slow-call watch follows it from when it began.
         self.admission.started(tp, offset, began.into_std());
         self.jobs.spawn(job);
+    }
+
+    /// A job started directly ([`State::start_now`]) did not pass in its first poll: its offset
+    /// is begun and it is running, as for a job started the usual way. Nothing happened in
+    /// between that could see the difference (the poll runs inside this turn of the loop).
+    fn begin_running(&mut self, tp: Tp, offset: i64) {
+        if let Some(p) = self.parts.get_mut(&tp) {
+            p.offsets.begin(offset);
+            p.running.push(offset);
+        }
+    }
+
+    /// Accounts at once for a job that finished in its first poll with nothing left to do for
+    /// it (done, no copy held, nothing for `--ordering key`): its offset is finished and its key
+    /// freed now, as [`State::on_completion`] would at the next [`State::settle`], without
+    /// keeping its completion; its handler result stays in the router's queue for the breaker
+    /// ([`Admission::finished_now`]), and its partition's offset is stored after the next
+    /// settle. Returns false, changing nothing, for any other job. `direct`: as for
+    /// [`State::launch`].
+    fn settle_now(&mut self, done: &Completion, direct: bool) -> bool {
+        let nothing_left = matches!(done.finish, Finish::Done)
+            && done.note.is_none()
+            && done.follower.is_none()
+            && done.pipelined.is_none();
+        if !nothing_left || self.eos.is_some() || self.waiting.is_some() {
+            return false;
+        }
+        let Some(p) = self
+            .parts
+            .get_mut(&done.tp)
+            .filter(|p| p.epoch == done.epoch)
+        else {
+            return false;
+        };
+        if !direct {
+            // Pushed by `start` just before its poll.
+            if let Some(i) = p.running.iter().rposition(|o| *o == done.offset) {
+                p.running.swap_remove(i);
+            }
+        }
+        p.offsets.passed(done.offset);
+        if self.passed.last() != Some(&done.tp) && !self.passed.contains(&done.tp) {
+            self.passed.push(done.tp);
+        }
+        self.passed_count += 1;
+        if let Some(next) = self.admission.finished_now(done) {
+            if !self.draining && Self::is_current(&self.parts, &next) {
+                self.start(next);
+            }
+        }
+        true
     }
 
     /// `--ordering key`: a main message whose key is in the retry path has its `follow` record
@@ -1133,11 +1245,25 @@ impl State {
     fn settle(&mut self, consumer: &StreamConsumer<TopologyContext>) {
         loop {
             self.judge_signals(consumer);
-            let Some(done) = self.finished.pop() else {
+            if let Some(done) = self.finished.pop() {
+                self.on_completion(done);
+                continue;
+            }
+            // Jobs that passed while results were judged (a breaker that closed starts the
+            // parked ones) count as unknown until their results are judged too: left so, they
+            // could hold every parked job back with nothing left to wake the loop (found by
+            // `breaker::an_outage_opens_the_breaker_fast_probes_fresh_work_and_loses_nothing`).
+            if !self.admission.has_unjudged() {
                 break;
-            };
-            self.on_completion(done);
+            }
         }
+        // The results of jobs accounted for at once were judged above.
+        for tp in self.passed.drain(..) {
+            if !self.unstored.contains(&tp) {
+                self.unstored.push(tp);
+            }
+        }
+        self.passed_count = 0;
     }
 
     fn on_completion(&mut self, done: Completion) {

@@ -334,6 +334,24 @@ async fn throughput(ctx: &Ctx, flow: Flow) -> Vec<Row> {
     })
     .await;
     eprintln!("[{name}] seeded at {rate:.0} msg/s");
+    // Not measured: the first loop to read the seeded topic ran while the broker's JIT (HotSpot
+    // C2) compiled its fetch path, on the cores the loops share with it (a profile of one run put
+    // 1 300–1 700 C2 samples in the first loop's window against 170–470 in the third's, at 2 999
+    // Hz), so that loop paid a cost the others did not. One plain read first.
+    let warm = run_baseline(
+        ctx,
+        Flow::PassThrough,
+        &main,
+        &out,
+        &support::unique(&format!("{tag}-warm")),
+        n,
+        None,
+    )
+    .await;
+    eprintln!(
+        "[{name}] warm-up read (not measured): {}",
+        fmt_rate(warm.rate())
+    );
 
     let mut ours: Vec<Window> = Vec::new();
     let mut theirs: Vec<Window> = Vec::new();

@@ -30,6 +30,10 @@ pub(super) struct Admission {
     signals: Vec<(Tp, i64, Signal)>,
     /// Jobs whose handler result the breaker has, still running (producing their copy).
     judged_running: usize,
+    /// Jobs accounted for as soon as they finished ([`Admission::finished_now`]) whose handler
+    /// result is still in the router's queue: unknown to the breaker until [`Admission::judge`]
+    /// takes it, which then does not count them as running.
+    answered_unjudged: usize,
     /// Calls in the handler, for the breaker's slow-call rule.
     slow: SlowCalls<(Tp, i64)>,
     /// The breaker's `--breaker-min-calls` (the stall rule's quorum).
@@ -62,6 +66,7 @@ impl Admission {
             probes: Vec::new(),
             signals: Vec::new(),
             judged_running: 0,
+            answered_unjudged: 0,
         }
     }
 
@@ -85,8 +90,7 @@ impl Admission {
     /// first (fresh work is the best probe); it takes a due retry only when none is waiting.
     pub(super) fn next(&mut self, running: usize, current: impl Fn(&Job) -> bool) -> Option<Job> {
         while !self.parked.is_empty() {
-            // Let through, and the breaker does not have their result yet.
-            let unknown = (running + self.gate.waiting()).saturating_sub(self.judged_running);
+            let unknown = self.unknown(running);
             let (at, admit) = match self.breaker.state() {
                 BreakerState::Closed => (0, self.breaker.try_start(Attempt::First, unknown)),
                 BreakerState::Open => return None,
@@ -118,6 +122,35 @@ impl Admission {
             }
         }
         None
+    }
+
+    /// Whether jobs accounted for at once have results the breaker has not judged yet.
+    pub(super) fn has_unjudged(&self) -> bool {
+        self.answered_unjudged > 0
+    }
+
+    /// Calls let through whose result the breaker does not have yet, `running` of them started
+    /// and not accounted for.
+    fn unknown(&self, running: usize) -> usize {
+        (running + self.gate.waiting() + self.answered_unjudged).saturating_sub(self.judged_running)
+    }
+
+    /// Whether a first attempt read just now may start at once, without the parked queue: none
+    /// is parked (they go first) and the breaker, closed, admits it ([`Breaker::try_start`]).
+    /// `running`: as for [`Admission::next`]. It must then go through [`Admission::admit_now`].
+    pub(super) fn may_start_now(&mut self, running: usize) -> bool {
+        if !self.parked.is_empty() || self.breaker.state() != BreakerState::Closed {
+            return false;
+        }
+        let unknown = self.unknown(running);
+        self.breaker.try_start(Attempt::First, unknown) == Admit::Yes
+    }
+
+    /// Marks the key of a job [`Admission::may_start_now`] let through as in flight and returns
+    /// the job, or keeps it behind an earlier job of its key (`None`; it starts when that one
+    /// ends, from [`Admission::completed`] or [`Admission::finished_now`]).
+    pub(super) fn admit_now(&mut self, job: Job) -> Option<Job> {
+        self.gate.admit(job.tp, job, |j| j.message.key.as_deref())
     }
 
     /// A job's handler call starts (for the slow-call rule).
@@ -188,6 +221,20 @@ impl Admission {
         next
     }
 
+    /// A job that finished in its first poll, with nothing left to do for it, accounted for at
+    /// once instead of through [`Admission::completed`] (`done`: its completion). Its handler
+    /// result, if any, is still in the router's queue and counts as unknown until
+    /// [`Admission::judge`] takes it. Frees its key, returning the job waiting behind it.
+    pub(super) fn finished_now(&mut self, done: &Completion) -> Option<Job> {
+        let next = self.gate.release(done.tp, done.key.as_deref());
+        if done.signal.is_some() {
+            self.answered_unjudged += 1;
+        } else {
+            self.not_called(done.tp, done.offset);
+        }
+        next
+    }
+
     /// A job that will not call the handler (a `follow` record enqueued at its start, whose
     /// end comes later, [`crate::router::Completion::pipelined`]) is over as far as admission
     /// goes: frees its key (returning the job waiting behind it) and, if it was a probe, lets
@@ -218,6 +265,9 @@ impl Admission {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if shared.is_empty() {
+                // Every job accounted for at once pushed its result before it was.
+                debug_assert_eq!(self.answered_unjudged, 0);
+                self.answered_unjudged = 0;
                 return Vec::new();
             }
             std::mem::swap(&mut *shared, &mut self.signals);
@@ -242,6 +292,11 @@ impl Admission {
             }
         }
         self.signals = signals;
+        // Their results were among these (pushed before they were accounted for): they are not
+        // running.
+        self.judged_running = self
+            .judged_running
+            .saturating_sub(std::mem::take(&mut self.answered_unjudged));
         changes
     }
 
@@ -277,5 +332,101 @@ impl Admission {
             .iter()
             .position(|p| p.tp == tp && p.offset == offset)?;
         Some(self.probes.swap_remove(i).probe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::router::{Finish, Intake};
+
+    const TP: Tp = Tp {
+        stage: Stage::Main,
+        partition: 0,
+    };
+
+    fn job(offset: i64, key: &str) -> Job {
+        Job {
+            tp: TP,
+            epoch: 1,
+            message: crate::handler::Message {
+                topic: "main".into(),
+                partition: 0,
+                offset,
+                key: Some(key.as_bytes().to_vec()),
+                payload: None,
+                headers: Vec::new(),
+                timestamp: None,
+                attempt: 0,
+            },
+            intake: Intake::Fresh,
+        }
+    }
+
+    fn done(offset: i64, key: &str, signal: Signal) -> Completion {
+        Completion {
+            tp: TP,
+            epoch: 1,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            finish: Finish::Done,
+            signal: Some(signal),
+            note: None,
+            follower: None,
+            pipelined: None,
+        }
+    }
+
+    /// A job accounted for as soon as it finished counts as an unknown result until the breaker
+    /// judges it, and then not as a running job: `unknown(1)` is the one running job's only.
+    #[test]
+    fn a_job_finished_at_once_is_unknown_until_judged_and_not_running_after() {
+        let mut a = Admission::new(BreakerConfig::default(), 32);
+        assert!(a.may_start_now(0));
+        let started = a
+            .admit_now(job(0, "k"))
+            .expect("nothing in flight for its key");
+        assert!(
+            a.admit_now(job(1, "k")).is_none(),
+            "its key is in flight: the next one waits"
+        );
+        let shared = std::sync::Mutex::new(vec![(TP, started.message.offset, Signal::Ok)]);
+        let next = a.finished_now(&done(0, "k", Signal::Ok));
+        assert_eq!(next.map(|j| j.message.offset), Some(1), "its key is freed");
+        assert_eq!(a.unknown(1), 2, "its result is not judged yet");
+        assert!(a.judge(&shared, Instant::now).is_empty());
+        assert_eq!(a.unknown(1), 1, "judged, and not counted as running");
+        assert_eq!(a.judged_running, 0);
+    }
+
+    /// Results of jobs accounted for at once still open the breaker, in the window they fall in.
+    #[test]
+    fn failures_accounted_for_at_once_still_open_the_breaker() {
+        let config = BreakerConfig {
+            min_calls: 4,
+            ..BreakerConfig::default()
+        };
+        let mut a = Admission::new(config, 32);
+        let shared = std::sync::Mutex::new(Vec::new());
+        for offset in 0..4 {
+            let key = format!("k{offset}");
+            assert!(
+                a.may_start_now(0),
+                "closed, and the results so far cannot open it"
+            );
+            a.admit_now(job(offset, &key)).expect("key free");
+            shared.lock().unwrap().push((TP, offset, Signal::Transient));
+            assert!(a
+                .finished_now(&done(offset, &key, Signal::Transient))
+                .is_none());
+        }
+        assert!(
+            !a.may_start_now(0),
+            "four unknown results, were they failures, would open it: the next waits"
+        );
+        assert_eq!(a.judge(&shared, Instant::now), vec![BreakerState::Open]);
+        assert!(!a.may_start_now(0));
+        assert_eq!(a.judged_running, 0);
     }
 }

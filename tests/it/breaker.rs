@@ -388,10 +388,28 @@ impl UnderTraffic {
         self.stop_producing.store(true, Ordering::Relaxed);
         let n = self.traffic.await.unwrap();
         let d = self.down.clone();
-        wait_until("every message succeeded", within, move || {
-            d.successes().len() == n
+        let ok = waited(within, Duration::from_millis(100), move || {
+            let d = d.clone();
+            async move { d.successes().len() == n }
         })
         .await;
+        if !ok {
+            // What a stall looks like: calls per second since the first, and how many never
+            // succeeded (a loop that stopped starting work shows as calls that end early).
+            let succeeded = self.down.successes();
+            let seen = self.down.seen();
+            let t0 = seen.first().map_or_else(Instant::now, |s| s.at);
+            let mut per_second = std::collections::BTreeMap::new();
+            for s in &seen {
+                *per_second
+                    .entry(((s.at - t0).as_secs(), s.fresh, s.transient))
+                    .or_insert(0) += 1;
+            }
+            panic!(
+                "timed out after {within:?}: {} of {n} messages succeeded; calls per (second, fresh, transient): {per_second:?}",
+                succeeded.len()
+            );
+        }
         (self.svc, self.watch.finish().await)
     }
 }
