@@ -96,6 +96,13 @@ struct Partition {
 }
 
 impl Partition {
+    /// The job at `offset` is no longer running (if it was).
+    fn stop_running(&mut self, offset: i64) {
+        if let Some(i) = self.running.iter().rposition(|o| *o == offset) {
+            self.running.swap_remove(i);
+        }
+    }
+
     fn new(epoch: u64) -> Partition {
         Partition {
             epoch,
@@ -835,8 +842,14 @@ impl State {
         if self.draining || self.spawn_only > 0 || self.eos.is_some() || self.waiting.is_some() {
             return false;
         }
-        let running = (self.jobs.len() + self.finished.len()).saturating_sub(self.follows);
-        self.admission.may_start_now(running)
+        self.admission.may_start_now(self.running())
+    }
+
+    /// Jobs started and not accounted for that call the handler (follows waiting for their ack
+    /// call none, so the breaker waits for no result of theirs): what [`Admission`] counts as
+    /// running.
+    fn running(&self) -> usize {
+        (self.jobs.len() + self.finished.len()).saturating_sub(self.follows)
     }
 
     /// Starts a fresh main-topic message that [`State::may_start_now`] let through, unless an
@@ -932,8 +945,7 @@ impl State {
     /// Starts the jobs [`Admission`] lets through now.
     fn pump(&mut self) {
         while !self.draining {
-            // Follows waiting for their ack call no handler: no result for the breaker to wait for.
-            let running = (self.jobs.len() + self.finished.len()).saturating_sub(self.follows);
+            let running = self.running();
             let parts = &self.parts;
             let Some(job) = self.admission.next(running, |j| Self::is_current(parts, j)) else {
                 break;
@@ -1188,9 +1200,7 @@ impl State {
         };
         if !direct {
             // Pushed by `start` just before its poll.
-            if let Some(i) = p.running.iter().rposition(|o| *o == done.offset) {
-                p.running.swap_remove(i);
-            }
+            p.stop_running(done.offset);
         }
         p.offsets.passed(done.offset);
         if self.passed.last() != Some(&done.tp) && !self.passed.contains(&done.tp) {
@@ -1258,11 +1268,12 @@ impl State {
             }
         }
         // The results of jobs accounted for at once were judged above.
-        for tp in self.passed.drain(..) {
-            if !self.unstored.contains(&tp) {
-                self.unstored.push(tp);
-            }
+        // Taken and put back, so that the list keeps its allocation.
+        let mut passed = std::mem::take(&mut self.passed);
+        for tp in passed.drain(..) {
+            self.mark_unstored(tp);
         }
+        self.passed = passed;
         self.passed_count = 0;
     }
 
@@ -1292,9 +1303,7 @@ impl State {
         else {
             return;
         };
-        if let Some(i) = p.running.iter().position(|o| *o == done.offset) {
-            p.running.swap_remove(i);
-        }
+        p.stop_running(done.offset);
         if done.follower.is_some() {
             // A follower's main offset was finished when it was written to the waiting log.
             return;
@@ -1313,8 +1322,13 @@ impl State {
             eos.finished += 1;
         }
         p.offsets.finish(done.offset);
-        if !self.unstored.contains(&done.tp) {
-            self.unstored.push(done.tp);
+        self.mark_unstored(done.tp);
+    }
+
+    /// `tp`'s committable offset may have moved: stored by the next [`State::store_finished`].
+    fn mark_unstored(&mut self, tp: Tp) {
+        if !self.unstored.contains(&tp) {
+            self.unstored.push(tp);
         }
     }
 
