@@ -466,7 +466,7 @@ fn resolve_tier_buffer(
         partition_messages,
         partition_bytes,
         total_bytes,
-        horizon,
+        ..BufferBounds::with_horizon(horizon)
     })
 }
 

@@ -21,6 +21,18 @@
 //!   process-wide bound) and both its head and the first message not kept are due within half
 //!   the horizon. The halves make each resume read a batch, not one message: a partition
 //!   resumed the moment a dropped message came within the horizon would read just that one.
+//! * **Refills are staggered.** A resumed partition is *refilling* until it is paused again,
+//!   or for at most `refill_window`. A partition that still holds messages resumes only while
+//!   fewer than `refills` partitions are refilling; the others stay paused, the earliest head
+//!   first, until one is paused again or its window ends. A partition that holds nothing
+//!   resumes at once (it has nothing to release meanwhile) and counts as refilling. A resumed
+//!   partition is sent up to `max.partition.fetch.bytes` (1 MiB) and keeps only what fits, so
+//!   partitions that drained together (even traffic drains them in step) and resumed together
+//!   made the client hold a fetch of each at once (up to `fetch.max.bytes`, 4 MiB, per
+//!   response): 12 tier partitions took the heap from 6.5 to 18 MiB for a few tens of
+//!   milliseconds at each such refill (BENCHMARKS.md, "Staggered refills"). Staggered, the
+//!   refills are fetches one after another, each made while the partition still holds half
+//!   its bounds.
 //!
 //! Memory: a partition keeps at most `partition_messages` messages, and more than
 //! `partition_bytes` bytes only when its head alone is larger; all partitions together keep at
@@ -46,6 +58,17 @@ pub const DEFAULT_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_PARTITION_MESSAGES: usize = 1000;
 /// `--tier-buffer-partition-bytes` unless set: bytes one tier partition keeps.
 pub const DEFAULT_PARTITION_BYTES: usize = 1024 * 1024;
+/// Partitions holding messages that may refill at once. Each refill is sent up to
+/// `max.partition.fetch.bytes` (librdkafka's default, 1 MiB) and the client parses all of it
+/// before the partition is paused again: about 2.5 MiB of heap per refilling partition, measured
+/// (4 at once took the heap from 7.7 to 17.3 MiB; BENCHMARKS.md, "Staggered refills"). One at a
+/// time, a refill takes a fetch round trip or two, and a partition resumes only with half its
+/// buffer still in hand.
+pub const DEFAULT_REFILLS: usize = 1;
+/// How long a resumed partition counts as refilling unless it is paused again first: a few
+/// fetch round trips at `fetch.wait.max.ms` 20. A partition that has caught up with its tier
+/// (nothing more to read) stops holding a refill slot after it.
+pub const DEFAULT_REFILL_WINDOW: Duration = Duration::from_millis(100);
 
 /// The bounds of the buffer. Every count is at least 1 ([`crate::config`] validates them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +81,11 @@ pub struct BufferBounds {
     pub total_bytes: usize,
     /// A message behind the head is kept only if it is due within this much of being read.
     pub horizon: Duration,
+    /// Partitions still holding messages that may be refilling at once (see the module
+    /// documentation).
+    pub refills: usize,
+    /// How long a resumed partition counts as refilling unless it is paused again first.
+    pub refill_window: Duration,
 }
 
 impl BufferBounds {
@@ -68,6 +96,8 @@ impl BufferBounds {
             partition_bytes: DEFAULT_PARTITION_BYTES,
             total_bytes: DEFAULT_TOTAL_BYTES,
             horizon,
+            refills: DEFAULT_REFILLS,
+            refill_window: DEFAULT_REFILL_WINDOW,
         }
     }
 }
@@ -171,6 +201,14 @@ pub struct DelayQueue<P, T> {
     /// (when its messages come within the horizon, partition), for paused lanes waiting on it.
     wakes: BTreeSet<(DateTime<Utc>, P)>,
     paused: BTreeSet<P>,
+    /// Resumed partitions still refilling: (partition, refilling until, held messages when it
+    /// resumed). A handful at most; scanned, not indexed.
+    refilling: Vec<(P, DateTime<Utc>, bool)>,
+    /// When [`DelayQueue::pop_due`] must look at the paused partitions again: one that may
+    /// resume is waiting for a refill slot, and a slot freed or will free then.
+    recheck: Option<DateTime<Utc>>,
+    /// A partition that may resume is waiting for a refill slot.
+    deferred: bool,
     total_bytes: usize,
     total_messages: usize,
 }
@@ -193,6 +231,8 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
             partition_bytes: bounds.partition_bytes.max(1),
             total_bytes: bounds.total_bytes.max(1),
             horizon: bounds.horizon,
+            refills: bounds.refills.max(1),
+            refill_window: bounds.refill_window,
         };
         let horizon = TimeDelta::from_std(bounds.horizon).unwrap_or(TimeDelta::MAX);
         DelayQueue {
@@ -203,6 +243,9 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
             order: BTreeSet::new(),
             wakes: BTreeSet::new(),
             paused: BTreeSet::new(),
+            refilling: Vec::new(),
+            recheck: None,
+            deferred: false,
             total_bytes: 0,
             total_messages: 0,
         }
@@ -264,6 +307,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
             lane.paused = true;
             self.paused.insert(partition);
             self.set_wake(partition, now);
+            self.refill_ended(partition, now);
             return Offer::Dropped { pause };
         }
         lane.items.push_back(Entry { due, bytes, item });
@@ -279,8 +323,19 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
             lane.paused = true;
             self.paused.insert(partition);
             self.set_wake(partition, now);
+            self.refill_ended(partition, now);
         }
         Offer::Kept { pause }
+    }
+
+    /// `partition` is no longer refilling (paused again, or forgotten): a partition waiting for
+    /// a refill slot may resume at the next [`DelayQueue::pop_due`].
+    fn refill_ended(&mut self, partition: P, now: DateTime<Utc>) {
+        let before = self.refilling.len();
+        self.refilling.retain(|(p, _, _)| *p != partition);
+        if self.refilling.len() < before && self.deferred {
+            self.recheck = Some(self.recheck.map_or(now, |r| r.min(now)));
+        }
     }
 
     /// Sets or clears the wake-up of a paused lane: when its head and the first message not
@@ -314,15 +369,13 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         }
     }
 
-    /// When the loop must next call [`DelayQueue::pop_due`]: the earliest head due time, or
-    /// the earliest time a paused partition's messages come within the horizon.
+    /// When the loop must next call [`DelayQueue::pop_due`]: the earliest head due time, the
+    /// earliest time a paused partition's messages come within the horizon, or when a
+    /// partition waiting for a refill slot may get one.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
         let head = self.order.first().map(|(d, _)| *d);
         let wake = self.wakes.first().map(|(d, _)| *d);
-        match (head, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [head, wake, self.recheck].into_iter().flatten().min()
     }
 
     /// Releases every message that is due at `now`, partition by partition, in partition order
@@ -377,15 +430,45 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                 woke = true;
             }
         }
+        // Refill slots whose window has ended.
+        let before = self.refilling.len();
+        self.refilling.retain(|(_, until, _)| *until > now);
+        let freed = self.refilling.len() < before;
+        let recheck = self.recheck.is_some_and(|r| r <= now);
+        if recheck {
+            self.recheck = None;
+        }
         let mut resume = Vec::new();
-        if !released.is_empty() || woke {
-            let ready: Vec<P> = self
+        if !released.is_empty() || woke || recheck || (freed && self.deferred) {
+            // The most urgent first: a partition holding nothing, then the earliest head.
+            let mut ready: Vec<(Option<DateTime<Utc>>, P)> = self
                 .paused
                 .iter()
                 .copied()
                 .filter(|p| self.may_resume(p, now))
+                .map(|p| {
+                    let head = self
+                        .lanes
+                        .get(&p)
+                        .and_then(|l| l.items.front())
+                        .map(|e| e.due);
+                    (head, p)
+                })
                 .collect();
-            for p in ready {
+            ready.sort_unstable();
+            self.deferred = false;
+            let until = now
+                .checked_add_signed(
+                    TimeDelta::from_std(self.bounds.refill_window).unwrap_or(TimeDelta::MAX),
+                )
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            for (head, p) in ready {
+                let holds = head.is_some();
+                if holds && self.refilling.len() >= self.bounds.refills {
+                    // Waits for a slot: when one is paused again, or at the first window's end.
+                    self.deferred = true;
+                    continue;
+                }
                 self.paused.remove(&p);
                 let Some(lane) = self.lanes.get_mut(&p) else {
                     continue;
@@ -398,10 +481,18 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                 if lane.items.is_empty() {
                     self.lanes.remove(&p);
                 }
+                self.refilling.push((p, until, holds));
                 resume.push(Resume {
                     partition: p,
                     seek_to,
                 });
+            }
+            if self.deferred {
+                let first_end = self.refilling.iter().map(|(_, until, _)| *until).min();
+                self.recheck = match (self.recheck, first_end) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         Tick { released, resume }
@@ -435,6 +526,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     /// The caller could not seek `partition` back to `offset` when told to resume it: it stays
     /// paused, and the next wake-up tells it to resume (and seek) again.
     pub fn seek_failed(&mut self, partition: P, offset: i64, now: DateTime<Utc>) {
+        self.refill_ended(partition, now);
         let lane = self.lanes.entry(partition).or_default();
         lane.paused = true;
         lane.refetch = Some(Refetch { offset, due: now });
@@ -447,6 +539,13 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     /// their bytes.
     pub fn remove(&mut self, partition: &P) -> (Vec<T>, usize) {
         self.paused.remove(partition);
+        if let Some(i) = self.refilling.iter().position(|(p, _, _)| p == partition) {
+            self.refilling.swap_remove(i);
+            if self.deferred {
+                // A slot is free: the next call of `pop_due`, whenever it is, looks again.
+                self.recheck = Some(DateTime::<Utc>::MIN_UTC);
+            }
+        }
         let Some(lane) = self.lanes.remove(partition) else {
             return (Vec::new(), 0);
         };
@@ -509,6 +608,19 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         if total > b.total_bytes + heads {
             return Err(format!("{total} bytes in all (heads {heads})"));
         }
+        let holding = self.refilling.iter().filter(|(_, _, h)| *h).count();
+        if holding > b.refills {
+            return Err(format!(
+                "{holding} partitions holding messages refill at once"
+            ));
+        }
+        if self
+            .refilling
+            .iter()
+            .any(|(p, _, _)| self.paused.contains(p))
+        {
+            return Err("a paused partition counts as refilling".into());
+        }
         Ok(())
     }
 }
@@ -528,6 +640,8 @@ mod tests {
             partition_bytes: bytes,
             total_bytes: total,
             horizon: Duration::from_millis(horizon_ms),
+            refills: usize::MAX,
+            refill_window: DEFAULT_REFILL_WINDOW,
         }
     }
 
@@ -619,6 +733,134 @@ mod tests {
             }]
         );
         assert!(!q.is_held(&1));
+    }
+
+    #[test]
+    fn partitions_that_drained_together_refill_a_few_at_a_time() {
+        // Three partitions of 4 messages, each drained to its low-water mark at the same time.
+        let mut q = DelayQueue::new(BufferBounds {
+            refills: 2,
+            refill_window: Duration::from_millis(50),
+            ..bounds(4, 1000, 1000, 1000)
+        });
+        for p in [1, 2, 3] {
+            for i in 0..4 {
+                // Partition 3's head is due first after the drain, then 1, then 2.
+                let after = match p {
+                    3 => 20,
+                    1 => 30,
+                    _ => 40,
+                };
+                let due = if i < 2 { 10 } else { after + i };
+                q.offer(p, i, Some(t(due)), 1, (p, i), t(0));
+            }
+            assert!(q.is_held(&p));
+        }
+        let tick = q.pop_due(t(10));
+        assert_eq!(tick.released.len(), 3);
+        // Two slots: the earliest heads (3, then 1); 2 waits, paused, and the loop is woken at
+        // the end of the first window at the latest.
+        let resumed: Vec<_> = tick.resume.iter().map(|r| r.partition).collect();
+        assert_eq!(resumed, vec![3, 1]);
+        assert!(q.is_held(&2));
+        assert_eq!(q.next_due(), Some(t(22)), "3's head first");
+        q.check_bounds().unwrap();
+        // Partition 3 refills and pauses again: its slot goes to 2 at the next call.
+        assert_eq!(
+            q.offer(3, 4, Some(t(40)), 1, (3, 4), t(11)),
+            Offer::Kept { pause: false }
+        );
+        assert_eq!(
+            q.offer(3, 5, Some(t(40)), 1, (3, 5), t(11)),
+            Offer::Kept { pause: true }
+        );
+        assert_eq!(q.next_due(), Some(t(11)));
+        let tick = q.pop_due(t(11));
+        assert!(tick.released.is_empty());
+        assert_eq!(
+            tick.resume,
+            vec![Resume {
+                partition: 2,
+                seek_to: None
+            }]
+        );
+        q.check_bounds().unwrap();
+    }
+
+    #[test]
+    fn a_refill_slot_frees_at_the_end_of_its_window_and_an_empty_partition_never_waits() {
+        let mut q = DelayQueue::new(BufferBounds {
+            refills: 1,
+            refill_window: Duration::from_millis(50),
+            ..bounds(4, 1000, 1000, 1000)
+        });
+        for p in [1, 2] {
+            for i in 0..4 {
+                q.offer(
+                    p,
+                    i,
+                    Some(t(if i < 2 { 10 } else { 100 + p as i64 })),
+                    1,
+                    i,
+                    t(0),
+                );
+            }
+        }
+        // Hold the head on partition 9: it empties and must resume whatever the slots.
+        q.offer(9, 0, Some(t(10)), 1, 0, t(0));
+        q.offer(9, 1, Some(t(10)), 1, 1, t(0));
+        q.offer(9, 2, Some(t(10)), 1, 2, t(0));
+        assert_eq!(
+            q.offer(9, 3, Some(t(10)), 1, 3, t(0)),
+            Offer::Kept { pause: true }
+        );
+        let tick = q.pop_due(t(10));
+        let resumed: Vec<_> = tick.resume.iter().map(|r| r.partition).collect();
+        // 9 holds nothing and goes first; it takes the one slot, so 1 and 2 wait for its window.
+        assert_eq!(resumed, vec![9]);
+        assert_eq!(q.next_due(), Some(t(60)));
+        assert!(q.pop_due(t(59)).resume.is_empty());
+        // Partition 9 caught up with its log (it is never paused again): its window ends.
+        let resumed: Vec<_> = q
+            .pop_due(t(60))
+            .resume
+            .iter()
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(resumed, vec![1]);
+        let resumed: Vec<_> = q
+            .pop_due(t(110))
+            .resume
+            .iter()
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(resumed, vec![2]);
+        q.check_bounds().unwrap();
+    }
+
+    #[test]
+    fn a_revoked_refilling_partition_gives_its_slot_back() {
+        let mut q = DelayQueue::new(BufferBounds {
+            refills: 1,
+            refill_window: Duration::from_secs(60),
+            ..bounds(2, 1000, 1000, 1000)
+        });
+        for p in [1, 2] {
+            q.offer(p, 0, Some(t(10)), 1, 0, t(0));
+            assert_eq!(
+                q.offer(p, 1, Some(t(100 + p as i64)), 1, 1, t(0)),
+                Offer::Kept { pause: true }
+            );
+        }
+        let resumed: Vec<_> = q.pop_due(t(10)).resume.iter().map(|r| r.partition).collect();
+        assert_eq!(resumed, vec![1]);
+        assert!(q.is_held(&2));
+        q.remove(&1);
+        // The loop is told to look again at once, and 2 takes the slot.
+        assert!(q.next_due().is_some_and(|d| d <= t(11)));
+        let resumed: Vec<_> = q.pop_due(t(11)).resume.iter().map(|r| r.partition).collect();
+        assert_eq!(resumed, vec![2]);
+        q.check_bounds().unwrap();
     }
 
     #[test]
@@ -746,9 +988,15 @@ mod tests {
             bytes in 1usize..100,
             total in 1usize..150,
             horizon in 0u64..300,
+            refills in 1usize..4,
+            window in 1u64..60,
             steps in proptest::collection::vec((0u8..4, 0i64..40), 1..400),
         ) {
-            let b = bounds(messages, bytes, total, horizon);
+            let b = BufferBounds {
+                refills,
+                refill_window: Duration::from_millis(window),
+                ..bounds(messages, bytes, total, horizon)
+            };
             let mut q: DelayQueue<usize, (usize, i64, i64)> = DelayQueue::new(b);
             // Per partition: the next offset the consumer delivers, and whether it is paused.
             let mut position = vec![0i64; logs.len()];

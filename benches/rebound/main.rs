@@ -14,8 +14,8 @@
 //! lateness and the latest retries of scenario 3), `REBOUND_BENCH_X` (comma-separated
 //! `KEY=VALUE` librdkafka properties for rebound, not the baselines), `REBOUND_BENCH_EXACTLY_ONCE`
 //! (set: rebound runs with `--exactly-once`), `REBOUND_PEER_MEM_TRACE` (a directory: rebound
-//! as its own process, as in scenario 8, writes its memory there every 250 ms; see
-//! `spring::mem_trace`), `REBOUND_BENCH_BROKER_KIND`
+//! as its own process, as in scenario 8, writes its memory there every 250 ms, or every
+//! `REBOUND_PEER_MEM_TRACE_MS`; see `spring::mem_trace`), `REBOUND_BENCH_BROKER_KIND`
 //! (`kafka` when the given broker is Apache Kafka: tier seeding is batched, and the lateness
 //! histogram says so). Scenario 3 measures four ways of waiting side by side and draws
 //! `docs/precision-lateness.png`; scenario 7 is the lateness of each at rising due rates;

@@ -1154,11 +1154,12 @@ fn heap() -> (usize, usize, usize) {
     }
 }
 
-/// With `REBOUND_PEER_MEM_TRACE=DIR` (a diagnostic of scenario 8's peak): every 250 ms the peer
-/// appends to `DIR/<topic>.mem` one line `ms rss_kib hwm_kib anon_kib heap_in_use heap_free
-/// mmapped buffered_bytes buffered_messages`: VmRSS / VmHWM / RssAnon from
-/// `/proc/self/status`, glibc's heap (main arena and thread arenas: bytes handed out and free
-/// inside it; blocks taken with `mmap`) from `mallinfo2`, and rebound's tier read-ahead buffers.
+/// With `REBOUND_PEER_MEM_TRACE=DIR` (a diagnostic of scenario 8's peak): every 250 ms (or
+/// `REBOUND_PEER_MEM_TRACE_MS`) the peer appends to `DIR/<topic>.mem` one line `ms rss_kib
+/// hwm_kib anon_kib heap_in_use heap_free mmapped buffered_bytes buffered_messages paused`:
+/// VmRSS / VmHWM / RssAnon from `/proc/self/status`, glibc's heap (main arena and thread
+/// arenas: bytes handed out and free inside it; blocks taken with `mmap`) from `mallinfo2`,
+/// rebound's tier read-ahead buffers, and how many partitions rebound holds paused.
 async fn mem_trace(
     path: PathBuf,
     metrics: Arc<rebound::metrics::Metrics>,
@@ -1171,6 +1172,10 @@ async fn mem_trace(
         eprintln!("rebound peer: cannot write {}", path.display());
         return;
     };
+    let every = std::env::var("REBOUND_PEER_MEM_TRACE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(Duration::from_millis(250), Duration::from_millis);
     let began = std::time::Instant::now();
     while !stop.is_cancelled() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -1193,7 +1198,7 @@ async fn mem_trace(
         };
         let _ = writeln!(
             file,
-            "{} {} {} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {}",
             began.elapsed().as_millis(),
             kib("VmRSS:"),
             kib("VmHWM:"),
@@ -1203,8 +1208,9 @@ async fn mem_trace(
             mapped,
             sum(&metrics.tier_buffered_bytes),
             sum(&metrics.tier_buffered_messages),
+            sum(&metrics.paused),
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
