@@ -60,10 +60,10 @@ pub const DEFAULT_PARTITION_MESSAGES: usize = 1000;
 pub const DEFAULT_PARTITION_BYTES: usize = 1024 * 1024;
 /// Partitions holding messages that may refill at once. Each refill is sent up to
 /// `max.partition.fetch.bytes` (librdkafka's default, 1 MiB) and the client parses all of it
-/// before the partition is paused again: about 2.5 MiB of heap per refilling partition, measured
-/// (4 at once took the heap from 7.7 to 17.3 MiB; BENCHMARKS.md, "Staggered refills"). One at a
-/// time, a refill takes a fetch round trip or two, and a partition resumes only with half its
-/// buffer still in hand.
+/// before the partition is paused again. Measured on scenario 8 (BENCHMARKS.md, "Staggered
+/// refills"): one at a time, the heap rose by 1.9 MiB per refill at the median and 6.3 MiB at
+/// the most; 4 at a time took it from 7.7 to 17.3 MiB. A refill takes a fetch round trip or
+/// two, and a partition that waits for the slot still has messages to release.
 pub const DEFAULT_REFILLS: usize = 1;
 /// How long a resumed partition counts as refilling unless it is paused again first: a few
 /// fetch round trips at `fetch.wait.max.ms` 20. A partition that has caught up with its tier
@@ -852,13 +852,23 @@ mod tests {
                 Offer::Kept { pause: true }
             );
         }
-        let resumed: Vec<_> = q.pop_due(t(10)).resume.iter().map(|r| r.partition).collect();
+        let resumed: Vec<_> = q
+            .pop_due(t(10))
+            .resume
+            .iter()
+            .map(|r| r.partition)
+            .collect();
         assert_eq!(resumed, vec![1]);
         assert!(q.is_held(&2));
         q.remove(&1);
         // The loop is told to look again at once, and 2 takes the slot.
         assert!(q.next_due().is_some_and(|d| d <= t(11)));
-        let resumed: Vec<_> = q.pop_due(t(11)).resume.iter().map(|r| r.partition).collect();
+        let resumed: Vec<_> = q
+            .pop_due(t(11))
+            .resume
+            .iter()
+            .map(|r| r.partition)
+            .collect();
         assert_eq!(resumed, vec![2]);
         q.check_bounds().unwrap();
     }
