@@ -25,7 +25,9 @@
 //!   or for at most `refill_window`. A partition that still holds messages resumes only while
 //!   fewer than `refills` partitions are refilling; the others stay paused, the earliest head
 //!   first, until one is paused again or its window ends. A partition that holds nothing
-//!   resumes at once (it has nothing to release meanwhile) and counts as refilling. A resumed
+//!   resumes at once (it has nothing to release meanwhile) and does not take a slot: counted,
+//!   a stream of emptied partitions that caught up with their logs could keep one that still
+//!   holds messages waiting until it ran dry. A resumed
 //!   partition is sent up to `max.partition.fetch.bytes` (1 MiB) and keeps only what fits, so
 //!   partitions that drained together (even traffic drains them in step) and resumed together
 //!   made the client hold a fetch of each at once (up to `fetch.max.bytes`, 4 MiB, per
@@ -464,7 +466,8 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                 .unwrap_or(DateTime::<Utc>::MAX_UTC);
             for (head, p) in ready {
                 let holds = head.is_some();
-                if holds && self.refilling.len() >= self.bounds.refills {
+                let refilling = self.refilling.iter().filter(|(_, _, h)| *h).count();
+                if holds && refilling >= self.bounds.refills {
                     // Waits for a slot: when one is paused again, or at the first window's end.
                     self.deferred = true;
                     continue;
@@ -488,7 +491,12 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                 });
             }
             if self.deferred {
-                let first_end = self.refilling.iter().map(|(_, until, _)| *until).min();
+                let first_end = self
+                    .refilling
+                    .iter()
+                    .filter(|(_, _, h)| *h)
+                    .map(|(_, until, _)| *until)
+                    .min();
                 self.recheck = match (self.recheck, first_end) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -796,45 +804,28 @@ mod tests {
         });
         for p in [1, 2] {
             for i in 0..4 {
-                q.offer(
-                    p,
-                    i,
-                    Some(t(if i < 2 { 10 } else { 100 + p as i64 })),
-                    1,
-                    i,
-                    t(0),
-                );
+                let due = if i < 2 { 10 } else { 100 + p as i64 };
+                q.offer(p, i, Some(t(due)), 1, i, t(0));
             }
         }
-        // Hold the head on partition 9: it empties and must resume whatever the slots.
-        q.offer(9, 0, Some(t(10)), 1, 0, t(0));
-        q.offer(9, 1, Some(t(10)), 1, 1, t(0));
-        q.offer(9, 2, Some(t(10)), 1, 2, t(0));
+        // Partition 9 empties at 10: it must resume whatever the slots, and takes none (else a
+        // stream of emptied partitions could keep 1 and 2 waiting until they ran dry).
+        for i in 0..3 {
+            q.offer(9, i, Some(t(10)), 1, i, t(0));
+        }
         assert_eq!(
             q.offer(9, 3, Some(t(10)), 1, 3, t(0)),
             Offer::Kept { pause: true }
         );
-        let tick = q.pop_due(t(10));
-        let resumed: Vec<_> = tick.resume.iter().map(|r| r.partition).collect();
-        // 9 holds nothing and goes first; it takes the one slot, so 1 and 2 wait for its window.
-        assert_eq!(resumed, vec![9]);
+        let resumed = |tick: Tick<i32, i64>| -> Vec<i32> {
+            tick.resume.iter().map(|r| r.partition).collect()
+        };
+        // 9 first (it holds nothing), then 1 takes the one slot; 2 waits for 1's window.
+        assert_eq!(resumed(q.pop_due(t(10))), vec![9, 1]);
         assert_eq!(q.next_due(), Some(t(60)));
         assert!(q.pop_due(t(59)).resume.is_empty());
-        // Partition 9 caught up with its log (it is never paused again): its window ends.
-        let resumed: Vec<_> = q
-            .pop_due(t(60))
-            .resume
-            .iter()
-            .map(|r| r.partition)
-            .collect();
-        assert_eq!(resumed, vec![1]);
-        let resumed: Vec<_> = q
-            .pop_due(t(110))
-            .resume
-            .iter()
-            .map(|r| r.partition)
-            .collect();
-        assert_eq!(resumed, vec![2]);
+        // Partition 1 caught up with its log (it is never paused again): its window ends.
+        assert_eq!(resumed(q.pop_due(t(60))), vec![2]);
         q.check_bounds().unwrap();
     }
 
