@@ -331,13 +331,24 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     }
 
     /// `partition` is no longer refilling (paused again, or forgotten): a partition waiting for
-    /// a refill slot may resume at the next [`DelayQueue::pop_due`].
-    fn refill_ended(&mut self, partition: P, now: DateTime<Utc>) {
+    /// a refill slot may resume at the next [`DelayQueue::pop_due`] from `at` on.
+    fn refill_ended(&mut self, partition: P, at: DateTime<Utc>) {
         let before = self.refilling.len();
         self.refilling.retain(|(p, _, _)| *p != partition);
         if self.refilling.len() < before && self.deferred {
-            self.recheck = Some(self.recheck.map_or(now, |r| r.min(now)));
+            self.recheck_at(at);
         }
+    }
+
+    /// Makes [`DelayQueue::pop_due`] look at the paused partitions again from `at` on (or
+    /// earlier, if it already must).
+    fn recheck_at(&mut self, at: DateTime<Utc>) {
+        self.recheck = Some(self.recheck.map_or(at, |r| r.min(at)));
+    }
+
+    /// Refilling partitions that held messages when they resumed: the ones that take a slot.
+    fn refilling_holders(&self) -> impl Iterator<Item = &(P, DateTime<Utc>, bool)> {
+        self.refilling.iter().filter(|(_, _, holds)| *holds)
     }
 
     /// Sets or clears the wake-up of a paused lane: when its head and the first message not
@@ -466,8 +477,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                 .unwrap_or(DateTime::<Utc>::MAX_UTC);
             for (head, p) in ready {
                 let holds = head.is_some();
-                let refilling = self.refilling.iter().filter(|(_, _, h)| *h).count();
-                if holds && refilling >= self.bounds.refills {
+                if holds && self.refilling_holders().count() >= self.bounds.refills {
                     // Waits for a slot: when one is paused again, or at the first window's end.
                     self.deferred = true;
                     continue;
@@ -490,17 +500,9 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
                     seek_to,
                 });
             }
-            if self.deferred {
-                let first_end = self
-                    .refilling
-                    .iter()
-                    .filter(|(_, _, h)| *h)
-                    .map(|(_, until, _)| *until)
-                    .min();
-                self.recheck = match (self.recheck, first_end) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+            let first_end = self.refilling_holders().map(|(_, until, _)| *until).min();
+            if let Some(end) = first_end.filter(|_| self.deferred) {
+                self.recheck_at(end);
             }
         }
         Tick { released, resume }
@@ -547,13 +549,8 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
     /// their bytes.
     pub fn remove(&mut self, partition: &P) -> (Vec<T>, usize) {
         self.paused.remove(partition);
-        if let Some(i) = self.refilling.iter().position(|(p, _, _)| p == partition) {
-            self.refilling.swap_remove(i);
-            if self.deferred {
-                // A slot is free: the next call of `pop_due`, whenever it is, looks again.
-                self.recheck = Some(DateTime::<Utc>::MIN_UTC);
-            }
-        }
+        // No clock here: the next call of `pop_due`, whenever it is, looks again.
+        self.refill_ended(*partition, DateTime::<Utc>::MIN_UTC);
         let Some(lane) = self.lanes.remove(partition) else {
             return (Vec::new(), 0);
         };
@@ -616,7 +613,7 @@ impl<P: Ord + Hash + Copy, T> DelayQueue<P, T> {
         if total > b.total_bytes + heads {
             return Err(format!("{total} bytes in all (heads {heads})"));
         }
-        let holding = self.refilling.iter().filter(|(_, _, h)| *h).count();
+        let holding = self.refilling_holders().count();
         if holding > b.refills {
             return Err(format!(
                 "{holding} partitions holding messages refill at once"
@@ -651,6 +648,10 @@ mod tests {
             refills: usize::MAX,
             refill_window: DEFAULT_REFILL_WINDOW,
         }
+    }
+
+    fn resumed<P: Copy, T>(tick: &Tick<P, T>) -> Vec<P> {
+        tick.resume.iter().map(|r| r.partition).collect()
     }
 
     fn items<P, T: Clone>(tick: &Tick<P, T>) -> Vec<T> {
@@ -768,8 +769,7 @@ mod tests {
         assert_eq!(tick.released.len(), 3);
         // Two slots: the earliest heads (3, then 1); 2 waits, paused, and the loop is woken at
         // the end of the first window at the latest.
-        let resumed: Vec<_> = tick.resume.iter().map(|r| r.partition).collect();
-        assert_eq!(resumed, vec![3, 1]);
+        assert_eq!(resumed(&tick), vec![3, 1]);
         assert!(q.is_held(&2));
         assert_eq!(q.next_due(), Some(t(22)), "3's head first");
         q.check_bounds().unwrap();
@@ -817,15 +817,12 @@ mod tests {
             q.offer(9, 3, Some(t(10)), 1, 3, t(0)),
             Offer::Kept { pause: true }
         );
-        let resumed = |tick: Tick<i32, i64>| -> Vec<i32> {
-            tick.resume.iter().map(|r| r.partition).collect()
-        };
         // 9 first (it holds nothing), then 1 takes the one slot; 2 waits for 1's window.
-        assert_eq!(resumed(q.pop_due(t(10))), vec![9, 1]);
+        assert_eq!(resumed(&q.pop_due(t(10))), vec![9, 1]);
         assert_eq!(q.next_due(), Some(t(60)));
         assert!(q.pop_due(t(59)).resume.is_empty());
         // Partition 1 caught up with its log (it is never paused again): its window ends.
-        assert_eq!(resumed(q.pop_due(t(60))), vec![2]);
+        assert_eq!(resumed(&q.pop_due(t(60))), vec![2]);
         q.check_bounds().unwrap();
     }
 
@@ -843,24 +840,12 @@ mod tests {
                 Offer::Kept { pause: true }
             );
         }
-        let resumed: Vec<_> = q
-            .pop_due(t(10))
-            .resume
-            .iter()
-            .map(|r| r.partition)
-            .collect();
-        assert_eq!(resumed, vec![1]);
+        assert_eq!(resumed(&q.pop_due(t(10))), vec![1]);
         assert!(q.is_held(&2));
         q.remove(&1);
         // The loop is told to look again at once, and 2 takes the slot.
         assert!(q.next_due().is_some_and(|d| d <= t(11)));
-        let resumed: Vec<_> = q
-            .pop_due(t(11))
-            .resume
-            .iter()
-            .map(|r| r.partition)
-            .collect();
-        assert_eq!(resumed, vec![2]);
+        assert_eq!(resumed(&q.pop_due(t(11))), vec![2]);
         q.check_bounds().unwrap();
     }
 
